@@ -1,0 +1,11 @@
+//! viewpulse: TV audience analytics. Households are grouped into segments by their
+//! demographics (KMeans over one-hot and max-abs-scaled features, [`segment`]); view records
+//! ([`record`]) are counted per segment and station ([`counters`]) and turned into popularity,
+//! general-population and diff-rank ratings ([`ratings`]), in batch (`analyze`) or on every
+//! trigger of a stream. The contract is `SPEC.md` in the shared folder.
+
+pub mod counters;
+pub mod progress;
+pub mod ratings;
+pub mod record;
+pub mod sink;

@@ -1,0 +1,302 @@
+//! Where results go: the CSV files and `summary.json` of SPEC 6 for a batch run, and the
+//! dead-letter file that keeps malformed records with their source position. Writers only
+//! format what the pure core computed; floats are printed to full round-trip precision
+//! (Rust's shortest representation that parses back to the same f64).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ratings::{DiffRankRow, GenpopRow, PopularityRow, Ratings};
+use crate::record::MalformedCounts;
+
+/// Errors writing outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Creating or writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Serialising JSON failed.
+    #[error("cannot encode {path} as JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
+    move |source| SinkError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Create `path` (and its parent folder) for buffered writing.
+pub fn create(path: &Path) -> Result<BufWriter<File>, SinkError> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+    }
+    let f = File::create(path).map_err(io_err(path))?;
+    Ok(BufWriter::with_capacity(1 << 16, f))
+}
+
+/// Write a file through `body`, naming the file in any error.
+pub fn write_file(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<(), SinkError> {
+    let mut w = create(path)?;
+    body(&mut w).map_err(io_err(path))?;
+    w.flush().map_err(io_err(path))
+}
+
+/// Write `value` as pretty JSON to `path`.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SinkError> {
+    let mut w = create(path)?;
+    serde_json::to_writer_pretty(&mut w, value).map_err(|source| SinkError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    w.write_all(b"\n").map_err(io_err(path))?;
+    w.flush().map_err(io_err(path))
+}
+
+/// `popularity.csv`: `subset,cluster,station_num,views,popularity_rating,rank`.
+pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<(), SinkError> {
+    write_file(path, |w| {
+        writeln!(w, "subset,cluster,station_num,views,popularity_rating,rank")?;
+        for r in rows {
+            writeln!(
+                w,
+                "{},{},{},{},{},{}",
+                r.subset, r.cluster, r.station_num, r.views, r.popularity_rating, r.rank
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// `genpop.csv`: `station_num,views,genpop_rating`.
+pub fn write_genpop(path: &Path, rows: &[GenpopRow]) -> Result<(), SinkError> {
+    write_file(path, |w| {
+        writeln!(w, "station_num,views,genpop_rating")?;
+        for r in rows {
+            writeln!(w, "{},{},{}", r.station_num, r.views, r.genpop_rating)?;
+        }
+        Ok(())
+    })
+}
+
+/// `diff_rank.csv`: `subset,cluster,rank,station_num,diff_rank,popularity_rating,genpop_rating`.
+pub fn write_diff_rank(path: &Path, rows: &[DiffRankRow]) -> Result<(), SinkError> {
+    write_file(path, |w| {
+        writeln!(
+            w,
+            "subset,cluster,rank,station_num,diff_rank,popularity_rating,genpop_rating"
+        )?;
+        for r in rows {
+            writeln!(
+                w,
+                "{},{},{},{},{},{},{}",
+                r.subset,
+                r.cluster,
+                r.rank,
+                r.station_num,
+                r.diff_rank,
+                r.popularity_rating,
+                r.genpop_rating
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The three rating files into `dir`.
+pub fn write_ratings(dir: &Path, ratings: &Ratings) -> Result<(), SinkError> {
+    write_popularity(&dir.join("popularity.csv"), &ratings.popularity)?;
+    write_genpop(&dir.join("genpop.csv"), &ratings.genpop)?;
+    write_diff_rank(&dir.join("diff_rank.csv"), &ratings.diff_rank)
+}
+
+/// Wall-clock time of each step of a batch run, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Loading the model (household memberships).
+    pub load_model_ms: f64,
+    /// Reading, parsing and counting the records.
+    pub count_ms: f64,
+    /// Merging the per-thread counters and computing the ratings.
+    pub rate_ms: f64,
+    /// Writing the output files and the report.
+    pub write_ms: f64,
+    /// The whole command.
+    pub total_ms: f64,
+    /// `records / count time`.
+    pub records_per_second: f64,
+}
+
+/// `summary.json` of a batch run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// The views source as given.
+    pub source: String,
+    /// The model folder.
+    pub model: String,
+    /// Records read (valid + malformed).
+    pub records: u64,
+    /// Valid records (the general population).
+    pub valid: u64,
+    /// Malformed records.
+    pub malformed: u64,
+    /// Malformed records by kind (every kind listed, zeros included).
+    pub malformed_by_kind: BTreeMap<String, u64>,
+    /// Valid records from households without demographics.
+    pub unknown_household: u64,
+    /// Valid records from clustered households.
+    pub clustered_views: u64,
+    /// Households in the model.
+    pub households: u64,
+    /// Clusters in the model.
+    pub clusters: u32,
+    /// Distinct stations among valid records.
+    pub stations: u64,
+    /// Subsets rated, as configured.
+    pub subsets: Vec<String>,
+    /// Top-K kept per cluster.
+    pub top: usize,
+    /// Worker threads used for counting.
+    pub threads: usize,
+    /// Step timings.
+    pub timing: Timing,
+}
+
+impl Summary {
+    /// Fill the malformed counts from counters.
+    pub fn set_malformed(&mut self, m: &MalformedCounts) {
+        self.malformed = m.total();
+        self.malformed_by_kind = m.by_kind().map(|(k, v)| (k.to_string(), v)).collect();
+    }
+}
+
+/// Dead-letter file: one line per malformed record, `position<TAB>kind<TAB>record`, where the
+/// record's bytes are escaped so that any byte survives on one line (`\\`, `\t`, `\n`, `\r` and
+/// non-printable or non-ASCII bytes as `\xHH`).
+pub struct DeadLetter {
+    path: PathBuf,
+    w: BufWriter<File>,
+    written: u64,
+}
+
+impl DeadLetter {
+    /// Create the file with its header line.
+    pub fn create(path: &Path) -> Result<DeadLetter, SinkError> {
+        let mut w = create(path)?;
+        w.write_all(b"position\tkind\trecord\n")
+            .map_err(io_err(path))?;
+        Ok(DeadLetter {
+            path: path.to_path_buf(),
+            w,
+            written: 0,
+        })
+    }
+
+    /// Keep one record.
+    pub fn write(&mut self, position: &str, kind: &str, record: &[u8]) -> Result<(), SinkError> {
+        let mut line = Vec::with_capacity(record.len() + position.len() + kind.len() + 8);
+        line.extend_from_slice(position.as_bytes());
+        line.push(b'\t');
+        line.extend_from_slice(kind.as_bytes());
+        line.push(b'\t');
+        escape_into(record, &mut line);
+        line.push(b'\n');
+        self.w.write_all(&line).map_err(io_err(&self.path))?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Records written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flush to disk.
+    pub fn finish(mut self) -> Result<u64, SinkError> {
+        self.w.flush().map_err(io_err(&self.path))?;
+        Ok(self.written)
+    }
+}
+
+/// Escape bytes for a one-line text field (see [`DeadLetter`]).
+pub fn escape_into(bytes: &[u8], out: &mut Vec<u8>) {
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0x20..=0x7e => out.push(b),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            }
+        }
+    }
+}
+
+/// Reverse of [`escape_into`].
+pub fn unescape(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'\\' && i + 1 < text.len() {
+            match text[i + 1] {
+                b'\\' => out.push(b'\\'),
+                b't' => out.push(b'\t'),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b'x' if i + 3 < text.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                    out.push(hex(text[i + 2]) << 4 | hex(text[i + 3]));
+                    i += 4;
+                    continue;
+                }
+                other => {
+                    out.push(b'\\');
+                    out.push(other);
+                }
+            }
+            i += 2;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn escape_roundtrip(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut e = Vec::new();
+            escape_into(&bytes, &mut e);
+            proptest::prop_assert!(!e.contains(&b'\n') && !e.contains(&b'\t'));
+            proptest::prop_assert_eq!(unescape(&e), bytes);
+        }
+    }
+}
