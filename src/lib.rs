@@ -8,4 +8,5 @@ pub mod counters;
 pub mod progress;
 pub mod ratings;
 pub mod record;
+pub mod segment;
 pub mod sink;

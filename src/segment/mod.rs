@@ -1,0 +1,288 @@
+//! Segmentation (SPEC 2 and 3): read the demographics table, build Spark's feature vectors,
+//! cluster them with KMeans, compute each household's distance and rank, project on two PCA
+//! components for the plots, and write the model folder that `analyze` and the daemon load.
+
+pub mod cluster;
+pub mod demographics;
+pub mod features;
+pub mod model;
+pub mod pca;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub use cluster::KMeansSettings;
+pub use model::{Household, LoadedModel, ModelBin, ModelInfo};
+
+/// Everything that can go wrong while segmenting or loading a model.
+#[derive(Debug, Error)]
+pub enum SegmentError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A Parquet file could not be decoded.
+    #[error("{path}: not a readable Parquet file: {message}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A required column is absent.
+    #[error("{path}: missing column {column}")]
+    MissingColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+    },
+    /// A column has a type that cannot be converted.
+    #[error("{path}: column {column} has unusable type {found}")]
+    BadColumnType {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Its type.
+        found: String,
+    },
+    /// A CSV row is broken.
+    #[error("{path}: line {line}: {message}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is missing or unparseable (under `--strict`).
+    #[error("{path}: {at}: column {column} value {value:?} {why}")]
+    BadValue {
+        /// The file.
+        path: PathBuf,
+        /// `line N` (CSV) or `row N` (Parquet).
+        at: String,
+        /// The column.
+        column: String,
+        /// The value as read.
+        value: String,
+        /// Why it is unusable.
+        why: String,
+    },
+    /// The table has no data row.
+    #[error("{path}: the table has no data rows")]
+    EmptyTable {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Every row was skipped.
+    #[error("{path}: no usable household among {rows} rows ({skipped} skipped; first: {examples})")]
+    NoHouseholds {
+        /// The file.
+        path: PathBuf,
+        /// Rows read.
+        rows: u64,
+        /// Rows skipped.
+        skipped: u64,
+        /// The first problems.
+        examples: String,
+    },
+    /// A setting is impossible.
+    #[error("{0}")]
+    Settings(String),
+    /// More clusters than households.
+    #[error("--k {k} is larger than the number of usable households ({households})")]
+    KTooLarge {
+        /// Requested k.
+        k: usize,
+        /// Households available.
+        households: usize,
+    },
+    /// linfa refused the fit.
+    #[error("KMeans failed: {0}")]
+    KMeans(String),
+    /// A model file is corrupt or of another version.
+    #[error("{path}: {message}")]
+    ModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model folder is missing or holds neither model.bin nor households.csv.
+    #[error("{path}: not a model folder (no model.bin or households.csv); run `viewpulse segment` first")]
+    NoModel {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+/// Settings of `viewpulse segment`.
+#[derive(Debug, Clone)]
+pub struct SegmentSettings {
+    /// Demographics file (Parquet or CSV).
+    pub demographics: PathBuf,
+    /// Model folder to write.
+    pub out: PathBuf,
+    /// KMeans settings.
+    pub kmeans: KMeansSettings,
+    /// Refuse rows with missing or unparseable values instead of skipping them.
+    pub strict: bool,
+}
+
+/// What `segment` produced.
+#[derive(Debug, Clone)]
+pub struct Segmented {
+    /// The fit (also in `model.json`).
+    pub info: ModelInfo,
+    /// Every household, by cluster then rank.
+    pub households: Vec<Household>,
+    /// Milliseconds per step: read, features, kmeans, pca, write.
+    pub timing: BTreeMap<String, f64>,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Run SPEC sections 2 and 3 and write the model folder.
+pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
+    let mut timing = BTreeMap::new();
+    let t = Instant::now();
+    let spin = crate::progress::spinner("reading demographics");
+    let d = demographics::read(&s.demographics, s.strict)?;
+    spin.finish_and_clear();
+    timing.insert("read_ms".to_string(), ms(t));
+    if d.skipped > 0 || d.duplicates > 0 {
+        warn!(
+            file = %s.demographics.display(),
+            skipped = d.skipped,
+            duplicates = d.duplicates,
+            first = %d.skipped_examples.join("; "),
+            "demographics rows skipped"
+        );
+    }
+    info!(households = d.len(), rows = d.rows_read, "demographics read");
+
+    let t = Instant::now();
+    let spec = features::fit(&d);
+    let x = features::transform(&d, &spec);
+    timing.insert("features_ms".to_string(), ms(t));
+
+    let t = Instant::now();
+    let spin = crate::progress::spinner(&format!(
+        "KMeans k={} over {} households ({} runs)",
+        s.kmeans.k,
+        d.len(),
+        s.kmeans.runs
+    ));
+    let cl = cluster::fit(x.view(), &d.household_id, &s.kmeans)?;
+    spin.finish_and_clear();
+    timing.insert("kmeans_ms".to_string(), ms(t));
+    info!(k = s.kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, "clustered");
+
+    let t = Instant::now();
+    let p = pca::fit(x.view());
+    timing.insert("pca_ms".to_string(), ms(t));
+
+    let mut households: Vec<Household> = (0..d.len())
+        .map(|i| {
+            let (px, py) = p.project(x.row(i));
+            Household {
+                household_id: d.household_id[i],
+                cluster: cl.cluster[i],
+                distance: cl.distance[i],
+                rank: cl.rank[i],
+                pca_x: px,
+                pca_y: py,
+            }
+        })
+        .collect();
+    households.sort_unstable_by_key(|h| (h.cluster, h.rank));
+
+    let info = ModelInfo {
+        viewpulse: env!("CARGO_PKG_VERSION").to_string(),
+        demographics: s.demographics.display().to_string(),
+        k: s.kmeans.k as u32,
+        seed: s.kmeans.seed,
+        runs: s.kmeans.runs as u32,
+        inertia: cl.inertia,
+        households: d.len() as u64,
+        cluster_sizes: cl.sizes.clone(),
+        feature_names: spec.names(),
+        centroids: cl.centroids.rows().into_iter().map(|r| r.to_vec()).collect(),
+        centroids_pca: cl
+            .centroids
+            .rows()
+            .into_iter()
+            .map(|r| {
+                let (a, b) = p.project(r);
+                [a, b]
+            })
+            .collect(),
+        pca_components: p
+            .components
+            .rows()
+            .into_iter()
+            .map(|r| [r[0], r[1]])
+            .collect(),
+        pca_explained: p.explained,
+        category_orders: demographics::CATEGORICAL
+            .iter()
+            .zip(&spec.categories)
+            .map(|(c, v)| (c.to_string(), v.clone()))
+            .collect(),
+        max_abs: demographics::NUMERIC
+            .iter()
+            .zip(&spec.max_abs)
+            .map(|(c, v)| (c.to_string(), *v))
+            .collect(),
+        rows_read: d.rows_read,
+        skipped: d.skipped,
+        duplicates: d.duplicates,
+        skipped_examples: d.skipped_examples.clone(),
+    };
+
+    let t = Instant::now();
+    std::fs::create_dir_all(&s.out).map_err(|e| SegmentError::Io {
+        path: s.out.clone(),
+        source: e,
+    })?;
+    let spin = crate::progress::spinner("writing the model");
+    model::write_households(&s.out.join("households.csv"), &households)?;
+    model::write_features(&s.out.join("features.csv"), &d.household_id, x.view())?;
+    write_json(&s.out.join("model.json"), &info)?;
+    let bin = ModelBin {
+        info: info.clone(),
+        households,
+    };
+    model::write_bin(&s.out.join("model.bin"), &bin)?;
+    spin.finish_and_clear();
+    timing.insert("write_ms".to_string(), ms(t));
+    Ok(Segmented {
+        info,
+        households: bin.households,
+        timing,
+    })
+}
+
+fn write_json(path: &Path, info: &ModelInfo) -> Result<(), SegmentError> {
+    let text = serde_json::to_string_pretty(info).map_err(|e| SegmentError::ModelFile {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| SegmentError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}

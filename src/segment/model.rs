@@ -1,0 +1,433 @@
+//! The model folder (SPEC 6): `households.csv`, `features.csv`, `model.json`, and `model.bin`
+//! (a magic header, a format version, then the bincode-encoded model with every household),
+//! which `analyze` and the daemon load. A folder holding only a `households.csv` with
+//! `household_id,cluster,distance,rank` is a model too: segments assigned by another system.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::SegmentError;
+
+/// First bytes of `model.bin`.
+pub const MAGIC: &[u8; 8] = b"VPMODEL\0";
+/// Format version of `model.bin`; bump on any change of [`ModelBin`].
+pub const VERSION: u32 = 1;
+
+/// One clustered household.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Household {
+    /// Household id.
+    pub household_id: i64,
+    /// Cluster number.
+    pub cluster: u32,
+    /// Squared distance to the cluster's centroid.
+    pub distance: f64,
+    /// 1-based rank inside the cluster (SPEC 3).
+    pub rank: u32,
+    /// First PCA coordinate (NaN when unknown).
+    pub pca_x: f64,
+    /// Second PCA coordinate (NaN when unknown).
+    pub pca_y: f64,
+}
+
+/// `model.json`: everything about the fit except the per-household rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// viewpulse version that wrote it.
+    pub viewpulse: String,
+    /// The demographics file.
+    pub demographics: String,
+    /// Number of clusters.
+    pub k: u32,
+    /// KMeans seed.
+    pub seed: u64,
+    /// KMeans runs.
+    pub runs: u32,
+    /// Sum of every household's `distance`.
+    pub inertia: f64,
+    /// Clustered households.
+    pub households: u64,
+    /// Households per cluster.
+    pub cluster_sizes: Vec<u64>,
+    /// Feature names, in vector order.
+    pub feature_names: Vec<String>,
+    /// Centroids, one per cluster, in feature order.
+    pub centroids: Vec<Vec<f64>>,
+    /// Centroids projected on the two PCA components.
+    pub centroids_pca: Vec<[f64; 2]>,
+    /// PCA components (feature-major: one `[pc1, pc2]` per feature).
+    pub pca_components: Vec<[f64; 2]>,
+    /// Explained variance ratio of the two components.
+    pub pca_explained: [f64; 2],
+    /// Category order of each categorical column (StringIndexer `frequencyDesc`).
+    pub category_orders: BTreeMap<String, Vec<String>>,
+    /// Largest absolute value of each numeric column.
+    pub max_abs: BTreeMap<String, f64>,
+    /// Rows read from the demographics file.
+    pub rows_read: u64,
+    /// Rows skipped for a missing or unparseable value.
+    pub skipped: u64,
+    /// Rows skipped as repeated household ids.
+    pub duplicates: u64,
+    /// The first skipped rows, described.
+    pub skipped_examples: Vec<String>,
+}
+
+/// The content of `model.bin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelBin {
+    /// The fit.
+    pub info: ModelInfo,
+    /// Every clustered household, by cluster then rank.
+    pub households: Vec<Household>,
+}
+
+/// A model as loaded for counting.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The fit, when the folder has one (not for a households.csv-only model).
+    pub info: Option<ModelInfo>,
+    /// Every clustered household.
+    pub households: Vec<Household>,
+}
+
+impl LoadedModel {
+    /// Number of clusters: from the fit, else the largest cluster number + 1.
+    pub fn k(&self) -> u32 {
+        match &self.info {
+            Some(i) => i.k,
+            None => self
+                .households
+                .iter()
+                .map(|h| h.cluster + 1)
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Households per cluster.
+    pub fn cluster_sizes(&self) -> Vec<u64> {
+        let mut v = vec![0u64; self.k() as usize];
+        for h in &self.households {
+            if let Some(s) = v.get_mut(h.cluster as usize) {
+                *s += 1;
+            }
+        }
+        v
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
+    move |e| SegmentError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Write `households.csv` (by cluster then rank).
+pub fn write_households(path: &Path, rows: &[Household]) -> Result<(), SegmentError> {
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let body = (|| -> std::io::Result<()> {
+        writeln!(w, "household_id,cluster,distance,rank,pca_x,pca_y")?;
+        for h in rows {
+            writeln!(
+                w,
+                "{},{},{:?},{},{:?},{:?}",
+                h.household_id, h.cluster, h.distance, h.rank, h.pca_x, h.pca_y
+            )?;
+        }
+        w.flush()
+    })();
+    body.map_err(io_err(path))
+}
+
+/// Write `features.csv`: `household_id,f0,…`, by household_id ascending.
+pub fn write_features(
+    path: &Path,
+    ids: &[i64],
+    x: ndarray::ArrayView2<f64>,
+) -> Result<(), SegmentError> {
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_unstable_by_key(|&i| ids[i]);
+    let body = (|| -> std::io::Result<()> {
+        write!(w, "household_id")?;
+        for j in 0..x.ncols() {
+            write!(w, ",f{j}")?;
+        }
+        writeln!(w)?;
+        for i in order {
+            write!(w, "{}", ids[i])?;
+            for v in x.row(i) {
+                write!(w, ",{v:?}")?;
+            }
+            writeln!(w)?;
+        }
+        w.flush()
+    })();
+    body.map_err(io_err(path))
+}
+
+/// Write `model.bin`.
+pub fn write_bin(path: &Path, model: &ModelBin) -> Result<(), SegmentError> {
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    w.write_all(MAGIC).map_err(io_err(path))?;
+    w.write_all(&VERSION.to_le_bytes()).map_err(io_err(path))?;
+    bincode::serde::encode_into_std_write(model, &mut w, bincode::config::standard()).map_err(
+        |e| SegmentError::ModelFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        },
+    )?;
+    w.flush().map_err(io_err(path))
+}
+
+/// Read `model.bin`.
+pub fn read_bin(path: &Path) -> Result<ModelBin, SegmentError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut head = [0u8; 12];
+    r.read_exact(&mut head).map_err(|_| SegmentError::ModelFile {
+        path: path.to_path_buf(),
+        message: "too short to be a viewpulse model".into(),
+    })?;
+    if &head[..8] != MAGIC {
+        return Err(SegmentError::ModelFile {
+            path: path.to_path_buf(),
+            message: "not a viewpulse model (bad magic bytes)".into(),
+        });
+    }
+    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if version != VERSION {
+        return Err(SegmentError::ModelFile {
+            path: path.to_path_buf(),
+            message: format!("model format version {version}, this build reads {VERSION}"),
+        });
+    }
+    bincode::serde::decode_from_std_read(&mut r, bincode::config::standard()).map_err(|e| {
+        SegmentError::ModelFile {
+            path: path.to_path_buf(),
+            message: format!("corrupt model: {e}"),
+        }
+    })
+}
+
+/// Read a `households.csv`: needs `household_id`, `cluster` and `rank` columns (by name);
+/// `distance`, `pca_x`, `pca_y` are read when present.
+pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let mut line = String::new();
+    let bad = |line: u64, message: String| SegmentError::Csv {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    if r.read_line(&mut line).map_err(io_err(path))? == 0 {
+        return Err(SegmentError::EmptyTable {
+            path: path.to_path_buf(),
+        });
+    }
+    let header: Vec<String> = line
+        .trim_end_matches(['\n', '\r'])
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let need = |name: &str| {
+        col(name).ok_or_else(|| SegmentError::MissingColumn {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+        })
+    };
+    let (ci, cc, cr) = (need("household_id")?, need("cluster")?, need("rank")?);
+    let (cd, cx, cy) = (col("distance"), col("pca_x"), col("pca_y"));
+    let mut out = Vec::new();
+    let mut lineno = 1u64;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(io_err(path))? == 0 {
+            break;
+        }
+        lineno += 1;
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = text.split(',').collect();
+        if fields.len() != header.len() {
+            return Err(bad(
+                lineno,
+                format!("{} fields, the header has {}", fields.len(), header.len()),
+            ));
+        }
+        let int = |i: usize, name: &str| -> Result<i64, SegmentError> {
+            fields[i]
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| bad(lineno, format!("column {name}: {:?} is not an integer", fields[i])))
+        };
+        let float = |i: Option<usize>, name: &str| -> Result<f64, SegmentError> {
+            match i {
+                None => Ok(f64::NAN),
+                Some(i) => fields[i]
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| bad(lineno, format!("column {name}: {:?} is not a number", fields[i]))),
+            }
+        };
+        let id = int(ci, "household_id")?;
+        let cluster = int(cc, "cluster")?;
+        let rank = int(cr, "rank")?;
+        if !(0..i64::from(u16::MAX)).contains(&cluster) {
+            return Err(bad(lineno, format!("column cluster: {cluster} is out of range 0..65534")));
+        }
+        if !(1..=i64::from(u32::MAX)).contains(&rank) {
+            return Err(bad(lineno, format!("column rank: {rank} must be at least 1")));
+        }
+        out.push(Household {
+            household_id: id,
+            cluster: cluster as u32,
+            distance: float(cd, "distance")?,
+            rank: rank as u32,
+            pca_x: float(cx, "pca_x")?,
+            pca_y: float(cy, "pca_y")?,
+        });
+    }
+    if out.is_empty() {
+        return Err(SegmentError::EmptyTable {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// Load a model folder: `model.bin` when present, else `households.csv` (plus `model.json`
+/// when present).
+pub fn load(dir: &Path) -> Result<LoadedModel, SegmentError> {
+    if !dir.is_dir() {
+        return Err(SegmentError::NoModel {
+            path: dir.to_path_buf(),
+        });
+    }
+    let bin = dir.join("model.bin");
+    if bin.is_file() {
+        let m = read_bin(&bin)?;
+        return Ok(LoadedModel {
+            dir: dir.to_path_buf(),
+            info: Some(m.info),
+            households: m.households,
+        });
+    }
+    let csv = dir.join("households.csv");
+    if !csv.is_file() {
+        return Err(SegmentError::NoModel {
+            path: dir.to_path_buf(),
+        });
+    }
+    let households = read_households_csv(&csv)?;
+    let json = dir.join("model.json");
+    let info = if json.is_file() {
+        let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
+        Some(
+            serde_json::from_str(&text).map_err(|e| SegmentError::ModelFile {
+                path: json.clone(),
+                message: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        info,
+        households,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_households_csv_is_a_model() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+        let m = load(&dir).unwrap();
+        assert_eq!(m.households.len(), 300);
+        assert!(m.info.is_none());
+        assert_eq!(m.k(), 6);
+        assert_eq!(m.cluster_sizes().iter().sum::<u64>(), 300);
+        assert!(m.households[0].pca_x.is_nan());
+    }
+
+    #[test]
+    fn bin_round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = ModelInfo {
+            viewpulse: "test".into(),
+            demographics: "d.csv".into(),
+            k: 2,
+            seed: 3,
+            runs: 10,
+            inertia: 1.5,
+            households: 2,
+            cluster_sizes: vec![1, 1],
+            feature_names: vec!["a".into()],
+            centroids: vec![vec![0.0], vec![1.0]],
+            centroids_pca: vec![[0.0, 0.0], [1.0, 0.0]],
+            pca_components: vec![[1.0, 0.0]],
+            pca_explained: [1.0, 0.0],
+            category_orders: BTreeMap::new(),
+            max_abs: BTreeMap::new(),
+            rows_read: 2,
+            skipped: 0,
+            duplicates: 0,
+            skipped_examples: vec![],
+        };
+        let m = ModelBin {
+            info,
+            households: vec![
+                Household { household_id: -5, cluster: 0, distance: 0.25, rank: 1, pca_x: 0.1, pca_y: 0.2 },
+                Household { household_id: 7, cluster: 1, distance: 1.25, rank: 1, pca_x: 1.0, pca_y: -0.5 },
+            ],
+        };
+        let p = dir.path().join("model.bin");
+        write_bin(&p, &m).unwrap();
+        assert_eq!(read_bin(&p).unwrap(), m);
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.households, m.households);
+        // truncated
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
+        let err = read_bin(&p).unwrap_err().to_string();
+        assert!(err.contains("model.bin") && err.contains("corrupt"), "{err}");
+        std::fs::write(&p, b"hello world, not a model").unwrap();
+        assert!(read_bin(&p).unwrap_err().to_string().contains("magic"));
+        let err = load(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn households_csv_errors_name_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("households.csv");
+        std::fs::write(&p, "household_id,cluster,distance,rank\n1,0,0.5,1\n2,x,0.5,1\n").unwrap();
+        let err = read_households_csv(&p).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("cluster"), "{err}");
+        std::fs::write(&p, "household_id,cluster,distance\n1,0,0.5\n").unwrap();
+        let err = read_households_csv(&p).unwrap_err().to_string();
+        assert!(err.contains("rank"), "{err}");
+        std::fs::write(&p, "household_id,cluster,distance,rank\n1,0,0.5,0\n").unwrap();
+        let err = read_households_csv(&p).unwrap_err().to_string();
+        assert!(err.contains("rank"), "{err}");
+    }
+}
