@@ -1,0 +1,461 @@
+//! Bounded view sources for batch runs: a views file (plain or gzip, one record a line) read in
+//! large blocks by one thread and counted by worker threads, each with its own [`Counters`],
+//! merged at the end. Blocks travel through bounded crossbeam channels and their buffers are
+//! recycled, so memory stays at a few blocks per thread whatever the file's size.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::bounded;
+use flate2::read::MultiGzDecoder;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::counters::{Counted, Counters, Membership};
+use crate::progress::{self, Unit};
+use crate::sink::{DeadLetter, SinkError};
+
+/// Errors of a bounded source.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The gzip stream is corrupt.
+    #[error("{path}: corrupt gzip data after {offset} uncompressed bytes: {message}")]
+    Gzip {
+        /// The file.
+        path: PathBuf,
+        /// Uncompressed bytes read before the error.
+        offset: u64,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The dead-letter file failed.
+    #[error(transparent)]
+    DeadLetter(#[from] SinkError),
+    /// A worker thread died.
+    #[error("a counting thread panicked while reading {path}")]
+    Worker {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// How to read a file source.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Counting threads (0 = one per core).
+    pub threads: usize,
+    /// Bytes per block.
+    pub block_bytes: usize,
+    /// Where to keep malformed records with their line numbers.
+    pub dead_letter: Option<PathBuf>,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions {
+            threads: 0,
+            block_bytes: 4 << 20,
+            dead_letter: None,
+        }
+    }
+}
+
+/// What a file read produced.
+#[derive(Debug, Clone)]
+pub struct FileCount {
+    /// Merged counters over every record of the file.
+    pub counters: Counters,
+    /// Bytes of records read (uncompressed).
+    pub bytes: u64,
+    /// Malformed records written to the dead-letter file.
+    pub dead_letters: u64,
+    /// Counting threads used.
+    pub threads: usize,
+}
+
+/// Threads to use for `requested` (0 = one per available core).
+pub fn threads(requested: usize) -> usize {
+    if requested > 0 {
+        requested
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// Counts compressed bytes read, for the progress bar.
+struct Metered<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+struct Block {
+    first_line: u64,
+    data: Vec<u8>,
+}
+
+/// Open a views file, transparently decompressing gzip (detected by its magic bytes).
+pub fn open(path: &Path) -> Result<(Box<dyn Read + Send>, u64, Arc<AtomicU64>), SourceError> {
+    let io_err = |e| SourceError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = File::open(path).map_err(io_err)?;
+    let len = f.metadata().map_err(io_err)?.len();
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(io_err)?;
+    drop(f);
+    let f = File::open(path).map_err(io_err)?;
+    let read = Arc::new(AtomicU64::new(0));
+    let metered = Metered {
+        inner: f,
+        read: read.clone(),
+    };
+    let r: Box<dyn Read + Send> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(MultiGzDecoder::new(io::BufReader::with_capacity(
+            1 << 20,
+            metered,
+        )))
+    } else {
+        Box::new(metered)
+    };
+    Ok((r, len, read))
+}
+
+/// Read and count every record of a views file.
+pub fn count_file(
+    path: &Path,
+    membership: &Membership,
+    opts: &FileOptions,
+) -> Result<FileCount, SourceError> {
+    let (mut reader, len, read_bytes) = open(path)?;
+    let n_threads = threads(opts.threads);
+    let dead = match &opts.dead_letter {
+        Some(p) => Some(Mutex::new(DeadLetter::create(p)?)),
+        None => None,
+    };
+    let keep_lines = dead.is_some();
+    let block_bytes = opts.block_bytes.max(4096);
+    let (tx, rx) = bounded::<Block>(n_threads * 2);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(n_threads * 3 + 2);
+    let bar = progress::bar(len, &format!("counting {}", path.display()), Unit::Bytes);
+
+    let result = std::thread::scope(|scope| -> Result<(Vec<Counters>, u64), SourceError> {
+        let mut workers = Vec::with_capacity(n_threads);
+        for _ in 0..n_threads {
+            let rx = rx.clone();
+            let free_tx = free_tx.clone();
+            let dead = dead.as_ref();
+            workers.push(scope.spawn(move || -> Result<Counters, SourceError> {
+                let mut c = Counters::for_membership(membership);
+                let mut bad: Vec<(u64, &'static str, Vec<u8>)> = Vec::new();
+                for block in rx.iter() {
+                    let mut line = block.first_line;
+                    let data = &block.data;
+                    let mut start = 0usize;
+                    for end in memchr::memchr_iter(b'\n', data) {
+                        if let Counted::Malformed(kind) = c.count(&data[start..end], membership) {
+                            if dead.is_some() {
+                                bad.push((line, kind.name(), data[start..end].to_vec()));
+                            }
+                        }
+                        line += 1;
+                        start = end + 1;
+                    }
+                    if start < data.len() {
+                        // the file's last line, without a newline
+                        if let Counted::Malformed(kind) = c.count(&data[start..], membership) {
+                            if dead.is_some() {
+                                bad.push((line, kind.name(), data[start..].to_vec()));
+                            }
+                        }
+                    }
+                    if let (Some(d), false) = (dead, bad.is_empty()) {
+                        let mut d = d.lock().map_err(|_| SourceError::Worker {
+                            path: path.to_path_buf(),
+                        })?;
+                        for (l, kind, rec) in bad.drain(..) {
+                            d.write(&format!("line {l}"), kind, &rec)?;
+                        }
+                    }
+                    let mut buf = block.data;
+                    buf.clear();
+                    let _ = free_tx.try_send(buf);
+                }
+                Ok(c)
+            }));
+        }
+        drop(rx);
+        let reading = (|| -> Result<u64, SourceError> {
+            let mut total = 0u64;
+            let mut line = 1u64;
+            let mut carry: Vec<u8> = Vec::new();
+            let mut eof = false;
+            while !eof {
+                let mut buf = free_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(block_bytes + 4096));
+                buf.clear();
+                buf.extend_from_slice(&carry);
+                carry.clear();
+                let mut filled = buf.len();
+                buf.resize(block_bytes.max(filled + 4096), 0);
+                while filled < buf.len() {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            return Err(if e.kind() == io::ErrorKind::InvalidInput
+                                || e.kind() == io::ErrorKind::InvalidData
+                                || e.kind() == io::ErrorKind::UnexpectedEof
+                            {
+                                SourceError::Gzip {
+                                    path: path.to_path_buf(),
+                                    offset: total + filled as u64,
+                                    message: e.to_string(),
+                                }
+                            } else {
+                                SourceError::Io {
+                                    path: path.to_path_buf(),
+                                    source: e,
+                                }
+                            });
+                        }
+                    }
+                }
+                buf.truncate(filled);
+                if !eof {
+                    match memchr::memrchr(b'\n', &buf) {
+                        Some(p) => {
+                            carry.extend_from_slice(&buf[p + 1..]);
+                            buf.truncate(p + 1);
+                        }
+                        None => continue_long_line(&mut carry, &mut buf),
+                    }
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+                total += buf.len() as u64;
+                let first_line = line;
+                if keep_lines {
+                    line += memchr::memchr_iter(b'\n', &buf).count() as u64;
+                }
+                bar.set_position(read_bytes.load(Ordering::Relaxed));
+                if tx
+                    .send(Block {
+                        first_line,
+                        data: buf,
+                    })
+                    .is_err()
+                {
+                    break; // every worker stopped: their error is reported below
+                }
+            }
+            Ok(total)
+        })();
+        drop(tx);
+        let mut parts = Vec::with_capacity(n_threads);
+        let mut worker_err = None;
+        for w in workers {
+            match w.join() {
+                Ok(Ok(c)) => parts.push(c),
+                Ok(Err(e)) => worker_err = Some(e),
+                Err(_) => {
+                    worker_err = Some(SourceError::Worker {
+                        path: path.to_path_buf(),
+                    })
+                }
+            }
+        }
+        let total = reading?;
+        if let Some(e) = worker_err {
+            return Err(e);
+        }
+        Ok((parts, total))
+    });
+    bar.finish_and_clear();
+    let (parts, bytes) = result?;
+    let mut it = parts.into_iter();
+    let mut counters = it
+        .next()
+        .unwrap_or_else(|| Counters::for_membership(membership));
+    for p in it {
+        counters.merge(&p);
+    }
+    let dead_letters = match dead {
+        Some(d) => match d.into_inner() {
+            Ok(d) => d.finish()?,
+            Err(_) => {
+                return Err(SourceError::Worker {
+                    path: path.to_path_buf(),
+                })
+            }
+        },
+        None => 0,
+    };
+    debug!(records = counters.records, bytes, "file counted");
+    Ok(FileCount {
+        counters,
+        bytes,
+        dead_letters,
+        threads: n_threads,
+    })
+}
+
+/// A block without any newline: keep reading it as one (very long) record.
+fn continue_long_line(carry: &mut Vec<u8>, buf: &mut Vec<u8>) {
+    carry.append(buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Subset;
+    use std::io::Write;
+
+    fn membership() -> Membership {
+        Membership::new(
+            vec![Subset::All, Subset::Every(2)],
+            vec![(1, 0, 1), (2, 0, 2), (3, 1, 1)],
+        )
+        .unwrap()
+    }
+
+    fn brute(text: &[u8], m: &Membership) -> Counters {
+        let mut c = Counters::for_membership(m);
+        let mut lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        if text.ends_with(b"\n") {
+            lines.pop();
+        }
+        for l in lines {
+            c.count(l, m);
+        }
+        c
+    }
+
+    fn same(a: &Counters, b: &Counters) {
+        assert_eq!(a.records, b.records);
+        assert_eq!(a.valid, b.valid);
+        assert_eq!(a.unknown_household, b.unknown_household);
+        assert_eq!(a.malformed, b.malformed);
+        let ra = crate::ratings::compute(a, &[Subset::All, Subset::Every(2)], 5);
+        let rb = crate::ratings::compute(b, &[Subset::All, Subset::Every(2)], 5);
+        assert_eq!(ra, rb);
+    }
+
+    fn sample(n: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            match i % 13 {
+                5 => v.extend_from_slice(b"bad,record\n"),
+                7 => v.extend_from_slice(b"\n"),
+                9 => v.extend_from_slice(b"d,20150114,000001,04321,EP1,2\r\n"),
+                _ => writeln!(v, "d{i},20150114,000001,{},EP1,{}", 100 + i % 17, i % 5).unwrap(),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn blocks_threads_and_gzip_count_like_brute_force() {
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = sample(5000);
+        text.extend_from_slice(b"last,line,without,newline,x,3");
+        let plain = dir.path().join("v.csv");
+        std::fs::write(&plain, &text).unwrap();
+        let gz = dir.path().join("v.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&text).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let want = brute(&text, &m);
+        for file in [&plain, &gz] {
+            for (threads, block) in [(1, 4096), (3, 4096), (2, 1 << 20)] {
+                let got = count_file(
+                    file,
+                    &m,
+                    &FileOptions {
+                        threads,
+                        block_bytes: block,
+                        dead_letter: None,
+                    },
+                )
+                .unwrap();
+                same(&got.counters, &want);
+                assert_eq!(got.bytes, text.len() as u64);
+            }
+        }
+        assert_eq!(want.records, 5001);
+    }
+
+    #[test]
+    fn dead_letters_keep_line_numbers() {
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let text = sample(3000);
+        let plain = dir.path().join("v.csv");
+        std::fs::write(&plain, &text).unwrap();
+        let dl = dir.path().join("dead.tsv");
+        let got = count_file(
+            &plain,
+            &m,
+            &FileOptions {
+                threads: 2,
+                block_bytes: 4096,
+                dead_letter: Some(dl.clone()),
+            },
+        )
+        .unwrap();
+        let body = std::fs::read_to_string(&dl).unwrap();
+        let mut lines: Vec<u64> = body
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').next().unwrap().trim_start_matches("line ").parse().unwrap())
+            .collect();
+        lines.sort();
+        let want: Vec<u64> = (0..3000u64).filter(|i| i % 13 == 5 || i % 13 == 7).map(|i| i + 1).collect();
+        assert_eq!(lines, want);
+        assert_eq!(got.dead_letters, want.len() as u64);
+        assert_eq!(got.counters.malformed.total(), want.len() as u64);
+        assert!(body.contains("\ttoo_few_fields\tbad,record"), "{body}");
+    }
+
+    #[test]
+    fn missing_and_corrupt_files_are_named() {
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let err = count_file(&dir.path().join("nope.csv"), &m, &FileOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.csv"), "{err}");
+        let gz = dir.path().join("bad.gz");
+        std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+        let err = count_file(&gz, &m, &FileOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("bad.gz"), "{err}");
+    }
+}
