@@ -5,8 +5,10 @@
 //! trigger of a stream. The contract is `SPEC.md` in the shared folder.
 
 pub mod counters;
+pub mod generate;
 pub mod progress;
 pub mod ratings;
 pub mod record;
 pub mod segment;
 pub mod sink;
+pub mod source;
