@@ -30,7 +30,11 @@ pub enum CountersError {
     NoSubset,
     /// A cluster number outside what a mask holds.
     #[error("cluster {cluster} of household {household_id} is larger than the supported {max}")]
-    ClusterTooLarge { household_id: i64, cluster: u32, max: u32 },
+    ClusterTooLarge {
+        household_id: i64,
+        cluster: u32,
+        max: u32,
+    },
     /// rank 0 (ranks are 1-based).
     #[error("household {household_id} has rank 0; ranks start at 1")]
     ZeroRank { household_id: i64 },
@@ -178,7 +182,8 @@ impl Membership {
     ) -> Result<Membership, CountersError> {
         validate_subsets(&subsets)?;
         let iter = households.into_iter();
-        let mut table = HashMap::with_capacity_and_hasher(iter.size_hint().0, StableBuild::default());
+        let mut table =
+            HashMap::with_capacity_and_hasher(iter.size_hint().0, StableBuild::default());
         let mut clusters = 0u32;
         for (id, cluster, rank) in iter {
             if cluster >= MAX_CLUSTERS {
@@ -230,7 +235,9 @@ impl Membership {
     /// `(cluster, subset mask)` of a household, `None` for a household without demographics.
     #[inline]
     pub fn lookup(&self, household_id: i64) -> Option<(u32, u32)> {
-        self.table.get(&household_id).map(|&p| (p >> 16, p & 0xFFFF))
+        self.table
+            .get(&household_id)
+            .map(|&p| (p >> 16, p & 0xFFFF))
     }
 }
 
@@ -276,8 +283,11 @@ impl Stations {
             },
         };
         if new {
-            self.names
-                .push(String::from_utf8_lossy(station).into_owned().into_boxed_str());
+            self.names.push(
+                String::from_utf8_lossy(station)
+                    .into_owned()
+                    .into_boxed_str(),
+            );
         }
         id
     }
@@ -476,7 +486,14 @@ mod tests {
         // household, cluster, rank
         Membership::new(
             vec![Subset::All, Subset::Every(2)],
-            vec![(10, 0, 1), (11, 0, 2), (20, 1, 1), (21, 1, 2), (22, 1, 3), (22, 0, 9)],
+            vec![
+                (10, 0, 1),
+                (11, 0, 2),
+                (20, 1, 1),
+                (21, 1, 2),
+                (22, 1, 3),
+                (22, 0, 9),
+            ],
         )
         .unwrap()
     }
@@ -487,8 +504,14 @@ mod tests {
             Subset::parse_list("all,3,17").unwrap(),
             vec![Subset::All, Subset::Every(3), Subset::Every(17)]
         );
-        assert_eq!(Subset::parse_list("1"), Err(CountersError::BadSubset("1".into())));
-        assert_eq!(Subset::parse_list("x"), Err(CountersError::BadSubset("x".into())));
+        assert_eq!(
+            Subset::parse_list("1"),
+            Err(CountersError::BadSubset("1".into()))
+        );
+        assert_eq!(
+            Subset::parse_list("x"),
+            Err(CountersError::BadSubset("x".into()))
+        );
         assert_eq!(
             Subset::parse_list("3,3"),
             Err(CountersError::DuplicateSubset("3".into()))

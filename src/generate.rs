@@ -219,7 +219,9 @@ impl Rng {
     fn pick(&mut self, cumulative: &[f64]) -> usize {
         let total = cumulative.last().copied().unwrap_or(0.0);
         let x = self.f64() * total;
-        cumulative.partition_point(|&c| c <= x).min(cumulative.len() - 1)
+        cumulative
+            .partition_point(|&c| c <= x)
+            .min(cumulative.len() - 1)
     }
 }
 
@@ -286,7 +288,12 @@ impl World {
 
 fn peaked(n: usize, mode: usize, peak: f64, rng: &mut Rng) -> Vec<f64> {
     let mut w: Vec<f64> = (0..n).map(|_| 0.2 + rng.f64()).collect();
-    let rest: f64 = w.iter().enumerate().filter(|(i, _)| *i != mode).map(|(_, v)| v).sum();
+    let rest: f64 = w
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != mode)
+        .map(|(_, v)| v)
+        .sum();
     for (i, v) in w.iter_mut().enumerate() {
         *v = if i == mode {
             peak
@@ -521,12 +528,11 @@ fn write_demographics_parquet(path: &Path, rows: &[DemoRow]) -> Result<(), Gener
                 chunk.iter().map(|r| r.numeric[6].to_string()),
             )),
         ];
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| {
-            GenerateError::Parquet {
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| GenerateError::Parquet {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         w.write(&batch).map_err(pq)?;
     }
     w.close().map_err(pq)?;
@@ -579,17 +585,30 @@ struct BlockStats {
     malformed: u64,
 }
 
-/// Write records `[from, to)` of file `stream` (0 static, 1 stream) into `out`.
-fn view_block(
-    cfg: &GenerateConfig,
-    world: &World,
+/// Which records a block holds: `[from, to)` of `total` in file `stream` (0 static, 1 stream).
+#[derive(Clone, Copy)]
+struct BlockSpan {
     stream: u64,
     block: u64,
     from: u64,
     to: u64,
     total: u64,
+}
+
+/// Write the records of one block into `out`.
+fn view_block(
+    cfg: &GenerateConfig,
+    world: &World,
+    span: BlockSpan,
     out: &mut Vec<u8>,
 ) -> BlockStats {
+    let BlockSpan {
+        stream,
+        block,
+        from,
+        to,
+        total,
+    } = span;
     let mut rng = Rng::new(cfg.seed, 2 + stream, block);
     let mut stats = BlockStats::default();
     let n = cfg.households;
@@ -649,7 +668,11 @@ fn view_block(
         out.push(b',');
         push_padded(out, date, 8);
         out.push(b',');
-        push_padded(out, (secs / 3600) * 10_000 + (secs / 60 % 60) * 100 + secs % 60, 6);
+        push_padded(
+            out,
+            (secs / 3600) * 10_000 + (secs / 60 % 60) * 100 + secs % 60,
+            6,
+        );
         out.push(b',');
         if kind != 4 {
             out.extend_from_slice(station.as_bytes());
@@ -710,7 +733,14 @@ fn write_views(
                 buf.clear();
                 let from = b as u64 * BLOCK;
                 let to = (from + BLOCK).min(records);
-                let st = view_block(cfg, world, stream, b as u64, from, to, records, &mut buf);
+                let span = BlockSpan {
+                    stream,
+                    block: b as u64,
+                    from,
+                    to,
+                    total: records,
+                };
+                let st = view_block(cfg, world, span, &mut buf);
                 if tx.send((b, buf, st)).is_err() {
                     break;
                 }
@@ -794,7 +824,11 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, GenerateE
                     name: a.name.clone(),
                     share,
                     households: counts[i],
-                    stations: a.stations.iter().map(|&s| world.stations[s].clone()).collect(),
+                    stations: a
+                        .stations
+                        .iter()
+                        .map(|&s| world.stations[s].clone())
+                        .collect(),
                 }
             })
             .collect(),
@@ -806,7 +840,8 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, GenerateE
     })?;
     std::fs::write(&files[4], json + "\n").map_err(io(&files[4]))?;
     let mut w = BufWriter::new(File::create(&files[5]).map_err(io(&files[5]))?);
-    w.write_all(b"household_id,archetype\n").map_err(io(&files[5]))?;
+    w.write_all(b"household_id,archetype\n")
+        .map_err(io(&files[5]))?;
     for (r, &a) in rows.iter().zip(&world.archetype_of) {
         writeln!(w, "{},{a}", r.id).map_err(io(&files[5]))?;
     }
@@ -847,11 +882,22 @@ mod tests {
         let gb = generate(&small(3), b.path()).unwrap();
         for f in &ga.files {
             let name = f.file_name().unwrap();
-            assert_eq!(std::fs::read(f).unwrap(), std::fs::read(b.path().join(name)).unwrap(), "{name:?}");
+            assert_eq!(
+                std::fs::read(f).unwrap(),
+                std::fs::read(b.path().join(name)).unwrap(),
+                "{name:?}"
+            );
         }
         assert_eq!(ga.malformed, gb.malformed);
         let other = tempfile::tempdir().unwrap();
-        generate(&GenerateConfig { seed: 10, ..small(2) }, other.path()).unwrap();
+        generate(
+            &GenerateConfig {
+                seed: 10,
+                ..small(2)
+            },
+            other.path(),
+        )
+        .unwrap();
         assert_ne!(
             std::fs::read(a.path().join("views_stream.csv")).unwrap(),
             std::fs::read(other.path().join("views_stream.csv")).unwrap()
@@ -864,30 +910,40 @@ mod tests {
         let cfg = small(2);
         let g = generate(&cfg, dir.path()).unwrap();
         // demographics: unique ids, parquet and CSV agree
-        let d = crate::segment::demographics::read(&dir.path().join("demographics.parquet"), true).unwrap();
-        let c = crate::segment::demographics::read(&dir.path().join("demographics.csv"), true).unwrap();
+        let d = crate::segment::demographics::read(&dir.path().join("demographics.parquet"), true)
+            .unwrap();
+        let c =
+            crate::segment::demographics::read(&dir.path().join("demographics.csv"), true).unwrap();
         assert_eq!(d.len() as u64, cfg.households);
         assert_eq!(d.household_id, c.household_id);
         assert_eq!(d.numeric, c.numeric);
         assert_eq!(d.duplicates, 0);
-        let known: HashMap<i64, usize> = d.household_id.iter().enumerate().map(|(i, &h)| (h, i)).collect();
-        let truth: Truth =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("archetypes.json")).unwrap()).unwrap();
-        let arch_of: HashMap<i64, usize> = std::fs::read_to_string(dir.path().join("households_truth.csv"))
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let (h, a) = l.split_once(',').unwrap();
-                (h.parse().unwrap(), a.parse().unwrap())
-            })
+        let known: HashMap<i64, usize> = d
+            .household_id
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| (h, i))
             .collect();
+        let truth: Truth = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("archetypes.json")).unwrap(),
+        )
+        .unwrap();
+        let arch_of: HashMap<i64, usize> =
+            std::fs::read_to_string(dir.path().join("households_truth.csv"))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    let (h, a) = l.split_once(',').unwrap();
+                    (h.parse().unwrap(), a.parse().unwrap())
+                })
+                .collect();
         assert_eq!(arch_of.len() as u64, cfg.households);
         assert!(truth.stations.iter().any(|s| s.starts_with('0')));
-        assert!(truth
-            .stations
-            .iter()
-            .any(|s| s.starts_with('0') && truth.stations.contains(&s.trim_start_matches('0').to_string())));
+        assert!(truth.stations.iter().any(|s| s.starts_with('0')
+            && truth
+                .stations
+                .contains(&s.trim_start_matches('0').to_string())));
         // views
         let text = std::fs::read(dir.path().join("views_static.csv")).unwrap();
         let mut kinds = [0u64; 7];
@@ -925,8 +981,16 @@ mod tests {
         assert!((ushare - cfg.unknown_fraction).abs() < 0.01, "{ushare}");
         // lift: an archetype's stations take a far larger share of its views than of everyone's
         for (i, a) in truth.archetypes.iter().enumerate() {
-            let mine: u64 = a.stations.iter().map(|s| views.get(&(i, s.clone())).copied().unwrap_or(0)).sum();
-            let theirs: u64 = a.stations.iter().map(|s| all.get(s).copied().unwrap_or(0)).sum();
+            let mine: u64 = a
+                .stations
+                .iter()
+                .map(|s| views.get(&(i, s.clone())).copied().unwrap_or(0))
+                .sum();
+            let theirs: u64 = a
+                .stations
+                .iter()
+                .map(|s| all.get(s).copied().unwrap_or(0))
+                .sum();
             let lift = (mine as f64 / per_arch[i] as f64) / (theirs as f64 / valid as f64);
             assert!(lift > 2.0, "archetype {i}: lift {lift}");
         }
@@ -936,10 +1000,34 @@ mod tests {
     #[test]
     fn settings_are_validated() {
         for (cfg, needle) in [
-            (GenerateConfig { households: 0, ..GenerateConfig::default() }, "--households"),
-            (GenerateConfig { stations: 5, ..GenerateConfig::default() }, "--stations"),
-            (GenerateConfig { malformed_fraction: 1.5, ..GenerateConfig::default() }, "--malformed-fraction"),
-            (GenerateConfig { archetypes: 0, ..GenerateConfig::default() }, "--archetypes"),
+            (
+                GenerateConfig {
+                    households: 0,
+                    ..GenerateConfig::default()
+                },
+                "--households",
+            ),
+            (
+                GenerateConfig {
+                    stations: 5,
+                    ..GenerateConfig::default()
+                },
+                "--stations",
+            ),
+            (
+                GenerateConfig {
+                    malformed_fraction: 1.5,
+                    ..GenerateConfig::default()
+                },
+                "--malformed-fraction",
+            ),
+            (
+                GenerateConfig {
+                    archetypes: 0,
+                    ..GenerateConfig::default()
+                },
+                "--archetypes",
+            ),
         ] {
             let e = cfg.validate().unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");

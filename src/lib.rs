@@ -9,6 +9,8 @@ pub mod generate;
 pub mod progress;
 pub mod ratings;
 pub mod record;
+pub mod report;
 pub mod segment;
 pub mod sink;
 pub mod source;
+pub mod topology;

@@ -1,1 +1,293 @@
-fn main() {}
+//! The `viewpulse` binary: parse the command line, start tracing, call the library, and turn
+//! errors into exit codes. Everything else lives in the library (`viewpulse::topology`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use viewpulse::counters::Subset;
+use viewpulse::generate::GenerateConfig;
+use viewpulse::segment::{KMeansSettings, SegmentSettings};
+use viewpulse::topology::{self, AnalyzeSettings, TopologyError};
+
+/// TV audience analytics: household segments and the stations each segment over-watches.
+#[derive(Parser, Debug)]
+#[command(name = "viewpulse", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct LogArgs {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "VIEWPULSE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter (tracing-subscriber EnvFilter syntax); RUST_LOG is used when unset.
+    #[arg(long, global = true, env = "VIEWPULSE_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write synthetic demographics and view records (SPEC formats), seeded.
+    Generate {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Households with demographics.
+        #[arg(long, default_value_t = 10_000)]
+        households: u64,
+        /// Records of views_static.csv.
+        #[arg(long, default_value_t = 200_000)]
+        static_records: u64,
+        /// Records of views_stream.csv.
+        #[arg(long, default_value_t = 100_000)]
+        stream_records: u64,
+        /// Distinct stations.
+        #[arg(long, default_value_t = 400)]
+        stations: u32,
+        /// Random seed: the same seed writes the same bytes.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Hidden household archetypes.
+        #[arg(long, default_value_t = 6)]
+        archetypes: u32,
+        /// Share of malformed view records.
+        #[arg(long, default_value_t = 0.01)]
+        malformed_fraction: f64,
+        /// Share of view records from households without demographics.
+        #[arg(long, default_value_t = 0.05)]
+        unknown_fraction: f64,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Features, KMeans, distance, rank and PCA (SPEC 2 and 3); writes the model folder.
+    Segment {
+        /// Demographics file, Parquet or CSV.
+        #[arg(long)]
+        demographics: PathBuf,
+        /// Model folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of clusters.
+        #[arg(long, default_value_t = 6)]
+        k: usize,
+        /// KMeans seed.
+        #[arg(long, default_value_t = 3)]
+        seed: u64,
+        /// KMeans runs (the lowest inertia wins).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Refuse a row with a missing or unparseable value instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+        /// Skip the PNG charts.
+        #[arg(long)]
+        no_charts: bool,
+    },
+    /// Popularity, general population and diff-rank (SPEC 4) over a bounded views source.
+    Analyze {
+        /// Model folder (from `segment`, or one holding only households.csv).
+        #[arg(long)]
+        model: PathBuf,
+        /// Views: a file path, plain or .gz.
+        #[arg(long)]
+        views: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Subsets: `all` and integers n ≥ 2 (households with rank % n == 0).
+        #[arg(long, default_value = "all,3,17")]
+        subsets: String,
+        /// Diff-rank rows kept per cluster.
+        #[arg(long, default_value_t = 7)]
+        top: usize,
+        /// Counting threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Keep malformed records, with their line numbers, in this file.
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// Skip the charts and report.html.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// The whole pipeline on an embedded default data set, no setup needed.
+    Demo {
+        /// Where to write everything.
+        #[arg(long, default_value = "viewpulse-demo")]
+        out: PathBuf,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+fn init_tracing(log: &LogArgs) {
+    let filter = match &log.log {
+        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn run(cli: Cli) -> Result<(), TopologyError> {
+    match cli.command {
+        Command::Generate {
+            out,
+            households,
+            static_records,
+            stream_records,
+            stations,
+            seed,
+            archetypes,
+            malformed_fraction,
+            unknown_fraction,
+            threads,
+        } => {
+            let cfg = GenerateConfig {
+                households,
+                static_records,
+                stream_records,
+                stations,
+                seed,
+                archetypes,
+                malformed_fraction,
+                unknown_fraction,
+                threads,
+            };
+            let g = topology::generate(&cfg, &out)?;
+            println!(
+                "wrote {} households, {} static and {} stream records ({} malformed) to {} in {:.1} s",
+                g.households,
+                g.static_records,
+                g.stream_records,
+                g.malformed,
+                out.display(),
+                g.elapsed_ms / 1000.0
+            );
+        }
+        Command::Segment {
+            demographics,
+            out,
+            k,
+            seed,
+            runs,
+            strict,
+            no_charts,
+        } => {
+            let s = SegmentSettings {
+                demographics,
+                out: out.clone(),
+                kmeans: KMeansSettings {
+                    k,
+                    seed,
+                    runs,
+                    ..KMeansSettings::default()
+                },
+                strict,
+            };
+            let seg = topology::segment(&s, !no_charts)?;
+            println!(
+                "clustered {} households into {} clusters (sizes {:?}, inertia {:.6}); skipped {}, duplicates {}; model in {}",
+                seg.info.households,
+                seg.info.k,
+                seg.info.cluster_sizes,
+                seg.info.inertia,
+                seg.info.skipped,
+                seg.info.duplicates,
+                out.display()
+            );
+        }
+        Command::Analyze {
+            model,
+            views,
+            out,
+            subsets,
+            top,
+            threads,
+            dead_letter,
+            no_report,
+        } => {
+            let subsets = Subset::parse_list(&subsets)
+                .map_err(|e| TopologyError::Settings(format!("--subsets {subsets:?}: {e}")))?;
+            let a = topology::analyze(&AnalyzeSettings {
+                model,
+                views,
+                out: out.clone(),
+                subsets: subsets.clone(),
+                top,
+                threads,
+                dead_letter,
+                report: !no_report,
+            })?;
+            let s = &a.summary;
+            print!("{}", topology::side_by_side(&a.ratings, &subsets, top));
+            println!(
+                "{} records: {} valid, {} malformed, {} from unknown households; {:.1} M records/s; outputs in {}",
+                s.records,
+                s.valid,
+                s.malformed,
+                s.unknown_household,
+                s.timing.records_per_second / 1e6,
+                out.display()
+            );
+        }
+        Command::Demo { out, seed } => {
+            let d = topology::demo(&out, seed)?;
+            let subsets = vec![Subset::All, Subset::Every(17), Subset::Every(3)];
+            print!(
+                "{}",
+                topology::side_by_side(&d.analyzed.ratings, &subsets, 7)
+            );
+            let s = &d.analyzed.summary;
+            println!(
+                "demo: {} households in {} clusters; {} view records ({} malformed, {} unknown households)",
+                d.segmented.info.households,
+                d.segmented.info.k,
+                s.records,
+                s.malformed,
+                s.unknown_household
+            );
+            if let Some(r) = &d.analyzed.report {
+                println!("report: {}", r.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viewpulse: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

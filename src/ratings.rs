@@ -115,7 +115,11 @@ pub fn top_diff_rank(c: &Counters, subsets: &[Subset], top: usize) -> Vec<DiffRa
 }
 
 fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Ratings {
-    assert_eq!(subsets.len(), c.n_subsets(), "subsets do not match the counters");
+    assert_eq!(
+        subsets.len(),
+        c.n_subsets(),
+        "subsets do not match the counters"
+    );
     let names = c.stations().names();
     let n_stations = names.len();
     let big_n = c.valid as i128;
@@ -144,14 +148,15 @@ fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Rat
                         .cmp(&c.views(si, cl, a))
                         .then_with(|| names[a].as_bytes().cmp(names[b].as_bytes()))
                 });
-                out.popularity.extend(ids.iter().enumerate().map(|(r, &s)| PopularityRow {
-                    subset: label.clone(),
-                    cluster: cl as u32,
-                    station_num: names[s].to_string(),
-                    views: c.views(si, cl, s),
-                    popularity_rating: rating(c.views(si, cl, s), total),
-                    rank: r as u32 + 1,
-                }));
+                out.popularity
+                    .extend(ids.iter().enumerate().map(|(r, &s)| PopularityRow {
+                        subset: label.clone(),
+                        cluster: cl as u32,
+                        station_num: names[s].to_string(),
+                        views: c.views(si, cl, s),
+                        popularity_rating: rating(c.views(si, cl, s), total),
+                        rank: r as u32 + 1,
+                    }));
             }
             // diff(s) ∝ v·N − g·T exactly.
             let t = total as i128;
@@ -252,7 +257,12 @@ mod tests {
                     .map(|(s, v, p)| {
                         let g = gen[s];
                         let gr = 100.0 * g as f64 / n;
-                        (s.clone(), *p, gr, *v as i128 * views.len() as i128 - g as i128 * total as i128)
+                        (
+                            s.clone(),
+                            *p,
+                            gr,
+                            *v as i128 * views.len() as i128 - g as i128 * total as i128,
+                        )
                     })
                     .collect();
                 d.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
@@ -276,10 +286,7 @@ mod tests {
         }
     }
 
-    fn count_all(
-        lines: &[String],
-        m: &Membership,
-    ) -> Counters {
+    fn count_all(lines: &[String], m: &Membership) -> Counters {
         let mut c = Counters::for_membership(m);
         for l in lines {
             c.count(l.as_bytes(), m);
@@ -287,7 +294,10 @@ mod tests {
         c
     }
 
-    fn scenario() -> impl Strategy<Value = (Vec<(i64, u32, u32)>, Vec<(i64, String)>, usize)> {
+    /// Households `(id, cluster, rank)`, views `(household, station)`, and a split point.
+    type Scenario = (Vec<(i64, u32, u32)>, Vec<(i64, String)>, usize);
+
+    fn scenario() -> impl Strategy<Value = Scenario> {
         // up to 4 clusters, 40 households with ids 0..60 (some views from unknown ones),
         // stations from a small pool (with a leading-zero twin) so ties happen.
         let hh = prop::collection::vec((0u32..4, 1u32..30), 1..40).prop_map(|v| {

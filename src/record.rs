@@ -108,7 +108,9 @@ impl MalformedCounts {
 
     /// `(name, count)` for every kind, in counter order.
     pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        Malformed::ALL.iter().map(move |k| (k.name(), self.0[k.index()]))
+        Malformed::ALL
+            .iter()
+            .map(move |k| (k.name(), self.0[k.index()]))
     }
 }
 
@@ -230,25 +232,43 @@ mod tests {
             (b"a,b,c,d,e,-", Malformed::BadHouseholdId),
             (b"a,b,c,d,e, 12", Malformed::BadHouseholdId),
             (b"a,b,c,d,e,1.5", Malformed::BadHouseholdId),
-            (b"a,b,c,d,e,9223372036854775808", Malformed::HouseholdIdOverflow),
-            (b"a,b,c,d,e,-9223372036854775809", Malformed::HouseholdIdOverflow),
-            (b"a,b,c,d,e,99999999999999999999999", Malformed::HouseholdIdOverflow),
+            (
+                b"a,b,c,d,e,9223372036854775808",
+                Malformed::HouseholdIdOverflow,
+            ),
+            (
+                b"a,b,c,d,e,-9223372036854775809",
+                Malformed::HouseholdIdOverflow,
+            ),
+            (
+                b"a,b,c,d,e,99999999999999999999999",
+                Malformed::HouseholdIdOverflow,
+            ),
             (b"a,b,c,\xc3\xa9,e,1", Malformed::NonAscii),
             (b"\x00\xff\xfe\x80junk", Malformed::NonAscii),
         ];
         for (input, want) in cases {
-            assert_eq!(parse(input), Err(*want), "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                parse(input),
+                Err(*want),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn i64_bounds() {
         assert_eq!(
-            parse(b"a,b,c,d,e,9223372036854775807").unwrap().household_id,
+            parse(b"a,b,c,d,e,9223372036854775807")
+                .unwrap()
+                .household_id,
             i64::MAX
         );
         assert_eq!(
-            parse(b"a,b,c,d,e,-9223372036854775808").unwrap().household_id,
+            parse(b"a,b,c,d,e,-9223372036854775808")
+                .unwrap()
+                .household_id,
             i64::MIN
         );
         assert_eq!(parse(b"a,b,c,d,e,+42").unwrap().household_id, 42);

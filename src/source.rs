@@ -114,8 +114,18 @@ struct Block {
     data: Vec<u8>,
 }
 
+/// An opened views file.
+pub struct Opened {
+    /// The records' bytes, decompressed.
+    pub reader: Box<dyn Read + Send>,
+    /// The file's size on disk.
+    pub len: u64,
+    /// Bytes read from disk so far (compressed bytes for gzip), for progress.
+    pub read: Arc<AtomicU64>,
+}
+
 /// Open a views file, transparently decompressing gzip (detected by its magic bytes).
-pub fn open(path: &Path) -> Result<(Box<dyn Read + Send>, u64, Arc<AtomicU64>), SourceError> {
+pub fn open(path: &Path) -> Result<Opened, SourceError> {
     let io_err = |e| SourceError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -139,7 +149,11 @@ pub fn open(path: &Path) -> Result<(Box<dyn Read + Send>, u64, Arc<AtomicU64>), 
     } else {
         Box::new(metered)
     };
-    Ok((r, len, read))
+    Ok(Opened {
+        reader: r,
+        len,
+        read,
+    })
 }
 
 /// Read and count every record of a views file.
@@ -148,7 +162,11 @@ pub fn count_file(
     membership: &Membership,
     opts: &FileOptions,
 ) -> Result<FileCount, SourceError> {
-    let (mut reader, len, read_bytes) = open(path)?;
+    let Opened {
+        mut reader,
+        len,
+        read: read_bytes,
+    } = open(path)?;
     let n_threads = threads(opts.threads);
     let dead = match &opts.dead_letter {
         Some(p) => Some(Mutex::new(DeadLetter::create(p)?)),
@@ -229,21 +247,23 @@ pub fn count_file(
                         Ok(n) => filled += n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            return Err(if e.kind() == io::ErrorKind::InvalidInput
-                                || e.kind() == io::ErrorKind::InvalidData
-                                || e.kind() == io::ErrorKind::UnexpectedEof
-                            {
-                                SourceError::Gzip {
-                                    path: path.to_path_buf(),
-                                    offset: total + filled as u64,
-                                    message: e.to_string(),
-                                }
-                            } else {
-                                SourceError::Io {
-                                    path: path.to_path_buf(),
-                                    source: e,
-                                }
-                            });
+                            return Err(
+                                if e.kind() == io::ErrorKind::InvalidInput
+                                    || e.kind() == io::ErrorKind::InvalidData
+                                    || e.kind() == io::ErrorKind::UnexpectedEof
+                                {
+                                    SourceError::Gzip {
+                                        path: path.to_path_buf(),
+                                        offset: total + filled as u64,
+                                        message: e.to_string(),
+                                    }
+                                } else {
+                                    SourceError::Io {
+                                        path: path.to_path_buf(),
+                                        source: e,
+                                    }
+                                },
+                            );
                         }
                     }
                 }
@@ -435,10 +455,20 @@ mod tests {
         let mut lines: Vec<u64> = body
             .lines()
             .skip(1)
-            .map(|l| l.split('\t').next().unwrap().trim_start_matches("line ").parse().unwrap())
+            .map(|l| {
+                l.split('\t')
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("line ")
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         lines.sort();
-        let want: Vec<u64> = (0..3000u64).filter(|i| i % 13 == 5 || i % 13 == 7).map(|i| i + 1).collect();
+        let want: Vec<u64> = (0..3000u64)
+            .filter(|i| i % 13 == 5 || i % 13 == 7)
+            .map(|i| i + 1)
+            .collect();
         assert_eq!(lines, want);
         assert_eq!(got.dead_letters, want.len() as u64);
         assert_eq!(got.counters.malformed.total(), want.len() as u64);
@@ -454,8 +484,14 @@ mod tests {
             .to_string();
         assert!(err.contains("nope.csv"), "{err}");
         let gz = dir.path().join("bad.gz");
-        std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7]).unwrap();
-        let err = count_file(&gz, &m, &FileOptions::default()).unwrap_err().to_string();
+        std::fs::write(
+            &gz,
+            [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7],
+        )
+        .unwrap();
+        let err = count_file(&gz, &m, &FileOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.gz"), "{err}");
     }
 }

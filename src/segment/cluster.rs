@@ -72,7 +72,10 @@ pub fn fit(
         return Err(SegmentError::Settings("--k must be at least 1".into()));
     }
     if s.k > n {
-        return Err(SegmentError::KTooLarge { k: s.k, households: n });
+        return Err(SegmentError::KTooLarge {
+            k: s.k,
+            households: n,
+        });
     }
     let rng = Xoshiro256Plus::seed_from_u64(s.seed);
     let dataset = DatasetBase::from(x.to_owned());
@@ -194,15 +197,7 @@ mod tests {
             let c = a.cluster[blob * 50];
             assert!(a.cluster[blob * 50..blob * 50 + 50].iter().all(|&x| x == c));
         }
-        let err = fit(
-            x.view(),
-            &ids,
-            &KMeansSettings {
-                k: 151,
-                ..s
-            },
-        )
-        .unwrap_err();
+        let err = fit(x.view(), &ids, &KMeansSettings { k: 151, ..s }).unwrap_err();
         assert!(err.to_string().contains("151"), "{err}");
     }
 }

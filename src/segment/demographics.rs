@@ -328,7 +328,9 @@ fn read_csv(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
             path: path.to_path_buf(),
         });
     }
-    let header = line.trim_end_matches(['\n', '\r']).trim_start_matches('\u{feff}');
+    let header = line
+        .trim_end_matches(['\n', '\r'])
+        .trim_start_matches('\u{feff}');
     split_csv(header, &mut fields).map_err(|why| SegmentError::Csv {
         path: path.to_path_buf(),
         line: 1,
@@ -547,12 +549,19 @@ mod tests {
         assert_eq!(d.rows_read, 5);
         assert_eq!(d.skipped, 2);
         assert_eq!(d.duplicates, 1);
-        assert!(d.skipped_examples[0].contains("line 3"), "{:?}", d.skipped_examples);
+        assert!(
+            d.skipped_examples[0].contains("line 3"),
+            "{:?}",
+            d.skipped_examples
+        );
         assert!(d.skipped_examples[0].contains("household_size"));
         assert_eq!(d.numeric[6], vec![3.0, 7.0]);
         assert_eq!(d.categorical[0].values, vec!["M", "S"]);
         let err = read(&p, true).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("household_size"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("household_size"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -562,10 +571,20 @@ mod tests {
         let err = read(&p, false).unwrap_err().to_string();
         assert!(err.contains("a.csv") && err.contains("num_adults"), "{err}");
         let p = write(dir.path(), "e.csv", "");
-        assert!(matches!(read(&p, false), Err(SegmentError::EmptyTable { .. })));
+        assert!(matches!(
+            read(&p, false),
+            Err(SegmentError::EmptyTable { .. })
+        ));
         let p = write(dir.path(), "h.csv", HEADER);
-        assert!(matches!(read(&p, false), Err(SegmentError::EmptyTable { .. })));
-        let p = write(dir.path(), "s.csv", &format!("{HEADER}1,a,2,2,M,W,S,O,10,15,8,M,3\n"));
+        assert!(matches!(
+            read(&p, false),
+            Err(SegmentError::EmptyTable { .. })
+        ));
+        let p = write(
+            dir.path(),
+            "s.csv",
+            &format!("{HEADER}1,a,2,2,M,W,S,O,10,15,8,M,3\n"),
+        );
         let err = read(&p, false).unwrap_err().to_string();
         assert!(err.contains("no usable household"), "{err}");
         let missing = dir.path().join("nope.csv");
@@ -582,8 +601,16 @@ mod tests {
         assert_eq!(a.household_id, b.household_id);
         assert_eq!(a.numeric, b.numeric);
         for i in 0..5 {
-            let va: Vec<&str> = a.categorical[i].codes.iter().map(|&c| a.categorical[i].values[c as usize].as_str()).collect();
-            let vb: Vec<&str> = b.categorical[i].codes.iter().map(|&c| b.categorical[i].values[c as usize].as_str()).collect();
+            let va: Vec<&str> = a.categorical[i]
+                .codes
+                .iter()
+                .map(|&c| a.categorical[i].values[c as usize].as_str())
+                .collect();
+            let vb: Vec<&str> = b.categorical[i]
+                .codes
+                .iter()
+                .map(|&c| b.categorical[i].values[c as usize].as_str())
+                .collect();
             assert_eq!(va, vb);
         }
     }

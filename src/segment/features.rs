@@ -59,7 +59,10 @@ fn order_categories(values: &[String], codes: &[u32]) -> (Vec<u32>, Vec<String>)
     for (i, &c) in order.iter().enumerate() {
         index[c] = i as u32;
     }
-    (index, order.into_iter().map(|c| values[c].clone()).collect())
+    (
+        index,
+        order.into_iter().map(|c| values[c].clone()).collect(),
+    )
 }
 
 /// Learn the scaling and category orders from the table.
@@ -160,7 +163,8 @@ mod tests {
                 vec!["M", "U", "F"],
             ]
         );
-        assert_eq!(spec.dims(), 7 + 2 + 1 + 0 + 1 + 2);
+        // 7 numeric + marital 2 + race 1 + dwelling 0 + owner 1 + gender 2
+        assert_eq!(spec.dims(), 13);
         let x = transform(&d, &spec);
         let row0 = [
             2.0 * (1.0 / 8.0),

@@ -86,7 +86,9 @@ pub enum SegmentError {
         path: PathBuf,
     },
     /// Every row was skipped.
-    #[error("{path}: no usable household among {rows} rows ({skipped} skipped; first: {examples})")]
+    #[error(
+        "{path}: no usable household among {rows} rows ({skipped} skipped; first: {examples})"
+    )]
     NoHouseholds {
         /// The file.
         path: PathBuf,
@@ -172,7 +174,11 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
             "demographics rows skipped"
         );
     }
-    info!(households = d.len(), rows = d.rows_read, "demographics read");
+    info!(
+        households = d.len(),
+        rows = d.rows_read,
+        "demographics read"
+    );
 
     let t = Instant::now();
     let spec = features::fit(&d);
@@ -220,7 +226,12 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
         households: d.len() as u64,
         cluster_sizes: cl.sizes.clone(),
         feature_names: spec.names(),
-        centroids: cl.centroids.rows().into_iter().map(|r| r.to_vec()).collect(),
+        centroids: cl
+            .centroids
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect(),
         centroids_pca: cl
             .centroids
             .rows()

@@ -196,10 +196,11 @@ pub fn read_bin(path: &Path) -> Result<ModelBin, SegmentError> {
     let f = File::open(path).map_err(io_err(path))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
     let mut head = [0u8; 12];
-    r.read_exact(&mut head).map_err(|_| SegmentError::ModelFile {
-        path: path.to_path_buf(),
-        message: "too short to be a viewpulse model".into(),
-    })?;
+    r.read_exact(&mut head)
+        .map_err(|_| SegmentError::ModelFile {
+            path: path.to_path_buf(),
+            message: "too short to be a viewpulse model".into(),
+        })?;
     if &head[..8] != MAGIC {
         return Err(SegmentError::ModelFile {
             path: path.to_path_buf(),
@@ -271,28 +272,38 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
             ));
         }
         let int = |i: usize, name: &str| -> Result<i64, SegmentError> {
-            fields[i]
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| bad(lineno, format!("column {name}: {:?} is not an integer", fields[i])))
+            fields[i].trim().parse::<i64>().map_err(|_| {
+                bad(
+                    lineno,
+                    format!("column {name}: {:?} is not an integer", fields[i]),
+                )
+            })
         };
         let float = |i: Option<usize>, name: &str| -> Result<f64, SegmentError> {
             match i {
                 None => Ok(f64::NAN),
-                Some(i) => fields[i]
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| bad(lineno, format!("column {name}: {:?} is not a number", fields[i]))),
+                Some(i) => fields[i].trim().parse::<f64>().map_err(|_| {
+                    bad(
+                        lineno,
+                        format!("column {name}: {:?} is not a number", fields[i]),
+                    )
+                }),
             }
         };
         let id = int(ci, "household_id")?;
         let cluster = int(cc, "cluster")?;
         let rank = int(cr, "rank")?;
         if !(0..i64::from(u16::MAX)).contains(&cluster) {
-            return Err(bad(lineno, format!("column cluster: {cluster} is out of range 0..65534")));
+            return Err(bad(
+                lineno,
+                format!("column cluster: {cluster} is out of range 0..65534"),
+            ));
         }
         if !(1..=i64::from(u32::MAX)).contains(&rank) {
-            return Err(bad(lineno, format!("column rank: {rank} must be at least 1")));
+            return Err(bad(
+                lineno,
+                format!("column rank: {rank} must be at least 1"),
+            ));
         }
         out.push(Household {
             household_id: id,
@@ -396,8 +407,22 @@ mod tests {
         let m = ModelBin {
             info,
             households: vec![
-                Household { household_id: -5, cluster: 0, distance: 0.25, rank: 1, pca_x: 0.1, pca_y: 0.2 },
-                Household { household_id: 7, cluster: 1, distance: 1.25, rank: 1, pca_x: 1.0, pca_y: -0.5 },
+                Household {
+                    household_id: -5,
+                    cluster: 0,
+                    distance: 0.25,
+                    rank: 1,
+                    pca_x: 0.1,
+                    pca_y: 0.2,
+                },
+                Household {
+                    household_id: 7,
+                    cluster: 1,
+                    distance: 1.25,
+                    rank: 1,
+                    pca_x: 1.0,
+                    pca_y: -0.5,
+                },
             ],
         };
         let p = dir.path().join("model.bin");
@@ -409,7 +434,10 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
         let err = read_bin(&p).unwrap_err().to_string();
-        assert!(err.contains("model.bin") && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains("model.bin") && err.contains("corrupt"),
+            "{err}"
+        );
         std::fs::write(&p, b"hello world, not a model").unwrap();
         assert!(read_bin(&p).unwrap_err().to_string().contains("magic"));
         let err = load(&dir.path().join("missing")).unwrap_err().to_string();
@@ -420,7 +448,11 @@ mod tests {
     fn households_csv_errors_name_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("households.csv");
-        std::fs::write(&p, "household_id,cluster,distance,rank\n1,0,0.5,1\n2,x,0.5,1\n").unwrap();
+        std::fs::write(
+            &p,
+            "household_id,cluster,distance,rank\n1,0,0.5,1\n2,x,0.5,1\n",
+        )
+        .unwrap();
         let err = read_households_csv(&p).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("cluster"), "{err}");
         std::fs::write(&p, "household_id,cluster,distance\n1,0,0.5\n").unwrap();

@@ -127,7 +127,10 @@ pub fn fit(x: ArrayView2<f64>) -> Pca {
     let mut components = Array2::<f64>::zeros((d, 2));
     for j in 0..2.min(d) {
         let mut col = vecs.column(j).to_owned();
-        let lead = col.iter().copied().fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+        let lead = col
+            .iter()
+            .copied()
+            .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
         if lead < 0.0 {
             col.mapv_inplace(|v| -v);
         }
@@ -160,11 +163,11 @@ mod tests {
         let r = std::f64::consts::FRAC_1_SQRT_2;
         assert!((vecs[[0, 0]].abs() - r).abs() < 1e-12);
         // A v = λ v for both
-        for j in 0..2 {
+        for (j, val) in vals.iter().enumerate() {
             let v = vecs.column(j);
             let av = m.dot(&v);
             for i in 0..2 {
-                assert!((av[i] - vals[j] * v[i]).abs() < 1e-12);
+                assert!((av[i] - val * v[i]).abs() < 1e-12);
             }
         }
     }

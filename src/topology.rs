@@ -1,0 +1,444 @@
+//! The wiring of every command, in one place: which stages run in which order, with which
+//! settings, and where their outputs go. Each stage lives in its own module (`segment`,
+//! `source`, `counters`, `ratings`, `sink`, `report`, `generate`); this module only connects
+//! them, times them, and turns their errors into one error type with a meaningful exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::counters::{Counters, CountersError, Membership, Subset};
+use crate::generate::{self, GenerateConfig, GenerateError, Generated};
+use crate::ratings::{self, Ratings};
+use crate::report::{self, PcaPoint, ReportError, ReportInput};
+use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
+use crate::sink::{self, SinkError, Summary, Timing};
+use crate::source::{self, FileOptions, SourceError};
+
+/// Exit code for a command-line or settings mistake.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for input data that cannot be used (sysexits `EX_DATAERR`).
+pub const EXIT_DATA: i32 = 65;
+/// Exit code for an input that does not exist (sysexits `EX_NOINPUT`).
+pub const EXIT_NO_INPUT: i32 = 66;
+/// Exit code for a failure to write an output (sysexits `EX_IOERR`).
+pub const EXIT_IO: i32 = 74;
+
+/// Any failure of a command.
+#[derive(Debug, Error)]
+pub enum TopologyError {
+    /// Segmentation or model loading failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// Reading the views failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing an output failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The subsets or the model's shape are unusable.
+    #[error(transparent)]
+    Counters(#[from] CountersError),
+    /// A chart or the report could not be written.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// Generating data failed.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// The views hold no valid record, so no rating exists.
+    #[error("{source_name}: no valid view record among {records} records ({malformed} malformed); see SPEC 1.2 for the format")]
+    NoValidRecord {
+        /// The views source.
+        source_name: String,
+        /// Records read.
+        records: u64,
+        /// Malformed records.
+        malformed: u64,
+    },
+    /// A setting is impossible.
+    #[error("{0}")]
+    Settings(String),
+}
+
+impl TopologyError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        use std::io::ErrorKind;
+        match self {
+            TopologyError::Settings(_) | TopologyError::Counters(_) => EXIT_USAGE,
+            TopologyError::Segment(SegmentError::Settings(_))
+            | TopologyError::Segment(SegmentError::KTooLarge { .. }) => EXIT_USAGE,
+            TopologyError::Segment(SegmentError::NoModel { .. }) => EXIT_NO_INPUT,
+            TopologyError::Segment(SegmentError::Io { source, .. })
+            | TopologyError::Source(SourceError::Io { source, .. })
+                if source.kind() == ErrorKind::NotFound =>
+            {
+                EXIT_NO_INPUT
+            }
+            TopologyError::Sink(_) | TopologyError::Report(_) | TopologyError::Generate(_) => {
+                EXIT_IO
+            }
+            TopologyError::Source(SourceError::DeadLetter(_)) => EXIT_IO,
+            _ => EXIT_DATA,
+        }
+    }
+}
+
+/// Settings of `viewpulse analyze`.
+#[derive(Debug, Clone)]
+pub struct AnalyzeSettings {
+    /// The model folder.
+    pub model: PathBuf,
+    /// The views source (a file path, plain or gzip).
+    pub views: String,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Subsets to rate.
+    pub subsets: Vec<Subset>,
+    /// Top-K per cluster.
+    pub top: usize,
+    /// Counting threads (0 = one per core).
+    pub threads: usize,
+    /// Where to keep malformed records.
+    pub dead_letter: Option<PathBuf>,
+    /// Write the charts and `report.html`.
+    pub report: bool,
+}
+
+/// What `analyze` produced.
+#[derive(Debug, Clone)]
+pub struct Analyzed {
+    /// `summary.json`'s content.
+    pub summary: Summary,
+    /// The ratings.
+    pub ratings: Ratings,
+    /// `report.html`, when written.
+    pub report: Option<PathBuf>,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Load a model folder into the membership table the counters need.
+pub fn load_membership(
+    model: &Path,
+    subsets: &[Subset],
+) -> Result<(LoadedModel, Membership), TopologyError> {
+    let m = segment::model::load(model)?;
+    let membership = Membership::new(
+        subsets.to_vec(),
+        m.households
+            .iter()
+            .map(|h| (h.household_id, h.cluster, h.rank)),
+    )?;
+    Ok((m, membership))
+}
+
+/// SPEC section 4 over a bounded source: count, rate, write the files and the report.
+pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
+    let total = Instant::now();
+    if s.top == 0 {
+        return Err(TopologyError::Settings("--top must be at least 1".into()));
+    }
+    if s.views.starts_with("kafka://") {
+        return Err(TopologyError::Settings(format!(
+            "--views {}: Kafka sources are not supported by this build yet; give a file",
+            s.views
+        )));
+    }
+    let t = Instant::now();
+    let (model, membership) = load_membership(&s.model, &s.subsets)?;
+    let load_model_ms = ms(t);
+    info!(
+        households = membership.len(),
+        clusters = membership.clusters(),
+        "model loaded"
+    );
+
+    let t = Instant::now();
+    let path = PathBuf::from(&s.views);
+    let counted = source::count_file(
+        &path,
+        &membership,
+        &FileOptions {
+            threads: s.threads,
+            dead_letter: s.dead_letter.clone(),
+            ..FileOptions::default()
+        },
+    )?;
+    let count_ms = ms(t);
+    let c: &Counters = &counted.counters;
+    info!(
+        records = c.records,
+        valid = c.valid,
+        malformed = c.malformed.total(),
+        unknown_household = c.unknown_household,
+        ms = count_ms,
+        "views counted"
+    );
+    if c.malformed.total() > 0 {
+        warn!(
+            malformed = c.malformed.total(),
+            by_kind = ?c.malformed.by_kind().filter(|(_, v)| *v > 0).collect::<Vec<_>>(),
+            dead_letter = ?s.dead_letter,
+            "malformed view records skipped"
+        );
+    }
+    if c.valid == 0 {
+        return Err(TopologyError::NoValidRecord {
+            source_name: s.views.clone(),
+            records: c.records,
+            malformed: c.malformed.total(),
+        });
+    }
+
+    let t = Instant::now();
+    let r = ratings::compute(c, &s.subsets, s.top);
+    let rate_ms = ms(t);
+
+    let t = Instant::now();
+    std::fs::create_dir_all(&s.out).map_err(|e| SinkError::Io {
+        path: s.out.clone(),
+        source: e,
+    })?;
+    sink::write_ratings(&s.out, &r)?;
+    let mut summary = Summary {
+        source: s.views.clone(),
+        model: s.model.display().to_string(),
+        records: c.records,
+        valid: c.valid,
+        unknown_household: c.unknown_household,
+        clustered_views: c.valid - c.unknown_household,
+        households: membership.len() as u64,
+        clusters: membership.clusters(),
+        stations: c.stations().len() as u64,
+        subsets: s.subsets.iter().map(|x| x.label()).collect(),
+        top: s.top,
+        threads: counted.threads,
+        ..Summary::default()
+    };
+    summary.set_malformed(&c.malformed);
+    let report_path = if s.report {
+        Some(write_report(&s.out, &model, &r, &summary, s.top)?)
+    } else {
+        None
+    };
+    let write_ms = ms(t);
+    summary.timing = Timing {
+        load_model_ms,
+        count_ms,
+        rate_ms,
+        write_ms,
+        total_ms: ms(total),
+        records_per_second: c.records as f64 / (count_ms / 1000.0).max(1e-9),
+    };
+    sink::write_json(&s.out.join("summary.json"), &summary)?;
+    Ok(Analyzed {
+        summary,
+        ratings: r,
+        report: report_path,
+    })
+}
+
+/// The PCA points of a model (empty when it has none).
+fn pca_points(model: &LoadedModel) -> Vec<PcaPoint> {
+    model
+        .households
+        .iter()
+        .filter(|h| h.pca_x.is_finite() && h.pca_y.is_finite())
+        .map(|h| PcaPoint {
+            x: h.pca_x,
+            y: h.pca_y,
+            cluster: h.cluster,
+        })
+        .collect()
+}
+
+fn centroids_2d(model: &LoadedModel) -> Vec<(f64, f64)> {
+    model
+        .info
+        .as_ref()
+        .map(|i| i.centroids_pca.iter().map(|c| (c[0], c[1])).collect())
+        .unwrap_or_default()
+}
+
+/// Charts of a model folder: `pca.png` and `cluster_sizes.png`.
+pub fn model_charts(dir: &Path, model: &LoadedModel) -> Result<(), TopologyError> {
+    let points = pca_points(model);
+    if !points.is_empty() {
+        report::pca_scatter(
+            &dir.join("pca.png"),
+            &points,
+            model.k(),
+            &centroids_2d(model),
+        )?;
+    }
+    report::cluster_sizes(&dir.join("cluster_sizes.png"), &model.cluster_sizes())?;
+    Ok(())
+}
+
+fn write_report(
+    out: &Path,
+    model: &LoadedModel,
+    r: &Ratings,
+    summary: &Summary,
+    top: usize,
+) -> Result<PathBuf, TopologyError> {
+    let k = model.k();
+    let points = pca_points(model);
+    let pca = out.join("pca.png");
+    let pca_png = if points.is_empty() {
+        None
+    } else {
+        report::pca_scatter(&pca, &points, k, &centroids_2d(model))?;
+        Some(pca.as_path())
+    };
+    let sizes = model.cluster_sizes();
+    let sizes_path = out.join("cluster_sizes.png");
+    report::cluster_sizes(&sizes_path, &sizes)?;
+    // one diff-rank chart per subset; the report shows `all` (or the first subset)
+    let mut labels: Vec<String> = summary.subsets.clone();
+    labels.sort_by_key(|l| l != "all");
+    for label in &labels {
+        let rows: Vec<_> = r
+            .diff_rank
+            .iter()
+            .filter(|d| &d.subset == label)
+            .cloned()
+            .collect();
+        report::diff_rank_bars(&out.join(format!("diff_rank_{label}.png")), &rows, label, k)?;
+    }
+    let diff_path = labels
+        .first()
+        .map(|l| out.join(format!("diff_rank_{l}.png")));
+    let html = out.join("report.html");
+    report::write_html(
+        &html,
+        &ReportInput {
+            title: "viewpulse: station diff-rank by household segment",
+            ratings: r,
+            summary,
+            k,
+            top,
+            pca_png,
+            cluster_sizes_png: Some(&sizes_path),
+            diff_rank_png: diff_path.as_deref(),
+            cluster_sizes: &sizes,
+        },
+    )?;
+    Ok(html)
+}
+
+/// `viewpulse segment`, with its charts.
+pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyError> {
+    let seg = segment::segment(s)?;
+    if charts {
+        let model = LoadedModel {
+            dir: s.out.clone(),
+            info: Some(seg.info.clone()),
+            households: seg.households.clone(),
+        };
+        model_charts(&s.out, &model)?;
+    }
+    Ok(seg)
+}
+
+/// `viewpulse generate`.
+pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyError> {
+    cfg.validate()?;
+    Ok(generate::generate(cfg, out)?)
+}
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// The generated data.
+    pub generated: Generated,
+    /// The model.
+    pub segmented: Segmented,
+    /// The batch analysis of the static views.
+    pub analyzed: Analyzed,
+    /// Where everything is.
+    pub out: PathBuf,
+}
+
+/// `viewpulse demo`: generate a small data set, segment it, analyze the static views.
+pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
+    let data = out.join("data");
+    let cfg = GenerateConfig {
+        households: 20_000,
+        static_records: 1_000_000,
+        stream_records: 200_000,
+        stations: 300,
+        seed,
+        ..GenerateConfig::default()
+    };
+    info!(out = %out.display(), "demo: generating data");
+    let generated = generate(&cfg, &data)?;
+    let model_dir = out.join("model");
+    info!("demo: segmenting households");
+    let segmented = segment(
+        &SegmentSettings {
+            demographics: data.join("demographics.parquet"),
+            out: model_dir.clone(),
+            kmeans: segment::KMeansSettings::default(),
+            strict: false,
+        },
+        true,
+    )?;
+    info!("demo: analyzing the static views");
+    let analyzed = analyze(&AnalyzeSettings {
+        model: model_dir,
+        views: data.join("views_static.csv").display().to_string(),
+        out: out.join("analysis"),
+        subsets: vec![Subset::All, Subset::Every(3), Subset::Every(17)],
+        top: 7,
+        threads: 0,
+        dead_letter: Some(out.join("analysis").join("dead_letter.tsv")),
+        report: true,
+    })?;
+    Ok(Demo {
+        generated,
+        segmented,
+        analyzed,
+        out: out.to_path_buf(),
+    })
+}
+
+/// The seed's side-by-side table (all / 17th's / 3rd's per cluster and rank) as text.
+pub fn side_by_side(r: &Ratings, subsets: &[Subset], top: usize) -> String {
+    use std::fmt::Write;
+    let mut labels: Vec<Subset> = subsets.to_vec();
+    labels.sort_by_key(|s| match s {
+        Subset::All => (0, 0),
+        Subset::Every(n) => (1, u32::MAX - *n),
+    });
+    let clusters = r.diff_rank.iter().map(|d| d.cluster + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    let _ = write!(out, "{:>7} {:>4}", "cluster", "rank");
+    for l in &labels {
+        let head = report::subset_heading(&l.label());
+        let _ = write!(out, "  {head:>18}");
+    }
+    out.push('\n');
+    for c in 0..clusters {
+        for rank in 1..=top as u32 {
+            let _ = write!(out, "{c:>7} {rank:>4}");
+            for l in &labels {
+                let label = l.label();
+                let cell = r
+                    .diff_rank
+                    .iter()
+                    .find(|d| d.subset == label && d.cluster == c && d.rank == rank)
+                    .map(|d| format!("{} ({:+.2})", d.station_num, d.diff_rank))
+                    .unwrap_or_default();
+                let _ = write!(out, "  {cell:>18}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! The real binary, end to end: `generate` then `segment` then `analyze` must bring the
+//! planted signal back, and bad input must give one clear message and a meaningful exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn viewpulse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(args)
+        .env("VIEWPULSE_NO_PROGRESS", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = viewpulse(args);
+    assert!(
+        out.status.success(),
+        "viewpulse {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run, expect failure with `code`, return stderr.
+fn fails(args: &[&str], code: i32) -> String {
+    let out = viewpulse(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "viewpulse {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_segment_analyze_recovers_planted_archetypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let model = dir.path().join("model");
+    let out = dir.path().join("out");
+    ok(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--households",
+        "3000",
+        "--static-records",
+        "300000",
+        "--stream-records",
+        "1000",
+        "--stations",
+        "200",
+        "--seed",
+        "7",
+    ]);
+    ok(&[
+        "segment",
+        "--demographics",
+        s(&data.join("demographics.parquet")),
+        "--out",
+        s(&model),
+    ]);
+    for f in [
+        "households.csv",
+        "features.csv",
+        "model.json",
+        "model.bin",
+        "pca.png",
+        "cluster_sizes.png",
+    ] {
+        assert!(model.join(f).is_file(), "{f}");
+    }
+    let dead = dir.path().join("dead.tsv");
+    ok(&[
+        "analyze",
+        "--model",
+        s(&model),
+        "--views",
+        s(&data.join("views_static.csv")),
+        "--out",
+        s(&out),
+        "--dead-letter",
+        s(&dead),
+    ]);
+    for f in [
+        "popularity.csv",
+        "genpop.csv",
+        "diff_rank.csv",
+        "summary.json",
+        "report.html",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["records"], 300_000);
+    let malformed = summary["malformed"].as_u64().unwrap();
+    assert!(malformed > 0 && summary["unknown_household"].as_u64().unwrap() > 0);
+    let dead_lines = std::fs::read_to_string(&dead).unwrap().lines().count() as u64;
+    assert_eq!(
+        dead_lines,
+        malformed + 1,
+        "a dead letter per malformed record, plus the header"
+    );
+
+    // the planted truth
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("archetypes.json")).unwrap())
+            .unwrap();
+    let archetypes = truth["archetypes"].as_array().unwrap();
+    let diff = std::fs::read_to_string(out.join("diff_rank.csv")).unwrap();
+    let mut top: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in diff.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f[0] == "all" {
+            top.entry(f[1].to_string())
+                .or_default()
+                .push(f[3].to_string());
+        }
+    }
+    let mut recovered = 0;
+    for a in archetypes {
+        let planted: Vec<String> = a["stations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let best = top
+            .values()
+            .map(|t| planted.iter().filter(|p| t.contains(p)).count())
+            .max()
+            .unwrap_or(0);
+        if best * 2 > planted.len() {
+            recovered += 1;
+        }
+    }
+    assert!(
+        recovered * 2 > archetypes.len(),
+        "only {recovered} of {} archetypes came back in some cluster's top 7",
+        archetypes.len()
+    );
+}
+
+#[test]
+fn generate_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (d, t) in [(&a, "1"), (&b, "2")] {
+        ok(&[
+            "generate",
+            "--out",
+            s(d),
+            "--households",
+            "500",
+            "--static-records",
+            "20000",
+            "--stream-records",
+            "5000",
+            "--seed",
+            "11",
+            "--threads",
+            t,
+        ]);
+    }
+    for f in [
+        "demographics.csv",
+        "demographics.parquet",
+        "views_static.csv",
+        "views_stream.csv",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+const HEADER: &str = "household_id,household_size,num_adults,num_generations,marital_status,race_code,dwelling_type,home_owner_status,length_residence,home_market_value,net_worth,gender_individual,education_highest\n";
+
+#[test]
+fn bad_demographics_are_named_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    let w = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    // missing file
+    let err = fails(
+        &[
+            "segment",
+            "--demographics",
+            s(&dir.path().join("nope.parquet")),
+            "--out",
+            s(&m),
+        ],
+        66,
+    );
+    assert!(err.contains("nope.parquet"), "{err}");
+    // unreadable parquet
+    let p = w("broken.parquet", "PAR1garbagegarbagePAR1");
+    let err = fails(&["segment", "--demographics", s(&p), "--out", s(&m)], 65);
+    assert!(
+        err.contains("broken.parquet") && err.contains("Parquet"),
+        "{err}"
+    );
+    // missing column
+    let p = w("nocol.csv", "household_id,household_size\n1,2\n");
+    let err = fails(&["segment", "--demographics", s(&p), "--out", s(&m)], 65);
+    assert!(err.contains("num_adults"), "{err}");
+    // non-numeric value, strict
+    let p = w(
+        "nan.csv",
+        &format!("{HEADER}1,4,2,2,M,W,S,O,10,15,8,M,3\n2,4,two,2,M,W,S,O,10,15,8,M,3\n"),
+    );
+    let err = fails(
+        &[
+            "segment",
+            "--demographics",
+            s(&p),
+            "--out",
+            s(&m),
+            "--k",
+            "1",
+            "--strict",
+        ],
+        65,
+    );
+    assert!(
+        err.contains("line 3") && err.contains("num_adults") && err.contains("two"),
+        "{err}"
+    );
+    // ...and without --strict it is skipped and counted
+    let out = ok(&[
+        "segment",
+        "--demographics",
+        s(&p),
+        "--out",
+        s(&m),
+        "--k",
+        "1",
+        "--no-charts",
+    ]);
+    assert!(out.contains("skipped 1"), "{out}");
+    // empty table
+    let p = w("empty.csv", HEADER);
+    let err = fails(&["segment", "--demographics", s(&p), "--out", s(&m)], 65);
+    assert!(
+        err.contains("empty.csv") && err.contains("no data rows"),
+        "{err}"
+    );
+    // k larger than the households
+    let p = w(
+        "two.csv",
+        &format!("{HEADER}1,4,2,2,M,W,S,O,10,15,8,M,3\n2,1,1,1,S,A,M,R,0,5,1,M,3\n"),
+    );
+    let err = fails(
+        &[
+            "segment",
+            "--demographics",
+            s(&p),
+            "--out",
+            s(&m),
+            "--k",
+            "3",
+        ],
+        2,
+    );
+    assert!(err.contains("--k 3") && err.contains("(2)"), "{err}");
+}
+
+#[test]
+fn bad_views_and_models_are_named_and_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+    let out = dir.path().join("out");
+    let junk = dir.path().join("junk.csv");
+    std::fs::write(&junk, "a,b\n\n1,2,3,4,5,notanumber\n").unwrap();
+    let err = fails(
+        &[
+            "analyze",
+            "--model",
+            s(&golden),
+            "--views",
+            s(&junk),
+            "--out",
+            s(&out),
+        ],
+        65,
+    );
+    assert!(
+        err.contains("junk.csv") && err.contains("no valid view record among 3"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "analyze",
+            "--model",
+            s(&golden),
+            "--views",
+            s(&dir.path().join("none.csv")),
+            "--out",
+            s(&out),
+        ],
+        66,
+    );
+    assert!(err.contains("none.csv"), "{err}");
+    let err = fails(
+        &[
+            "analyze",
+            "--model",
+            s(&dir.path().join("nomodel")),
+            "--views",
+            s(&junk),
+            "--out",
+            s(&out),
+        ],
+        66,
+    );
+    assert!(err.contains("nomodel") && err.contains("segment"), "{err}");
+    let err = fails(
+        &[
+            "analyze",
+            "--model",
+            s(&golden),
+            "--views",
+            s(&junk),
+            "--out",
+            s(&out),
+            "--subsets",
+            "all,1",
+        ],
+        2,
+    );
+    assert!(err.contains("--subsets"), "{err}");
+}
