@@ -14,7 +14,7 @@ use flate2::read::MultiGzDecoder;
 use thiserror::Error;
 use tracing::debug;
 
-use crate::counters::{Counted, Counters, Membership};
+use crate::counters::{Counters, Membership};
 use crate::progress::{self, Unit};
 use crate::sink::{DeadLetter, SinkError};
 
@@ -188,26 +188,22 @@ pub fn count_file(
                 let mut c = Counters::for_membership(membership);
                 let mut bad: Vec<(u64, &'static str, Vec<u8>)> = Vec::new();
                 for block in rx.iter() {
-                    let mut line = block.first_line;
                     let data = &block.data;
+                    let mut lines: Vec<&[u8]> = Vec::with_capacity(data.len() / 48 + 1);
                     let mut start = 0usize;
                     for end in memchr::memchr_iter(b'\n', data) {
-                        if let Counted::Malformed(kind) = c.count(&data[start..end], membership) {
-                            if dead.is_some() {
-                                bad.push((line, kind.name(), data[start..end].to_vec()));
-                            }
-                        }
-                        line += 1;
+                        lines.push(&data[start..end]);
                         start = end + 1;
                     }
                     if start < data.len() {
                         // the file's last line, without a newline
-                        if let Counted::Malformed(kind) = c.count(&data[start..], membership) {
-                            if dead.is_some() {
-                                bad.push((line, kind.name(), data[start..].to_vec()));
-                            }
-                        }
+                        lines.push(&data[start..]);
                     }
+                    c.count_batch(&lines, membership, |i, kind| {
+                        if dead.is_some() {
+                            bad.push((block.first_line + i as u64, kind.name(), lines[i].to_vec()));
+                        }
+                    });
                     if let (Some(d), false) = (dead, bad.is_empty()) {
                         let mut d = d.lock().map_err(|_| SourceError::Worker {
                             path: path.to_path_buf(),
