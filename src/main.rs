@@ -1,6 +1,7 @@
 //! The `viewpulse` binary: parse the command line, start tracing, call the library, and turn
 //! errors into exit codes. Everything else lives in the library (`viewpulse::topology`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,6 +96,10 @@ enum Command {
         /// KMeans runs (the lowest inertia wins).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Above this many households the runs search a seeded sample of this size, then one
+        /// run refines the best centroids on every household (0 = always every household).
+        #[arg(long, default_value_t = 50_000)]
+        sample: usize,
         /// Refuse a row with a missing or unparseable value instead of skipping it.
         #[arg(long)]
         strict: bool,
@@ -147,6 +152,7 @@ fn init_tracing(log: &LogArgs) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match log.log_format {
         LogFormat::Human => builder.try_init(),
@@ -196,6 +202,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             k,
             seed,
             runs,
+            sample,
             strict,
             no_charts,
         } => {
@@ -206,6 +213,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                     k,
                     seed,
                     runs,
+                    sample,
                     ..KMeansSettings::default()
                 },
                 strict,

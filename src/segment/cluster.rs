@@ -5,11 +5,12 @@
 use linfa::traits::Fit;
 use linfa::DatasetBase;
 use linfa_clustering::{KMeans, KMeansInit};
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256Plus;
 
 use super::SegmentError;
+use crate::counters::household_hash;
 
 /// KMeans settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,6 +25,9 @@ pub struct KMeansSettings {
     pub tolerance: f64,
     /// Iteration cap per run.
     pub max_iterations: u64,
+    /// Above this many households, the runs search on a seeded sample of this size and one
+    /// final run refines the winner's centroids on every household (0 = always use all).
+    pub sample: usize,
 }
 
 impl Default for KMeansSettings {
@@ -34,6 +38,7 @@ impl Default for KMeansSettings {
             runs: 10,
             tolerance: 1e-4,
             max_iterations: 300,
+            sample: 50_000,
         }
     }
 }
@@ -77,16 +82,42 @@ pub fn fit(
             households: n,
         });
     }
-    let rng = Xoshiro256Plus::seed_from_u64(s.seed);
-    let dataset = DatasetBase::from(x.to_owned());
-    let model = KMeans::params_with_rng(s.k, rng)
-        .n_runs(s.runs.max(1))
-        .tolerance(s.tolerance)
-        .max_n_iterations(s.max_iterations.max(1))
-        .init_method(KMeansInit::KMeansPlusPlus)
-        .fit(&dataset)
-        .map_err(|e| SegmentError::KMeans(e.to_string()))?;
-    Ok(assign(x, ids, model.centroids().clone()))
+    let run = |data: Array2<f64>, runs: usize, init: KMeansInit<f64>| {
+        KMeans::params_with_rng(s.k, Xoshiro256Plus::seed_from_u64(s.seed))
+            .n_runs(runs)
+            .tolerance(s.tolerance)
+            .max_n_iterations(s.max_iterations.max(1))
+            .init_method(init)
+            .fit(&DatasetBase::from(data))
+            .map(|m| m.centroids().clone())
+            .map_err(|e| SegmentError::KMeans(e.to_string()))
+    };
+    let runs = s.runs.max(1);
+    let centroids = match sample_rows(ids, s.sample, s.seed) {
+        Some(rows) if rows.len() >= s.k => {
+            let searched = run(x.select(Axis(0), &rows), runs, KMeansInit::KMeansPlusPlus)?;
+            run(x.to_owned(), 1, KMeansInit::Precomputed(searched))?
+        }
+        _ => run(x.to_owned(), runs, KMeansInit::KMeansPlusPlus)?,
+    };
+    Ok(assign(x, ids, centroids))
+}
+
+/// A seeded sample of about `size` rows, chosen by a stable hash of the household id (so the
+/// same households are chosen whatever the row order), in row order; `None` when every row
+/// should be used.
+pub fn sample_rows(ids: &[i64], size: usize, seed: u64) -> Option<Vec<usize>> {
+    let n = ids.len();
+    if size == 0 || n <= size {
+        return None;
+    }
+    let threshold = ((size as u128) << 64) / n as u128;
+    let salt = household_hash(seed as i64);
+    Some(
+        (0..n)
+            .filter(|&i| (household_hash(ids[i] ^ salt as i64) as u128) < threshold)
+            .collect(),
+    )
 }
 
 /// Assign every row to its nearest centroid (ties to the lower cluster number) and rank.
@@ -149,6 +180,25 @@ pub fn ranks(cluster: &[u32], distance: &[f64], ids: &[i64]) -> Vec<u32> {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn samples_are_seeded_sized_and_order_free() {
+        let ids: Vec<i64> = (0..100_000).map(|i| i * 13 + 5).collect();
+        let a = sample_rows(&ids, 10_000, 3).unwrap();
+        assert!((9_000..11_000).contains(&a.len()), "{}", a.len());
+        assert_eq!(Some(a.clone()), sample_rows(&ids, 10_000, 3));
+        assert_ne!(Some(a.clone()), sample_rows(&ids, 10_000, 4));
+        let rev: Vec<i64> = ids.iter().rev().copied().collect();
+        let mut chosen: Vec<i64> = sample_rows(&rev, 10_000, 3)
+            .unwrap()
+            .iter()
+            .map(|&i| rev[i])
+            .collect();
+        chosen.sort();
+        assert_eq!(chosen, a.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        assert_eq!(sample_rows(&ids, 0, 3), None);
+        assert_eq!(sample_rows(&ids[..50], 100, 3), None);
+    }
 
     #[test]
     fn ties_in_distance_break_by_household_id() {

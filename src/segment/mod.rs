@@ -194,8 +194,9 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
     ));
     let cl = cluster::fit(x.view(), &d.household_id, &s.kmeans)?;
     spin.finish_and_clear();
-    timing.insert("kmeans_ms".to_string(), ms(t));
-    info!(k = s.kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, "clustered");
+    let kmeans_ms = ms(t);
+    timing.insert("kmeans_ms".to_string(), kmeans_ms);
+    info!(k = s.kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, kmeans_ms, "clustered");
 
     let t = Instant::now();
     let p = pca::fit(x.view());
@@ -222,6 +223,8 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
         k: s.kmeans.k as u32,
         seed: s.kmeans.seed,
         runs: s.kmeans.runs as u32,
+        sample: cluster::sample_rows(&d.household_id, s.kmeans.sample, s.kmeans.seed)
+            .map_or(0, |r| r.len() as u64),
         inertia: cl.inertia,
         households: d.len() as u64,
         cluster_sizes: cl.sizes.clone(),
@@ -280,6 +283,7 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
     model::write_bin(&s.out.join("model.bin"), &bin)?;
     spin.finish_and_clear();
     timing.insert("write_ms".to_string(), ms(t));
+    info!(timing = ?timing, "model written");
     Ok(Segmented {
         info,
         households: bin.households,

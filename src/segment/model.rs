@@ -47,6 +47,8 @@ pub struct ModelInfo {
     pub seed: u64,
     /// KMeans runs.
     pub runs: u32,
+    /// Households in the runs' search sample (0: the runs used every household).
+    pub sample: u64,
     /// Sum of every household's `distance`.
     pub inertia: f64,
     /// Clustered households.
@@ -389,6 +391,7 @@ mod tests {
             k: 2,
             seed: 3,
             runs: 10,
+            sample: 0,
             inertia: 1.5,
             households: 2,
             cluster_sizes: vec![1, 1],
