@@ -136,14 +136,17 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
 pub fn write_households(path: &Path, rows: &[Household]) -> Result<(), SegmentError> {
     let f = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut f = ryu::Buffer::new();
     let body = (|| -> std::io::Result<()> {
         writeln!(w, "household_id,cluster,distance,rank,pca_x,pca_y")?;
         for h in rows {
-            writeln!(
-                w,
-                "{},{},{:?},{},{:?},{:?}",
-                h.household_id, h.cluster, h.distance, h.rank, h.pca_x, h.pca_y
-            )?;
+            write!(w, "{},{},", h.household_id, h.cluster)?;
+            w.write_all(f.format(h.distance).as_bytes())?;
+            write!(w, ",{},", h.rank)?;
+            w.write_all(f.format(h.pca_x).as_bytes())?;
+            w.write_all(b",")?;
+            w.write_all(f.format(h.pca_y).as_bytes())?;
+            w.write_all(b"\n")?;
         }
         w.flush()
     })();
@@ -160,6 +163,7 @@ pub fn write_features(
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_unstable_by_key(|&i| ids[i]);
+    let mut f = ryu::Buffer::new();
     let body = (|| -> std::io::Result<()> {
         write!(w, "household_id")?;
         for j in 0..x.ncols() {
@@ -168,10 +172,11 @@ pub fn write_features(
         writeln!(w)?;
         for i in order {
             write!(w, "{}", ids[i])?;
-            for v in x.row(i) {
-                write!(w, ",{v:?}")?;
+            for &v in x.row(i) {
+                w.write_all(b",")?;
+                w.write_all(f.format(v).as_bytes())?;
             }
-            writeln!(w)?;
+            w.write_all(b"\n")?;
         }
         w.flush()
     })();
