@@ -85,12 +85,20 @@ fn bench_count(c: &mut Criterion) {
         let m = membership(households, 6);
         let recs = records(200_000, households, 500);
         g.throughput(Throughput::Elements(recs.len() as u64));
-        g.bench_function(BenchmarkId::new("households", households), |b| {
+        g.bench_function(BenchmarkId::new("one_by_one/households", households), |b| {
             b.iter(|| {
                 let mut cnt = Counters::for_membership(&m);
                 for r in &recs {
                     cnt.count(black_box(r), &m);
                 }
+                cnt.valid
+            })
+        });
+        let slices: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        g.bench_function(BenchmarkId::new("batched/households", households), |b| {
+            b.iter(|| {
+                let mut cnt = Counters::for_membership(&m);
+                cnt.count_batch(black_box(&slices), &m, |_, _| {});
                 cnt.valid
             })
         });
