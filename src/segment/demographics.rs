@@ -202,29 +202,32 @@ impl Builder {
         Ok((id, nums))
     }
 
+    /// Skip an unusable row (or refuse it under `strict`); the row is already counted read.
+    fn reject(&mut self, at: String, problem: Problem) -> Result<(), SegmentError> {
+        let (column, value, why) = problem;
+        if self.strict {
+            return Err(SegmentError::BadValue {
+                path: self.out.path.clone(),
+                at,
+                column: column.to_string(),
+                value,
+                why: why.to_string(),
+            });
+        }
+        self.out.skipped += 1;
+        if self.out.skipped_examples.len() < EXAMPLES {
+            self.out
+                .skipped_examples
+                .push(format!("{at}: column {column} value {value:?} {why}"));
+        }
+        Ok(())
+    }
+
     /// `position` names the row for messages (`line 7`, `row 6`).
     fn push(&mut self, row: Row, position: impl FnOnce() -> String) -> Result<(), SegmentError> {
         self.out.rows_read += 1;
         match Self::check(&row) {
-            Err((column, value, why)) => {
-                let at = position();
-                if self.strict {
-                    return Err(SegmentError::BadValue {
-                        path: self.out.path.clone(),
-                        at,
-                        column: column.to_string(),
-                        value,
-                        why: why.to_string(),
-                    });
-                }
-                self.out.skipped += 1;
-                if self.out.skipped_examples.len() < EXAMPLES {
-                    self.out
-                        .skipped_examples
-                        .push(format!("{at}: column {column} value {value:?} {why}"));
-                }
-                Ok(())
-            }
+            Err(problem) => self.reject(position(), problem),
             Ok((id, nums)) => {
                 if self.seen.insert(id, ()).is_some() {
                     self.out.duplicates += 1;
@@ -378,11 +381,14 @@ fn read_csv(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
             message: format!("the row {why}"),
         })?;
         if fields.len() != width {
-            return Err(SegmentError::Csv {
-                path: path.to_path_buf(),
-                line: lineno,
-                message: format!("the row has {} fields, the header {width}", fields.len()),
-            });
+            b.out.rows_read += 1;
+            let problem = (
+                "(row)",
+                text.to_string(),
+                "has a field count unlike the header's",
+            );
+            b.reject(format!("line {lineno}"), problem)?;
+            continue;
         }
         let cell = |i: usize| {
             if fields[i].is_empty() {
@@ -541,13 +547,13 @@ mod tests {
     fn csv_skips_counts_and_keeps_first_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let body = format!(
-            "{HEADER}1,4,2,2,M,W,S,O,10,15,8,M,3\n2,x,1,1,S,A,M,R,0,5,1,M,3\n1,1,1,1,S,A,M,R,0,5,1,M,3\n3,2,1,1,S,A,M,R,0,5,1,,3\n4,2,1,1,\"S\",A,M,R,0,5,1,F,7\n"
+            "{HEADER}1,4,2,2,M,W,S,O,10,15,8,M,3\n2,x,1,1,S,A,M,R,0,5,1,M,3\n1,1,1,1,S,A,M,R,0,5,1,M,3\n3,2,1,1,S,A,M,R,0,5,1,,3\n4,2,1,1,\"S\",A,M,R,0,5,1,F,7\n5,1,1\n"
         );
         let p = write(dir.path(), "d.csv", &body);
         let d = read(&p, false).unwrap();
         assert_eq!(d.household_id, vec![1, 4]);
-        assert_eq!(d.rows_read, 5);
-        assert_eq!(d.skipped, 2);
+        assert_eq!(d.rows_read, 6);
+        assert_eq!(d.skipped, 3);
         assert_eq!(d.duplicates, 1);
         assert!(
             d.skipped_examples[0].contains("line 3"),
