@@ -112,7 +112,7 @@ enum Command {
         /// Model folder (from `segment`, or one holding only households.csv).
         #[arg(long)]
         model: PathBuf,
-        /// Views: a file path, plain or .gz.
+        /// Views: a file path (plain or .gz) or kafka://HOST:PORT/TOPIC (read to its end).
         #[arg(long)]
         views: String,
         /// Output folder.

@@ -15,6 +15,7 @@ use crate::ratings::{self, Ratings};
 use crate::report::{self, PcaPoint, ReportError, ReportInput};
 use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
 use crate::sink::{self, SinkError, Summary, Timing};
+use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 use crate::source::{self, FileOptions, SourceError};
 
 /// Exit code for a command-line or settings mistake.
@@ -23,6 +24,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_DATA: i32 = 65;
 /// Exit code for an input that does not exist (sysexits `EX_NOINPUT`).
 pub const EXIT_NO_INPUT: i32 = 66;
+/// Exit code for a service (a Kafka broker) that cannot be reached or used (sysexits
+/// `EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
 /// Exit code for a failure to write an output (sysexits `EX_IOERR`).
 pub const EXIT_IO: i32 = 74;
 
@@ -81,6 +85,8 @@ impl TopologyError {
                 EXIT_IO
             }
             TopologyError::Source(SourceError::DeadLetter(_)) => EXIT_IO,
+            TopologyError::Source(SourceError::BadUrl { .. }) => EXIT_USAGE,
+            TopologyError::Source(SourceError::Kafka { .. }) => EXIT_UNAVAILABLE,
             _ => EXIT_DATA,
         }
     }
@@ -91,7 +97,7 @@ impl TopologyError {
 pub struct AnalyzeSettings {
     /// The model folder.
     pub model: PathBuf,
-    /// The views source (a file path, plain or gzip).
+    /// The views source: a file path (plain or gzip) or `kafka://HOST:PORT/TOPIC`.
     pub views: String,
     /// Output folder.
     pub out: PathBuf,
@@ -143,12 +149,11 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     if s.top == 0 {
         return Err(TopologyError::Settings("--top must be at least 1".into()));
     }
-    if s.views.starts_with("kafka://") {
-        return Err(TopologyError::Settings(format!(
-            "--views {}: Kafka sources are not supported by this build yet; give a file",
-            s.views
-        )));
-    }
+    let url = if KafkaUrl::is_kafka(&s.views) {
+        Some(KafkaUrl::parse(&s.views)?)
+    } else {
+        None
+    };
     let t = Instant::now();
     let (model, membership) = load_membership(&s.model, &s.subsets)?;
     let load_model_ms = ms(t);
@@ -159,18 +164,32 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     );
 
     let t = Instant::now();
-    let path = PathBuf::from(&s.views);
-    let counted = source::count_file(
-        &path,
-        &membership,
-        &FileOptions {
-            threads: s.threads,
-            dead_letter: s.dead_letter.clone(),
-            ..FileOptions::default()
-        },
-    )?;
+    let (counters, threads) = match &url {
+        Some(url) => {
+            let read = kafka::count_topic(
+                url,
+                &membership,
+                &KafkaOptions::default(),
+                s.dead_letter.as_deref(),
+            )?;
+            info!(%url, offsets = ?read.offsets, "topic read to its end");
+            (read.counters, 1)
+        }
+        None => {
+            let read = source::count_file(
+                Path::new(&s.views),
+                &membership,
+                &FileOptions {
+                    threads: s.threads,
+                    dead_letter: s.dead_letter.clone(),
+                    ..FileOptions::default()
+                },
+            )?;
+            (read.counters, read.threads)
+        }
+    };
     let count_ms = ms(t);
-    let c: &Counters = &counted.counters;
+    let c: &Counters = &counters;
     info!(
         records = c.records,
         valid = c.valid,
@@ -217,7 +236,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         stations: c.stations().len() as u64,
         subsets: s.subsets.iter().map(|x| x.label()).collect(),
         top: s.top,
-        threads: counted.threads,
+        threads,
         ..Summary::default()
     };
     summary.set_malformed(&c.malformed);

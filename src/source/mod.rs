@@ -1,6 +1,6 @@
 //! Bounded view sources for batch runs: a views file (plain or gzip, one record a line) read in
 //! large blocks by one thread and counted by worker threads, each with its own [`Counters`],
-//! merged at the end. Blocks travel through bounded crossbeam channels and their buffers are
+//! merged at the end; or a Kafka topic read to its end ([`kafka`]). Blocks travel through bounded crossbeam channels and their buffers are
 //! recycled, so memory stays at a few blocks per thread whatever the file's size.
 
 use std::fs::File;
@@ -18,9 +18,27 @@ use crate::counters::{Counters, Membership};
 use crate::progress::{self, Unit};
 use crate::sink::{DeadLetter, SinkError};
 
+pub mod kafka;
+
 /// Errors of a bounded source.
 #[derive(Debug, Error)]
 pub enum SourceError {
+    /// A source URL that cannot be understood.
+    #[error("source {url}: {why}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The Kafka client or broker failed.
+    #[error("{url}: {message}")]
+    Kafka {
+        /// The source.
+        url: String,
+        /// What happened.
+        message: String,
+    },
     /// The file could not be opened or read.
     #[error("{path}: {source}")]
     Io {

@@ -1,0 +1,314 @@
+//! Kafka as a bounded source (SPEC 6: `kafka://HOST:PORT/TOPIC`): every record the topic holds
+//! when the read starts, from the beginning of each partition. The consumer is a `BaseConsumer`
+//! polled on the calling thread with partitions assigned by hand (no group rebalances), and
+//! the end of each partition is found with partition EOF events, which carry the fetch
+//! response's high watermark (some brokers under-report ListOffsets, so watermarks alone are
+//! not trusted). Records are copied into a batch arena and counted with the batched core.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, warn};
+
+use super::SourceError;
+use crate::counters::{Counters, Membership};
+use crate::sink::DeadLetter;
+
+/// A parsed `kafka://HOST:PORT[,HOST:PORT…]/TOPIC`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaUrl {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+}
+
+impl KafkaUrl {
+    /// Whether `s` names a Kafka source.
+    pub fn is_kafka(s: &str) -> bool {
+        s.starts_with("kafka://")
+    }
+
+    /// Parse a source URL.
+    pub fn parse(s: &str) -> Result<KafkaUrl, SourceError> {
+        let bad = |why: &str| SourceError::BadUrl {
+            url: s.to_string(),
+            why: why.to_string(),
+        };
+        let rest = s
+            .strip_prefix("kafka://")
+            .ok_or_else(|| bad("does not start with kafka://"))?;
+        let (brokers, topic) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("has no /TOPIC after the brokers"))?;
+        if brokers.is_empty() {
+            return Err(bad("names no broker"));
+        }
+        if topic.is_empty() || topic.contains('/') {
+            return Err(bad("needs exactly one topic name after the brokers"));
+        }
+        Ok(KafkaUrl {
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for KafkaUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kafka://{}/{}", self.brokers, self.topic)
+    }
+}
+
+/// How to read a topic.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Extra librdkafka properties (security, timeouts), applied last.
+    pub properties: BTreeMap<String, String>,
+    /// How long to wait for the broker's metadata.
+    pub metadata_timeout: Duration,
+    /// Give up when nothing (no record, no end of partition) arrives for this long.
+    pub idle_timeout: Duration,
+    /// Records counted per batch.
+    pub batch: usize,
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        KafkaOptions {
+            properties: BTreeMap::new(),
+            metadata_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            batch: 8192,
+        }
+    }
+}
+
+/// What a bounded topic read produced.
+#[derive(Debug, Clone)]
+pub struct TopicCount {
+    /// Counters over every record read.
+    pub counters: Counters,
+    /// Bytes of record values.
+    pub bytes: u64,
+    /// Malformed records written to the dead-letter file.
+    pub dead_letters: u64,
+    /// Next offset of each partition: the read covers `[0, next)` of each.
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+/// Records waiting to be counted, with their positions.
+struct Batch {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    positions: Vec<(i32, i64)>,
+}
+
+impl Batch {
+    fn flush(
+        &mut self,
+        counters: &mut Counters,
+        membership: &Membership,
+        dead: &mut Option<DeadLetter>,
+    ) -> Result<(), SourceError> {
+        let mut records: Vec<&[u8]> = Vec::with_capacity(self.ends.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            records.push(&self.data[start..end]);
+            start = end;
+        }
+        let mut bad = Vec::new();
+        counters.count_batch(&records, membership, |i, kind| bad.push((i, kind)));
+        if let Some(d) = dead {
+            for (i, kind) in bad {
+                let (p, o) = self.positions[i];
+                d.write(
+                    &format!("partition {p} offset {o}"),
+                    kind.name(),
+                    records[i],
+                )?;
+            }
+        }
+        self.data.clear();
+        self.ends.clear();
+        self.positions.clear();
+        Ok(())
+    }
+}
+
+/// Read and count every record `url`'s topic holds, from the beginning of each partition.
+pub fn count_topic(
+    url: &KafkaUrl,
+    membership: &Membership,
+    opts: &KafkaOptions,
+    dead_letter: Option<&Path>,
+) -> Result<TopicCount, SourceError> {
+    let kafka = |message: String| SourceError::Kafka {
+        url: url.to_string(),
+        message,
+    };
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &url.brokers)
+        .set("group.id", "viewpulse-bounded-read")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &opts.properties {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
+    let md = consumer
+        .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
+        .map_err(|e| {
+            kafka(format!(
+                "no metadata within {:?} (is a broker listening at {}?): {e}",
+                opts.metadata_timeout, url.brokers
+            ))
+        })?;
+    let topic = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == url.topic)
+        .ok_or_else(|| kafka("the broker does not know the topic".into()))?;
+    if let Some(err) = topic.error() {
+        return Err(kafka(format!(
+            "topic error {err:?} (does the topic exist?)"
+        )));
+    }
+    let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Err(kafka("the topic has no partitions (does it exist?)".into()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&url.topic, p, Offset::Beginning)
+            .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+    debug!(%url, partitions = partitions.len(), "bounded read started");
+
+    let mut dead = match dead_letter {
+        Some(p) => Some(DeadLetter::create(p)?),
+        None => None,
+    };
+    let mut counters = Counters::for_membership(membership);
+    let mut offsets: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
+    let mut done: BTreeSet<i32> = BTreeSet::new();
+    let mut batch = Batch {
+        data: Vec::with_capacity(opts.batch * 64),
+        ends: Vec::with_capacity(opts.batch),
+        positions: Vec::with_capacity(opts.batch),
+    };
+    let mut bytes = 0u64;
+    let mut last_progress = Instant::now();
+    let bar = crate::progress::spinner(&format!("reading {url}"));
+    while done.len() < partitions.len() {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                if last_progress.elapsed() > opts.idle_timeout {
+                    let waiting: Vec<i32> = partitions
+                        .iter()
+                        .copied()
+                        .filter(|p| !done.contains(p))
+                        .collect();
+                    return Err(kafka(format!(
+                        "nothing arrived for {:?}; partitions {waiting:?} never reached their end",
+                        opts.idle_timeout
+                    )));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => {
+                warn!(%url, error = %e, "consumer error while reading; retrying");
+            }
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                let p = m.partition();
+                if done.contains(&p) {
+                    continue; // written after this partition's end was reached
+                }
+                let value = m.payload().unwrap_or(&[]);
+                bytes += value.len() as u64;
+                batch.data.extend_from_slice(value);
+                batch.ends.push(batch.data.len());
+                batch.positions.push((p, m.offset()));
+                offsets.insert(p, m.offset() + 1);
+                if batch.ends.len() >= opts.batch {
+                    batch.flush(&mut counters, membership, &mut dead)?;
+                    bar.set_message(format!("reading {url}: {} records", counters.records));
+                }
+            }
+        }
+    }
+    batch.flush(&mut counters, membership, &mut dead)?;
+    bar.finish_and_clear();
+    let dead_letters = match dead {
+        Some(d) => d.finish()?,
+        None => 0,
+    };
+    Ok(TopicCount {
+        counters,
+        bytes,
+        dead_letters,
+        offsets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = KafkaUrl::parse("kafka://127.0.0.1:9092,h2:9093/viewstatic").unwrap();
+        assert_eq!(u.brokers, "127.0.0.1:9092,h2:9093");
+        assert_eq!(u.topic, "viewstatic");
+        assert_eq!(u.to_string(), "kafka://127.0.0.1:9092,h2:9093/viewstatic");
+        for bad in [
+            "kafka://",
+            "kafka://h:1",
+            "kafka://h:1/",
+            "kafka:///t",
+            "kafka://h/a/b",
+            "http://h/t",
+        ] {
+            let e = KafkaUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_broker_that_is_not_there_is_a_clear_error() {
+        // a port nothing listens on
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = KafkaUrl::parse(&format!("kafka://127.0.0.1:{port}/t")).unwrap();
+        let m = Membership::new(vec![crate::counters::Subset::All], vec![(1, 0, 1)]).unwrap();
+        let opts = KafkaOptions {
+            metadata_timeout: Duration::from_secs(2),
+            ..KafkaOptions::default()
+        };
+        let e = count_topic(&url, &m, &opts, None).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("127.0.0.1:{port}")) && e.contains("metadata"),
+            "{e}"
+        );
+    }
+}
