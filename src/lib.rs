@@ -6,6 +6,7 @@
 
 pub mod counters;
 pub mod generate;
+pub mod pipeline;
 pub mod progress;
 pub mod ratings;
 pub mod record;
