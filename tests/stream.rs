@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::atomic::AtomicBool;
 use viewpulse::counters::{Counters, Subset};
-use viewpulse::pipeline::{self, PipelineSettings, Snapshot};
+use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource, Snapshot};
 use viewpulse::ratings;
 use viewpulse::topology;
 
@@ -20,8 +21,9 @@ fn close(a: f64, b: f64) -> bool {
 
 fn run(shards: usize, subsets: &[Subset], trigger: u64, file: &Path) -> Vec<Snapshot> {
     let (_, m) = topology::load_membership(&golden(), subsets).unwrap();
-    pipeline::run_file(
-        file,
+    let sink = MemorySink::default();
+    pipeline::run(
+        RunSource::File(file.to_path_buf()),
         Arc::new(m),
         &PipelineSettings {
             shards,
@@ -29,9 +31,12 @@ fn run(shards: usize, subsets: &[Subset], trigger: u64, file: &Path) -> Vec<Snap
             subsets: subsets.to_vec(),
             top: 7,
         },
-        vec![],
+        vec![Box::new(sink.clone())],
+        Arc::new(AtomicBool::new(false)),
     )
-    .unwrap()
+    .unwrap();
+    let snaps = sink.0.lock().unwrap().clone();
+    snaps
 }
 
 #[test]

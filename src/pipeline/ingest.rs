@@ -16,6 +16,8 @@ use super::messages::{Count, RecordBatch, Snapshot, Trigger};
 use super::shard::Shard;
 use super::PipelineError;
 use crate::counters::household_hash;
+use crate::source::kafka::PolledBatch;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Records buffered across all shards before they are sent.
 pub const BATCH: usize = 8192;
@@ -52,8 +54,8 @@ pub struct Router {
     pub triggers: u64,
     /// Next offset per input partition.
     pub offsets: BTreeMap<String, i64>,
-    /// Snapshots emitted, in order.
-    pub snapshots: Vec<Snapshot>,
+    /// The last snapshot emitted.
+    pub last: Option<Snapshot>,
 }
 
 impl Router {
@@ -73,7 +75,7 @@ impl Router {
             records: 0,
             triggers: 0,
             offsets: BTreeMap::new(),
-            snapshots: Vec::new(),
+            last: None,
         }
     }
 
@@ -131,7 +133,7 @@ impl Router {
         };
         let snap = futures_executor::block_on(self.coordinator.send(t))
             .map_err(|e| PipelineError::Mailbox(e.to_string()))??;
-        self.snapshots.push(snap);
+        self.last = Some(snap);
         Ok(())
     }
 
@@ -144,8 +146,9 @@ impl Router {
     }
 }
 
-/// Feed a file source (one record a line, plain or gzip) through the router, to its end.
-pub fn file(path: &Path, router: &mut Router) -> Result<(), PipelineError> {
+/// Feed a file source (one record a line, plain or gzip) through the router, to its end or
+/// until `stop` is set.
+pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), PipelineError> {
     let opened = crate::source::open(path)?;
     let mut r = BufReader::with_capacity(1 << 20, opened.reader);
     let mut line = Vec::with_capacity(256);
@@ -164,12 +167,42 @@ pub fn file(path: &Path, router: &mut Router) -> Result<(), PipelineError> {
         let rec = line.strip_suffix(b"\n").unwrap_or(&line);
         router.push(rec, "0", offset)?;
         offset += 1;
+        if offset % 4096 == 0 && stop.load(Ordering::Relaxed) {
+            break;
+        }
     }
     router.finish()?;
     debug!(
         records = router.records,
         triggers = router.triggers,
         "file source done"
+    );
+    Ok(())
+}
+
+/// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
+/// thread) through the router until the channel closes.
+pub fn kafka(
+    rx: &crossbeam_channel::Receiver<PolledBatch>,
+    router: &mut Router,
+) -> Result<(), PipelineError> {
+    let mut names: Vec<String> = Vec::new();
+    for batch in rx.iter() {
+        let mut start = 0;
+        for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
+            let p = p.max(0) as usize;
+            while names.len() <= p {
+                names.push(names.len().to_string());
+            }
+            router.push(&batch.data[start..end], &names[p], o)?;
+            start = end;
+        }
+    }
+    router.finish()?;
+    debug!(
+        records = router.records,
+        triggers = router.triggers,
+        "kafka source done"
     );
     Ok(())
 }

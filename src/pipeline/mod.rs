@@ -14,10 +14,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use actix::{Actor, Arbiter};
 use thiserror::Error;
 
 use crate::counters::{Membership, Subset};
+use crate::source::kafka::{self, KafkaUrl, StreamOptions};
 pub use messages::{Snapshot, SnapshotRow};
 
 /// Errors of the pipeline.
@@ -162,6 +165,20 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// Keeps every snapshot in memory (for tests and short bounded runs).
+#[derive(Clone, Default)]
+pub struct MemorySink(pub Arc<std::sync::Mutex<Vec<Snapshot>>>);
+
+impl SnapshotSink for MemorySink {
+    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
+        self.0
+            .lock()
+            .map_err(|_| PipelineError::Runtime("a snapshot sink was poisoned".into()))?
+            .push(s.clone());
+        Ok(())
+    }
+}
+
 /// Settings of a pipeline run.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -175,20 +192,53 @@ pub struct PipelineSettings {
     pub top: usize,
 }
 
-/// Run the pipeline over a file source to its end; returns every snapshot emitted.
-pub fn run_file(
-    path: &Path,
+/// Where the records come from.
+#[derive(Debug, Clone)]
+pub enum RunSource {
+    /// A file, one record a line, read to its end.
+    File(PathBuf),
+    /// A Kafka topic.
+    Kafka {
+        /// The topic.
+        url: KafkaUrl,
+        /// How to read it.
+        options: StreamOptions,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Records consumed.
+    pub records: u64,
+    /// Triggers fired.
+    pub triggers: u64,
+    /// The last snapshot.
+    pub last: Option<Snapshot>,
+}
+
+/// Run the pipeline until the source ends (a file; a topic with `until_end`) or `stop` is set
+/// (SIGINT and SIGTERM set it too); the shards are drained and a last snapshot is emitted for
+/// records after the last trigger.
+pub fn run(
+    source: RunSource,
     membership: Arc<Membership>,
     s: &PipelineSettings,
     sinks: Vec<Box<dyn SnapshotSink>>,
-) -> Result<Vec<Snapshot>, PipelineError> {
+    stop: Arc<AtomicBool>,
+) -> Result<RunOutcome, PipelineError> {
     if s.shards == 0 {
         return Err(PipelineError::NoShard);
     }
     let sys = actix::System::new();
-    let path = path.to_path_buf();
     let s = s.clone();
-    let result = sys.block_on(async move {
+    sys.block_on(async move {
+        let signals = stop.clone();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::warn!("signal received: draining and emitting a last snapshot");
+            signals.store(true, Ordering::Relaxed);
+        });
         let mut arbiters = Vec::with_capacity(s.shards);
         let mut shards = Vec::with_capacity(s.shards);
         for i in 0..s.shards {
@@ -201,18 +251,80 @@ pub fn run_file(
         }
         let coord =
             coordinator::Coordinator::new(shards.clone(), s.subsets.clone(), s.top, sinks).start();
-        let trigger = s.trigger_records;
-        let joined = actix_rt::task::spawn_blocking(move || {
-            let mut router = ingest::Router::new(shards, coord, trigger);
-            ingest::file(&path, &mut router).map(|()| router.snapshots)
-        })
-        .await;
+        let mut router = ingest::Router::new(shards, coord, s.trigger_records);
+        let joined = match source {
+            RunSource::File(path) => {
+                actix_rt::task::spawn_blocking(move || {
+                    ingest::file(&path, &mut router, &stop).map(|()| router)
+                })
+                .await
+            }
+            RunSource::Kafka { url, options } => {
+                let (tx, rx) = crossbeam_channel::bounded(8);
+                let consumer_stop = stop.clone();
+                let consumer = std::thread::Builder::new()
+                    .name("kafka-consumer".into())
+                    .spawn(move || {
+                        let r = kafka::stream_topic(&url, &options, &consumer_stop, &tx);
+                        drop(tx);
+                        r
+                    })
+                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                let routed = actix_rt::task::spawn_blocking(move || {
+                    ingest::kafka(&rx, &mut router).map(|()| router)
+                })
+                .await;
+                match consumer.join() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the consumer thread panicked".into(),
+                        ))
+                    }
+                }
+                routed
+            }
+        };
         for a in &arbiters {
             a.stop();
         }
-        joined.map_err(|e| PipelineError::Runtime(e.to_string()))?
-    });
-    result
+        let router = joined.map_err(|e| PipelineError::Runtime(e.to_string()))??;
+        Ok(RunOutcome {
+            records: router.records,
+            triggers: router.triggers,
+            last: router.last,
+        })
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio_select(actix_rt::signal::ctrl_c(), async move {
+                    term.recv().await;
+                })
+                .await
+            }
+            Err(_) => {
+                let _ = actix_rt::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_rt::signal::ctrl_c().await;
+    }
+}
+
+/// Wait for whichever of two futures finishes first.
+async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    futures_util::pin_mut!(a, b);
+    futures_util::future::select(a, b).await;
 }
 
 #[cfg(test)]

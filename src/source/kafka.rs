@@ -268,6 +268,179 @@ pub fn count_topic(
     })
 }
 
+/// Where a daemon starts reading each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The beginning of each partition.
+    Earliest,
+    /// Only records written after the start.
+    Latest,
+    /// The consumer group's committed offsets (earliest where none).
+    Stored,
+}
+
+impl StartAt {
+    /// Parse `earliest`, `latest` or `stored`.
+    pub fn parse(s: &str) -> Option<StartAt> {
+        match s {
+            "earliest" => Some(StartAt::Earliest),
+            "latest" => Some(StartAt::Latest),
+            "stored" => Some(StartAt::Stored),
+            _ => None,
+        }
+    }
+
+    fn offset(self) -> Offset {
+        match self {
+            StartAt::Earliest => Offset::Beginning,
+            StartAt::Latest => Offset::End,
+            StartAt::Stored => Offset::Stored,
+        }
+    }
+}
+
+/// Records of one poll round with their `(partition, offset)`.
+#[derive(Debug, Default, Clone)]
+pub struct PolledBatch {
+    /// The records' bytes, back to back.
+    pub data: Vec<u8>,
+    /// End of each record in `data`.
+    pub ends: Vec<usize>,
+    /// Partition and offset of each record.
+    pub positions: Vec<(i32, i64)>,
+}
+
+/// Settings of a streaming read.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Client settings.
+    pub client: KafkaOptions,
+    /// Consumer group id (offsets are committed there only when `start` is `Stored`).
+    pub group_id: String,
+    /// Where to start.
+    pub start: StartAt,
+    /// Stop each partition at its end as of the start of the read (`--until-end`).
+    pub until_end: bool,
+    /// Send a batch after this many records or this much time, whichever comes first.
+    pub batch_records: usize,
+    /// See `batch_records`.
+    pub batch_wait: Duration,
+}
+
+/// Poll a topic on the calling thread and hand batches to `tx` (a bounded channel: a slow
+/// pipeline slows the poll loop). Ends when every partition reached its end (`until_end`),
+/// when `stop` is set, or when the receiver is gone.
+pub fn stream_topic(
+    url: &KafkaUrl,
+    opts: &StreamOptions,
+    stop: &std::sync::atomic::AtomicBool,
+    tx: &crossbeam_channel::Sender<PolledBatch>,
+) -> Result<BTreeMap<i32, i64>, SourceError> {
+    let kafka = |message: String| SourceError::Kafka {
+        url: url.to_string(),
+        message,
+    };
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &url.brokers)
+        .set("group.id", &opts.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "enable.partition.eof",
+            if opts.until_end { "true" } else { "false" },
+        )
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &opts.client.properties {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
+    let md = consumer
+        .fetch_metadata(Some(&url.topic), opts.client.metadata_timeout)
+        .map_err(|e| {
+            kafka(format!(
+                "no metadata within {:?} (is a broker listening at {}?): {e}",
+                opts.client.metadata_timeout, url.brokers
+            ))
+        })?;
+    let topic = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == url.topic)
+        .ok_or_else(|| kafka("the broker does not know the topic".into()))?;
+    if let Some(err) = topic.error() {
+        return Err(kafka(format!(
+            "topic error {err:?} (does the topic exist?)"
+        )));
+    }
+    let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+    if partitions.is_empty() {
+        return Err(kafka("the topic has no partitions (does it exist?)".into()));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&url.topic, p, opts.start.offset())
+            .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut done: BTreeSet<i32> = BTreeSet::new();
+    let mut batch = PolledBatch::default();
+    let mut since = Instant::now();
+    let send = |b: &mut PolledBatch| -> bool {
+        if b.ends.is_empty() {
+            return true;
+        }
+        tx.send(std::mem::take(b)).is_ok()
+    };
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || (opts.until_end && done.len() == partitions.len())
+        {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            Some(Err(e)) => warn!(%url, error = %e, "consumer error; retrying"),
+            Some(Ok(m)) => {
+                let p = m.partition();
+                if opts.until_end && done.contains(&p) {
+                    continue;
+                }
+                batch.data.extend_from_slice(m.payload().unwrap_or(&[]));
+                batch.ends.push(batch.data.len());
+                batch.positions.push((p, m.offset()));
+                offsets.insert(p, m.offset() + 1);
+            }
+        }
+        if batch.ends.len() >= opts.batch_records
+            || (!batch.ends.is_empty() && since.elapsed() >= opts.batch_wait)
+        {
+            if !send(&mut batch) {
+                return Ok(offsets);
+            }
+            since = Instant::now();
+        }
+    }
+    send(&mut batch);
+    if opts.start == StartAt::Stored && !offsets.is_empty() {
+        let mut commit = TopicPartitionList::new();
+        for (&p, &o) in &offsets {
+            let _ = commit.add_partition_offset(&url.topic, p, Offset::Offset(o));
+        }
+        if let Err(e) = consumer.commit(&commit, rdkafka::consumer::CommitMode::Sync) {
+            warn!(%url, error = %e, "could not commit offsets at the end");
+        }
+    }
+    Ok(offsets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
