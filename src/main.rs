@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use viewpulse::config::RunConfig;
 use viewpulse::counters::Subset;
 use viewpulse::generate::GenerateConfig;
 use viewpulse::segment::{KMeansSettings, SegmentSettings};
@@ -134,6 +135,8 @@ enum Command {
         #[arg(long)]
         no_report: bool,
     },
+    /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
+    Run(Box<RunArgs>),
     /// The whole pipeline on an embedded default data set, no setup needed.
     Demo {
         /// Where to write everything.
@@ -143,6 +146,90 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+/// Flags of `viewpulse run`; each overrides the same key of `--config`.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A TOML configuration (see deploy/viewpulse.example.toml).
+    #[arg(long, env = "VIEWPULSE_CONFIG")]
+    config: Option<PathBuf>,
+    /// model: the model folder.
+    #[arg(long, env = "VIEWPULSE_MODEL")]
+    model: Option<PathBuf>,
+    /// source: a file or kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_SOURCE")]
+    source: Option<String>,
+    /// sinks.snapshots: a JSON-lines file of snapshots.
+    #[arg(long, env = "VIEWPULSE_SNAPSHOTS")]
+    snapshots: Option<PathBuf>,
+    /// pipeline.shards.
+    #[arg(long, env = "VIEWPULSE_SHARDS")]
+    shards: Option<usize>,
+    /// trigger.records.
+    #[arg(long, env = "VIEWPULSE_TRIGGER_RECORDS")]
+    trigger_records: Option<u64>,
+    /// pipeline.subsets, comma-separated.
+    #[arg(long, env = "VIEWPULSE_SUBSETS")]
+    subsets: Option<String>,
+    /// pipeline.top.
+    #[arg(long, env = "VIEWPULSE_TOP")]
+    top: Option<usize>,
+    /// until_end: stop after every record the source held at the start.
+    #[arg(long, env = "VIEWPULSE_UNTIL_END")]
+    until_end: bool,
+    /// kafka.start: earliest, latest or stored.
+    #[arg(long, env = "VIEWPULSE_START")]
+    start: Option<String>,
+    /// kafka.group_id.
+    #[arg(long, env = "VIEWPULSE_GROUP_ID")]
+    group_id: Option<String>,
+    /// sinks.stdout = false: no table on stdout.
+    #[arg(long, env = "VIEWPULSE_NO_STDOUT")]
+    no_stdout: bool,
+}
+
+impl RunArgs {
+    fn config(self) -> Result<RunConfig, TopologyError> {
+        let mut c = match &self.config {
+            Some(p) => RunConfig::load(p)?,
+            None => RunConfig::default(),
+        };
+        if let Some(v) = self.model {
+            c.model = v;
+        }
+        if let Some(v) = self.source {
+            c.source = v;
+        }
+        if let Some(v) = self.snapshots {
+            c.sinks.snapshots = Some(v);
+        }
+        if let Some(v) = self.shards {
+            c.pipeline.shards = v;
+        }
+        if let Some(v) = self.trigger_records {
+            c.trigger.records = v;
+        }
+        if let Some(v) = self.subsets {
+            c.pipeline.subsets = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(v) = self.top {
+            c.pipeline.top = v;
+        }
+        if self.until_end {
+            c.until_end = true;
+        }
+        if let Some(v) = self.start {
+            c.kafka.start = v;
+        }
+        if let Some(v) = self.group_id {
+            c.kafka.group_id = v;
+        }
+        if self.no_stdout {
+            c.sinks.stdout = false;
+        }
+        Ok(c)
+    }
 }
 
 fn init_tracing(log: &LogArgs) {
@@ -262,6 +349,14 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 s.unknown_household,
                 s.timing.records_per_second / 1e6,
                 out.display()
+            );
+        }
+        Command::Run(args) => {
+            let cfg = args.config()?;
+            let out = topology::run(&cfg)?;
+            eprintln!(
+                "viewpulse: {} records, {} snapshots",
+                out.records, out.triggers
             );
         }
         Command::Demo { out, seed } => {

@@ -9,8 +9,13 @@ use std::time::Instant;
 use thiserror::Error;
 use tracing::{info, warn};
 
+use crate::config::{ConfigError, RunConfig};
 use crate::counters::{Counters, CountersError, Membership, Subset};
 use crate::generate::{self, GenerateConfig, GenerateError, Generated};
+use crate::pipeline::{
+    self, JsonLines, PipelineError, PipelineSettings, RunOutcome, RunSource, SnapshotSink,
+    StdoutTable,
+};
 use crate::ratings::{self, Ratings};
 use crate::report::{self, PcaPoint, ReportError, ReportInput};
 use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
@@ -64,6 +69,12 @@ pub enum TopologyError {
     /// A setting is impossible.
     #[error("{0}")]
     Settings(String),
+    /// The daemon's configuration is refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The streaming pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
 }
 
 impl TopologyError {
@@ -71,7 +82,13 @@ impl TopologyError {
     pub fn exit_code(&self) -> i32 {
         use std::io::ErrorKind;
         match self {
-            TopologyError::Settings(_) | TopologyError::Counters(_) => EXIT_USAGE,
+            TopologyError::Settings(_) | TopologyError::Counters(_) | TopologyError::Config(_) => {
+                EXIT_USAGE
+            }
+            TopologyError::Pipeline(PipelineError::Source(SourceError::Kafka { .. })) => {
+                EXIT_UNAVAILABLE
+            }
+            TopologyError::Pipeline(PipelineError::Sink { .. }) => EXIT_IO,
             TopologyError::Segment(SegmentError::Settings(_))
             | TopologyError::Segment(SegmentError::KTooLarge { .. }) => EXIT_USAGE,
             TopologyError::Segment(SegmentError::NoModel { .. }) => EXIT_NO_INPUT,
@@ -369,6 +386,58 @@ pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyE
 pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyError> {
     cfg.validate()?;
     Ok(generate::generate(cfg, out)?)
+}
+
+/// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
+/// the source ends (`until_end`, or a file) or a signal stops it.
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
+    cfg.validate()?;
+    let subsets = cfg.subsets()?;
+    let (_, membership) = load_membership(&cfg.model, &subsets)?;
+    info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
+    let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
+    if let Some(p) = &cfg.sinks.snapshots {
+        sinks.push(Box::new(JsonLines::create(p)?));
+    }
+    if cfg.sinks.stdout {
+        sinks.push(Box::new(StdoutTable));
+    }
+    let source = if KafkaUrl::is_kafka(&cfg.source) {
+        RunSource::Kafka {
+            url: KafkaUrl::parse(&cfg.source)?,
+            options: kafka::StreamOptions {
+                client: KafkaOptions {
+                    properties: cfg.kafka.properties.clone(),
+                    ..KafkaOptions::default()
+                },
+                group_id: cfg.kafka.group_id.clone(),
+                start: cfg.start()?,
+                until_end: cfg.until_end,
+                batch_records: 8192,
+                batch_wait: std::time::Duration::from_millis(50),
+            },
+        }
+    } else {
+        RunSource::File(PathBuf::from(&cfg.source))
+    };
+    let out = pipeline::run(
+        source,
+        std::sync::Arc::new(membership),
+        &PipelineSettings {
+            shards: cfg.pipeline.shards,
+            trigger_records: cfg.trigger.records,
+            subsets,
+            top: cfg.pipeline.top,
+        },
+        sinks,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )?;
+    info!(
+        records = out.records,
+        triggers = out.triggers,
+        "daemon stopped"
+    );
+    Ok(out)
 }
 
 /// What the demo did.

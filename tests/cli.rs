@@ -342,3 +342,99 @@ fn bad_views_and_models_are_named_and_refused() {
     );
     assert!(err.contains("--subsets"), "{err}");
 }
+
+#[test]
+fn run_writes_the_golden_snapshots_and_refuses_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+    let snaps = dir.path().join("snapshots.jsonl");
+    let views = golden.join("input/views_stream.csv");
+    ok(&[
+        "run",
+        "--model",
+        s(&golden),
+        "--source",
+        s(&views),
+        "--snapshots",
+        s(&snaps),
+        "--trigger-records",
+        "500",
+        "--subsets",
+        "3",
+        "--shards",
+        "3",
+        "--until-end",
+        "--no-stdout",
+    ]);
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(&snaps)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<serde_json::Value> =
+        std::fs::read_to_string(golden.join("expected/stream_snapshots_subset3_every500.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["records"], w["records"]);
+        assert_eq!(g["offsets"]["0"], w["records"]);
+        assert_eq!(
+            g["valid"].as_u64().unwrap() + g["malformed"].as_u64().unwrap(),
+            w["records"].as_u64().unwrap()
+        );
+        assert!(g["emitted_at"].as_str().unwrap().ends_with('Z'));
+        let stations = |rows: &serde_json::Value| -> Vec<String> {
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["station_num"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(stations(&g["subsets"]["3"]), stations(&w["top"]));
+    }
+    // the example config loads, and impossible values are refused naming the key
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/viewpulse.example.toml");
+    let cfg = viewpulse::config::RunConfig::load(&example).unwrap();
+    assert_eq!(cfg.pipeline.shards, 4);
+    assert_eq!(cfg.trigger.records, 50_000);
+    let err = fails(
+        &[
+            "run",
+            "--config",
+            s(&example),
+            "--model",
+            s(&golden),
+            "--source",
+            s(&views),
+            "--shards",
+            "0",
+        ],
+        2,
+    );
+    assert!(err.contains("pipeline.shards"), "{err}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "source = \"x\"\n[pipeline]\nshards = 2\nshard_count = 3\n",
+    )
+    .unwrap();
+    let err = fails(&["run", "--config", s(&bad)], 2);
+    assert!(
+        err.contains("shard_count") && err.contains("bad.toml"),
+        "{err}"
+    );
+    let err = fails(
+        &[
+            "run",
+            "--model",
+            s(&dir.path().join("nomodel")),
+            "--source",
+            s(&views),
+        ],
+        2,
+    );
+    assert!(err.contains("model"), "{err}");
+}

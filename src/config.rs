@@ -1,0 +1,281 @@
+//! The daemon's configuration (`viewpulse run --config FILE`): serde structs that refuse
+//! unknown keys, with a default for every value, validated before anything starts. Every key
+//! is also a command-line flag and an environment variable (see `main.rs`); flags win over the
+//! file. `deploy/viewpulse.example.toml` documents every key and a test loads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::counters::Subset;
+use crate::source::kafka::StartAt;
+
+/// Errors loading or validating a configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or holds an unknown key or a wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and the line).
+        message: String,
+    },
+    /// A value is impossible.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, dotted (`pipeline.shards`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Everything `viewpulse run` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The model folder written by `viewpulse segment` (or one holding households.csv).
+    pub model: PathBuf,
+    /// The source: a file (one record a line, plain or gzip) or `kafka://HOST:PORT/TOPIC`.
+    pub source: String,
+    /// Stop once every record the source held at the start is consumed.
+    pub until_end: bool,
+    /// Triggers.
+    pub trigger: TriggerConfig,
+    /// Sharding and ratings.
+    pub pipeline: PipelineConfig,
+    /// Kafka client settings.
+    pub kafka: KafkaConfig,
+    /// Where snapshots go.
+    pub sinks: SinksConfig,
+}
+
+/// When snapshots are emitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    /// A trigger every this many records consumed (malformed ones count), as the seed's
+    /// `maxOffsetsPerTrigger`.
+    pub records: u64,
+}
+
+/// How the work is split and what is rated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Shard actors counting in parallel (any number gives the same snapshots).
+    pub shards: usize,
+    /// Subsets rated: `all` and integers n >= 2 (households with rank % n == 0).
+    pub subsets: Vec<String>,
+    /// Diff-rank rows per cluster in a snapshot.
+    pub top: usize,
+}
+
+/// Kafka client settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Where to start: `earliest`, `latest` or `stored` (the group's committed offsets).
+    pub start: String,
+    /// Extra librdkafka properties, passed through as they are (security: `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Snapshot sinks; any combination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// A JSON-lines file, one snapshot a line (SPEC 6).
+    pub snapshots: Option<PathBuf>,
+    /// A readable table per trigger on stdout.
+    pub stdout: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            model: PathBuf::from("model"),
+            source: String::new(),
+            until_end: false,
+            trigger: TriggerConfig::default(),
+            pipeline: PipelineConfig::default(),
+            kafka: KafkaConfig::default(),
+            sinks: SinksConfig::default(),
+        }
+    }
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        TriggerConfig { records: 50_000 }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            shards: 4,
+            subsets: vec!["3".into()],
+            top: 7,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            group_id: "viewpulse".into(),
+            start: "earliest".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        SinksConfig {
+            snapshots: None,
+            stdout: true,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Read a TOML file.
+    pub fn load(path: &Path) -> Result<RunConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The subsets, parsed.
+    pub fn subsets(&self) -> Result<Vec<Subset>, ConfigError> {
+        Subset::parse_list(&self.pipeline.subsets.join(",")).map_err(|e| ConfigError::Invalid {
+            key: "pipeline.subsets",
+            message: e.to_string(),
+        })
+    }
+
+    /// Where to start reading Kafka.
+    pub fn start(&self) -> Result<StartAt, ConfigError> {
+        StartAt::parse(&self.kafka.start).ok_or_else(|| ConfigError::Invalid {
+            key: "kafka.start",
+            message: format!("{:?} is not earliest, latest or stored", self.kafka.start),
+        })
+    }
+
+    /// Refuse impossible values, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.source.is_empty() {
+            return invalid("source", "is required (a file or kafka://HOST:PORT/TOPIC)");
+        }
+        if self.source.starts_with("kafka://") {
+            crate::source::kafka::KafkaUrl::parse(&self.source).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "source",
+                    message: e.to_string(),
+                }
+            })?;
+        } else if !Path::new(&self.source).is_file() {
+            return invalid("source", &format!("{} is not a file", self.source));
+        }
+        if !self.model.is_dir() {
+            return invalid(
+                "model",
+                &format!(
+                    "{} is not a model folder; run viewpulse segment",
+                    self.model.display()
+                ),
+            );
+        }
+        if self.trigger.records == 0 {
+            return invalid("trigger.records", "must be at least 1");
+        }
+        if self.pipeline.shards == 0 {
+            return invalid("pipeline.shards", "must be at least 1");
+        }
+        if self.pipeline.shards > 1024 {
+            return invalid("pipeline.shards", "must be at most 1024");
+        }
+        if self.pipeline.top == 0 {
+            return invalid("pipeline.top", "must be at least 1");
+        }
+        self.subsets()?;
+        self.start()?;
+        if self.kafka.group_id.is_empty() {
+            return invalid("kafka.group_id", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = toml::from_str::<RunConfig>("[pipeline]\nshardz = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shardz"), "{e}");
+        let c: RunConfig = toml::from_str("source = \"x\"\n[pipeline]\nshards = 0\n").unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+        let c = RunConfig {
+            model: golden.clone(),
+            source: golden.join("input/views_stream.csv").display().to_string(),
+            ..c
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("pipeline.shards"));
+        let mut ok = RunConfig {
+            pipeline: PipelineConfig::default(),
+            ..c.clone()
+        };
+        ok.validate().unwrap();
+        ok.kafka.start = "yesterday".into();
+        assert!(ok
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("kafka.start"));
+        ok.kafka.start = "latest".into();
+        ok.pipeline.subsets = vec!["1".into()];
+        assert!(ok
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("pipeline.subsets"));
+        ok.pipeline.subsets = vec!["all".into()];
+        ok.model = golden.join("nope");
+        assert!(ok.validate().unwrap_err().to_string().starts_with("model"));
+    }
+}
