@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod ratings;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod segment;
 pub mod sink;

@@ -375,6 +375,12 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 s.malformed,
                 s.unknown_household
             );
+            println!(
+                "stream: {} records through an in-process Kafka, {} snapshots in {}",
+                d.streamed.records,
+                d.streamed.triggers,
+                d.out.join("snapshots.jsonl").display()
+            );
             if let Some(r) = &d.analyzed.report {
                 println!("report: {}", r.display());
             }

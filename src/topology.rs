@@ -449,6 +449,8 @@ pub struct Demo {
     pub segmented: Segmented,
     /// The batch analysis of the static views.
     pub analyzed: Analyzed,
+    /// The streaming run over the stream views, through an in-process Kafka.
+    pub streamed: RunOutcome,
     /// Where everything is.
     pub out: PathBuf,
 }
@@ -488,10 +490,38 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
         dead_letter: Some(out.join("analysis").join("dead_letter.tsv")),
         report: true,
     })?;
+    info!(
+        "demo: streaming the stream views through an in-process Kafka (librdkafka's mock cluster)"
+    );
+    let mock_err = |e: rdkafka::error::KafkaError| {
+        TopologyError::Source(SourceError::Kafka {
+            url: "mock cluster".into(),
+            message: e.to_string(),
+        })
+    };
+    let cluster = rdkafka::mocking::MockCluster::new(1).map_err(mock_err)?;
+    cluster.create_topic("viewstream", 4, 1).map_err(mock_err)?;
+    let url = KafkaUrl {
+        brokers: cluster.bootstrap_servers(),
+        topic: "viewstream".into(),
+    };
+    crate::replay::produce_file(&data.join("views_stream.csv"), &url, &Default::default())?;
+    let mut cfg = RunConfig {
+        model: out.join("model"),
+        source: url.to_string(),
+        until_end: true,
+        ..RunConfig::default()
+    };
+    cfg.pipeline.subsets = vec!["3".into()];
+    cfg.sinks.snapshots = Some(out.join("snapshots.jsonl"));
+    cfg.sinks.stdout = true;
+    let streamed = run(&cfg)?;
+    drop(cluster);
     Ok(Demo {
         generated,
         segmented,
         analyzed,
+        streamed,
         out: out.to_path_buf(),
     })
 }

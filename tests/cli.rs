@@ -438,3 +438,25 @@ fn run_writes_the_golden_snapshots_and_refuses_bad_config() {
     );
     assert!(err.contains("model"), "{err}");
 }
+
+#[test]
+fn demo_runs_batch_and_stream_with_no_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let stdout = ok(&["demo", "--out", s(&out)]);
+    assert!(stdout.contains("report: "), "{stdout}");
+    assert!(stdout.contains("trigger 4: 200000 records"), "{stdout}");
+    assert!(out.join("analysis/report.html").is_file());
+    let snaps = std::fs::read_to_string(out.join("snapshots.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(snaps.lines().last().unwrap()).unwrap();
+    assert_eq!(snaps.lines().count(), 4);
+    assert_eq!(last["records"], 200_000);
+    let covered: i64 = last["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(covered, 200_000);
+    assert_eq!(last["subsets"]["3"].as_array().unwrap().len(), 42);
+}

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
@@ -19,6 +20,37 @@ use tracing::{debug, warn};
 use super::SourceError;
 use crate::counters::{Counters, Membership};
 use crate::sink::DeadLetter;
+
+/// The consumers' client context: librdkafka's errors and logs go to tracing, except the
+/// end-of-partition events that bounded reads ask for (they are not errors).
+pub struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(facility = fac, "librdkafka: {log_message}"),
+            _ => debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
+        warn!(error = %error, reason, "librdkafka error");
+    }
+}
+
+impl ConsumerContext for Context {}
 
 /// A parsed `kafka://HOST:PORT[,HOST:PORT…]/TOPIC`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,8 +195,8 @@ pub fn count_topic(
     for (k, v) in &opts.properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer = cfg
-        .create()
+    let consumer: BaseConsumer<Context> = cfg
+        .create_with_context(Context)
         .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
@@ -353,8 +385,8 @@ pub fn stream_topic(
     for (k, v) in &opts.client.properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer = cfg
-        .create()
+    let consumer: BaseConsumer<Context> = cfg
+        .create_with_context(Context)
         .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.client.metadata_timeout)
