@@ -150,3 +150,70 @@ fn four_partitions_any_shards_end_at_brute_force() {
         assert_eq!((last.valid, last.malformed), (c.valid, c.malformed.total()));
     }
 }
+
+/// The daemon on a live topic (no `--until-end`): SIGTERM stops consuming, drains the shards,
+/// emits a last snapshot for the records after the last trigger, and exits 0.
+#[test]
+fn sigterm_drains_and_emits_a_last_snapshot() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let broker = common::Broker::start();
+    let records = common::lines(&golden().join("input/views_stream.csv"));
+    broker.create_topic("live", 1);
+    broker.produce("live", &records, common::household_key);
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(["--log", "warn", "run", "--model"])
+        .arg(golden())
+        .args([
+            "--source",
+            &broker.url("live"),
+            "--trigger-records",
+            "700",
+            "--subsets",
+            "3",
+            "--no-stdout",
+            "--snapshots",
+        ])
+        .arg(&snaps)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let count = || {
+        std::fs::read_to_string(&snaps)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon emitted {} snapshots in 60 s",
+            count()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // every record is in the first fetches; give the router a moment to count the last 200
+    std::thread::sleep(Duration::from_secs(2));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    let text = std::fs::read_to_string(&snaps).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(text.lines().count(), 5, "4 triggers and a last snapshot");
+    assert_eq!(last["records"], 3000);
+    assert_eq!(last["offsets"]["0"], 3000);
+}
