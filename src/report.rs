@@ -1,14 +1,19 @@
-//! What a person reads: PNG charts drawn with plotters (the PCA scatter of the seed's two
-//! plots, households per cluster, top diff-rank stations per cluster) and a self-contained
-//! `report.html` with the counts, the seed's side-by-side top-K table and the charts inlined.
-//! Text is drawn with the DejaVu Sans font shipped in `assets/fonts`, registered with
-//! plotters' ab_glyph backend, so no system font library is needed.
+//! What a person reads instead of the CSVs: PNG charts drawn with plotters (the seed's PCA
+//! scatter of the households coloured by cluster, households per cluster, and the top
+//! diff-rank stations of each cluster) and a self-contained `report.html` holding the counts,
+//! the seed's side-by-side top-K table (all / 17th's / 3rd's) per cluster and the charts
+//! inlined as base64 PNGs, with no external CSS or JavaScript. Text is drawn with the DejaVu
+//! Sans font shipped in `assets/fonts`, registered once with plotters' ab_glyph backend under
+//! the family `sans-serif`, so no system font library is needed.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 use thiserror::Error;
 
@@ -17,40 +22,58 @@ use crate::sink::Summary;
 
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
-/// Most points drawn in a scatter; larger inputs take every n-th point.
-pub const MAX_POINTS: usize = 50_000;
 
-/// Errors drawing a chart or writing the report.
+/// Most points drawn in the PCA scatter; larger inputs take every n-th point.
+pub const MAX_POINTS: usize = 50_000;
+/// Size in pixels of [`pca_scatter`]'s image.
+pub const PCA_SIZE: (u32, u32) = (1400, 660);
+/// Size in pixels of [`cluster_sizes`]'s image.
+pub const CLUSTER_SIZES_SIZE: (u32, u32) = (800, 440);
+/// Most bars drawn in one panel of [`diff_rank_bars`].
+pub const MAX_BARS: usize = 30;
+const PANEL_W: u32 = 460;
+const PANEL_MIN_H: u32 = 300;
+const TITLE_H: u32 = 56;
+const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+
+/// Errors drawing a chart or writing the report; each names the file being written.
 #[derive(Debug, Error)]
 pub enum ReportError {
-    /// Drawing failed.
-    #[error("cannot draw {path}: {message}")]
+    /// plotters failed to draw or save the chart.
+    #[error("cannot draw {}: {message}", path.display())]
     Draw {
-        /// The file.
+        /// The file being written.
         path: PathBuf,
         /// plotters' message.
         message: String,
     },
-    /// Reading or writing a file failed.
-    #[error("cannot write {path}: {source}")]
+    /// Writing the file failed.
+    #[error("cannot write {}: {source}", path.display())]
     Io {
-        /// The file.
+        /// The file being written.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
     /// The embedded font could not be loaded.
-    #[error("the embedded font is unusable")]
-    Font,
+    #[error("cannot draw {}: the embedded font DejaVuSans.ttf is unusable", path.display())]
+    Font {
+        /// The file being written.
+        path: PathBuf,
+    },
 }
 
-fn font() -> Result<(), ReportError> {
-    static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+/// Register the embedded font once; every chart calls this first.
+fn font(path: &Path) -> Result<(), ReportError> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
-        Err(ReportError::Font)
+        Err(ReportError::Font {
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -61,26 +84,56 @@ fn draw_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> ReportError + '_
     }
 }
 
+fn text_style(size: u32, colour: &RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    (FAMILY, size).into_font().color(colour).pos(Pos::new(h, v))
+}
+
 /// A point of the PCA plot.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PcaPoint {
-    /// First component.
+    /// First principal component.
     pub x: f64,
-    /// Second component.
+    /// Second principal component.
     pub y: f64,
     /// Cluster of the household.
     pub cluster: u32,
 }
 
+/// matplotlib's `tab10`, then plotters' 99-colour palette.
+const TAB10: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+const POSITIVE: RGBColor = RGBColor(31, 119, 180);
+const NEGATIVE: RGBColor = RGBColor(214, 39, 40);
+const GREY: RGBColor = RGBColor(90, 90, 90);
+
+/// The colour of cluster `c` in every chart.
 fn colour(c: u32) -> RGBColor {
-    let p = Palette99::pick(c as usize).to_rgba();
-    RGBColor(p.0, p.1, p.2)
+    match TAB10.get(c as usize) {
+        Some(&col) => col,
+        None => {
+            let p = Palette99::pick(c as usize).to_rgba();
+            RGBColor(p.0, p.1, p.2)
+        }
+    }
 }
 
+/// `(lo, hi)` padded by 5 %, or `(-1, 1)` when there is nothing finite.
 fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     if !lo.is_finite() || !hi.is_finite() {
         return (-1.0, 1.0);
     }
@@ -88,103 +141,189 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// The seed's two PCA plots side by side: every household coloured by cluster, and the same
-/// with each cluster's centroid marked and labelled.
+/// `1234567` -> `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Two decimals, never `-0.00`.
+fn two_decimals(v: f64) -> String {
+    let s = format!("{v:.2}");
+    if s == "-0.00" {
+        "0.00".to_string()
+    } else {
+        s
+    }
+}
+
+/// At most `max` characters, an ellipsis marking the cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut o: String = s.chars().take(max.saturating_sub(1)).collect();
+        o.push('…');
+        o
+    }
+}
+
+/// Take every `step`-th point so that at most [`MAX_POINTS`] are drawn.
+pub fn subsample_step(n: usize) -> usize {
+    n.div_ceil(MAX_POINTS).max(1)
+}
+
+/// The seed's two PCA plots side by side in one `PCA_SIZE` PNG: (1) every household in the
+/// first two principal components coloured by cluster, with a legend `cluster 0` ..
+/// `cluster k-1`; (2) the same households faded with each cluster centroid's projection
+/// marked by a large dot labelled with its cluster. More than [`MAX_POINTS`] households are
+/// subsampled deterministically (every n-th point in input order), as the caption says.
+/// Points with a non-finite coordinate are left out and counted in the caption.
 pub fn pca_scatter(
     path: &Path,
     points: &[PcaPoint],
     k: u32,
     centroids_2d: &[(f64, f64)],
 ) -> Result<(), ReportError> {
-    font()?;
-    let step = points.len().div_ceil(MAX_POINTS).max(1);
-    let shown: Vec<&PcaPoint> = points.iter().step_by(step).collect();
+    font(path)?;
+    let e = draw_err(path);
+    let finite: Vec<&PcaPoint> = points
+        .iter()
+        .filter(|p| p.x.is_finite() && p.y.is_finite())
+        .collect();
+    let step = subsample_step(finite.len());
+    let shown: Vec<&PcaPoint> = finite.iter().copied().step_by(step).collect();
+    let centroids: Vec<(u32, f64, f64)> = centroids_2d
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.0.is_finite() && c.1.is_finite())
+        .map(|(i, c)| (i as u32, c.0, c.1))
+        .collect();
+    // legend entries: clusters 0..k, and any cluster seen beyond it (at most 30 listed)
+    let seen = shown.iter().map(|p| p.cluster.saturating_add(1)).max();
+    let legend_n = k.max(seen.unwrap_or(0)).min(30);
     let (x0, x1) = span(
         shown
             .iter()
             .map(|p| p.x)
-            .chain(centroids_2d.iter().map(|c| c.0)),
+            .chain(centroids.iter().map(|c| c.1)),
     );
     let (y0, y1) = span(
         shown
             .iter()
             .map(|p| p.y)
-            .chain(centroids_2d.iter().map(|c| c.1)),
+            .chain(centroids.iter().map(|c| c.2)),
     );
-    let root = BitMapBackend::new(path, (1400, 620)).into_drawing_area();
-    let e = draw_err(path);
+
+    let root = BitMapBackend::new(path, PCA_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
-    let (left, right) = root.split_horizontally(700);
-    let sampled = if step > 1 {
-        format!(" (every {step}th of {} households)", points.len())
+    let (head, body) = root.split_vertically(40);
+    let mut caption = format!(
+        "PCA of the household features, k = {k}: {} households",
+        thousands(points.len() as u64)
+    );
+    if step > 1 {
+        let _ = write!(
+            caption,
+            ", every {} drawn ({} points)",
+            ordinal(step as u64),
+            thousands(shown.len() as u64)
+        );
     } else {
-        format!(" ({} households)", points.len())
-    };
+        caption.push_str(", all drawn");
+    }
+    let skipped = points.len() - finite.len();
+    if skipped > 0 {
+        let _ = write!(
+            caption,
+            "; {} without finite coordinates left out",
+            thousands(skipped as u64)
+        );
+    }
+    head.draw(&Text::new(
+        caption,
+        (16, 22),
+        text_style(18, &BLACK, HPos::Left, VPos::Center),
+    ))
+    .map_err(&e)?;
+
+    let radius = if shown.len() > 5_000 { 1 } else { 2 };
+    let (left, right) = body.split_horizontally(PCA_SIZE.0 / 2);
     for (area, with_centroids) in [(left, false), (right, true)] {
         let title = if with_centroids {
-            "PCA with cluster centroids".to_string()
+            "Cluster centroids projected"
         } else {
-            format!("PCA of household features{sampled}")
+            "Households coloured by cluster"
         };
         let mut chart = ChartBuilder::on(&area)
-            .caption(title, (FAMILY, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(48)
+            .caption(title, (FAMILY, 16))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(&e)?;
         chart
             .configure_mesh()
-            .x_desc("pca_x")
-            .y_desc("pca_y")
+            .x_desc("PC1")
+            .y_desc("PC2")
             .label_style((FAMILY, 12))
+            .axis_desc_style((FAMILY, 13))
+            .light_line_style(RGBColor(238, 238, 238))
+            .max_light_lines(2)
             .draw()
             .map_err(&e)?;
-        for c in 0..k.max(1) {
-            let col = colour(c);
-            let style = if with_centroids {
-                col.mix(0.25).filled()
-            } else {
-                col.mix(0.6).filled()
-            };
-            let series = chart
-                .draw_series(
-                    shown
-                        .iter()
-                        .filter(|p| p.cluster == c)
-                        .map(|p| Circle::new((p.x, p.y), 2, style)),
-                )
-                .map_err(&e)?;
-            if !with_centroids && c < k {
-                series
-                    .label(format!("cluster {c}"))
-                    .legend(move |(x, y)| Circle::new((x, y), 4, col.filled()));
-            }
-        }
+        let alpha = if with_centroids { 0.15 } else { 0.7 };
+        chart
+            .draw_series(
+                shown.iter().map(|p| {
+                    Circle::new((p.x, p.y), radius, colour(p.cluster).mix(alpha).filled())
+                }),
+            )
+            .map_err(&e)?;
         if with_centroids {
-            for (c, &(cx, cy)) in centroids_2d.iter().enumerate() {
-                let col = colour(c as u32);
-                chart
-                    .draw_series(std::iter::once(Cross::new(
-                        (cx, cy),
-                        9,
-                        col.stroke_width(3),
-                    )))
-                    .map_err(&e)?;
-                chart
-                    .draw_series(std::iter::once(Text::new(
-                        format!("c{c}"),
-                        (cx, cy),
-                        (FAMILY, 16).into_font().color(&BLACK),
-                    )))
-                    .map_err(&e)?;
+            for &(c, cx, cy) in &centroids {
+                let col = colour(c);
+                let marker = EmptyElement::at((cx, cy))
+                    + Circle::new((0, 0), 9, col.filled())
+                    + Circle::new((0, 0), 9, BLACK.stroke_width(2))
+                    + Text::new(
+                        format!("{c}"),
+                        (12, -12),
+                        text_style(15, &BLACK, HPos::Left, VPos::Center),
+                    );
+                chart.draw_series(std::iter::once(marker)).map_err(&e)?;
             }
-        } else if k > 0 {
+            if centroids.is_empty() {
+                let (w, h) = area.dim_in_pixel();
+                area.draw(&Text::new(
+                    "(no centroids given)",
+                    (w as i32 / 2, h as i32 / 2),
+                    text_style(14, &GREY, HPos::Center, VPos::Center),
+                ))
+                .map_err(&e)?;
+            }
+        } else if legend_n > 0 {
+            for c in 0..legend_n {
+                let col = colour(c);
+                chart
+                    .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                    .map_err(&e)?
+                    .label(format!("cluster {c}"))
+                    .legend(move |(x, y)| Circle::new((x, y), 5, col.filled()));
+            }
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .label_font((FAMILY, 12))
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(160, 160, 160))
                 .draw()
                 .map_err(&e)?;
         }
@@ -193,133 +332,303 @@ pub fn pca_scatter(
     Ok(())
 }
 
-/// Households per cluster, each bar labelled with its count.
+/// Households per cluster in one `CLUSTER_SIZES_SIZE` PNG: one bar per cluster in the
+/// cluster's colour (the PCA scatter's), each labelled with its count; the x axis names the
+/// clusters, the y axis counts households.
 pub fn cluster_sizes(path: &Path, sizes: &[u64]) -> Result<(), ReportError> {
-    font()?;
+    font(path)?;
     let e = draw_err(path);
-    let root = BitMapBackend::new(path, (800, 420)).into_drawing_area();
+    let root = BitMapBackend::new(path, CLUSTER_SIZES_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
-    let n = sizes.len().max(1) as u32;
-    let top = sizes.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.15;
+    let n = sizes.len().max(1);
+    let total: u64 = sizes.iter().sum();
+    // integer y coordinates, so that the axis never shows fractions of a household
+    let most = sizes.iter().copied().max().unwrap_or(0);
+    let top = (most.saturating_add(most / 8))
+        .max(most.saturating_add(1))
+        .max(4);
+    let caption = format!(
+        "Households per cluster: {} households in {} clusters",
+        thousands(total),
+        sizes.len()
+    );
     let mut chart = ChartBuilder::on(&root)
-        .caption("Households per cluster", (FAMILY, 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d((0u32..n).into_segmented(), 0f64..top)
+        .caption(caption, (FAMILY, 18))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(76)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0u64..top)
         .map_err(&e)?;
+    let y_fmt = |v: &u64| thousands(*v);
     chart
         .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
         .x_desc("cluster")
         .y_desc("households")
+        .y_label_formatter(&y_fmt)
         .label_style((FAMILY, 12))
-        .disable_x_mesh()
+        .axis_desc_style((FAMILY, 13))
+        .light_line_style(RGBColor(238, 238, 238))
+        .max_light_lines(1)
         .draw()
         .map_err(&e)?;
+    let label_size = if n > 16 { 10 } else { 13 };
     for (c, &v) in sizes.iter().enumerate() {
-        let c = c as u32;
-        let col = colour(c);
+        let x = c as f64;
+        let col = colour(c as u32);
         chart
             .draw_series(std::iter::once(Rectangle::new(
-                [
-                    (SegmentValue::Exact(c), 0.0),
-                    (SegmentValue::Exact(c + 1), v as f64),
-                ],
-                col.mix(0.8).filled(),
+                [(x - 0.38, 0), (x + 0.38, v)],
+                col.mix(0.85).filled(),
             )))
             .map_err(&e)?;
         chart
-            .draw_series(std::iter::once(Text::new(
-                v.to_string(),
-                (SegmentValue::CenterOf(c), v as f64 + top * 0.02),
-                (FAMILY, 14).into_font().color(&BLACK),
-            )))
+            .draw_series(std::iter::once(
+                EmptyElement::at((x, v))
+                    + Text::new(
+                        thousands(v),
+                        (0, -4),
+                        text_style(label_size, &BLACK, HPos::Center, VPos::Bottom),
+                    ),
+            ))
             .map_err(&e)?;
+        // the cluster's name under its bar (plotters' own ticks would not sit on every bar)
+        let (px, py) = chart.backend_coord(&(x, 0));
+        root.draw(&Text::new(
+            c.to_string(),
+            (px, py + 6),
+            text_style(12, &BLACK, HPos::Center, VPos::Top),
+        ))
+        .map_err(&e)?;
+    }
+    if sizes.is_empty() {
+        let (px, py) = chart.backend_coord(&(0.0, top / 2));
+        root.draw(&Text::new(
+            "(no clusters)",
+            (px, py),
+            text_style(14, &GREY, HPos::Center, VPos::Center),
+        ))
+        .map_err(&e)?;
     }
     root.present().map_err(&e)?;
     Ok(())
 }
 
-/// Top diff-rank stations of one subset: one panel per cluster, a horizontal bar per station
-/// (over-watched in blue, under-watched in red).
+/// Rows of `subset` per cluster `0..max(k, 1)`, by rank, at most [`MAX_BARS`] each; rows of
+/// other subsets or of clusters `>= k` are left out.
+fn diff_rank_panels<'a>(
+    rows: &'a [DiffRankRow],
+    subset: &str,
+    k: u32,
+) -> Vec<Vec<&'a DiffRankRow>> {
+    let n = k.max(1) as usize;
+    let mut panels: Vec<Vec<&DiffRankRow>> = vec![Vec::new(); n];
+    for r in rows.iter().filter(|r| r.subset == subset) {
+        if let Some(p) = panels.get_mut(r.cluster as usize) {
+            p.push(r);
+        }
+    }
+    for p in &mut panels {
+        p.sort_by(|a, b| {
+            a.rank
+                .cmp(&b.rank)
+                .then_with(|| a.station_num.as_bytes().cmp(b.station_num.as_bytes()))
+        });
+        p.truncate(MAX_BARS);
+    }
+    panels
+}
+
+fn grid(panels: usize) -> (u32, u32) {
+    let cols = panels.clamp(1, 3) as u32;
+    (cols, (panels as u32).div_ceil(cols))
+}
+
+fn panel_height(panels: &[Vec<&DiffRankRow>]) -> u32 {
+    let most = panels.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    PANEL_MIN_H.max(90 + 28 * most)
+}
+
+/// The size in pixels of [`diff_rank_bars`]'s image for these arguments: `min(k, 3)` panels
+/// of 460 pixels across, `⌈k / min(k, 3)⌉` rows of panels, each `max(300, 90 + 28·m)` pixels
+/// tall (`m` the most bars in one panel), under a 56-pixel title (`k` taken as at least 1).
+pub fn diff_rank_bars_size(rows: &[DiffRankRow], subset: &str, k: u32) -> (u32, u32) {
+    let panels = diff_rank_panels(rows, subset, k);
+    let (cols, grid_rows) = grid(panels.len());
+    (cols * PANEL_W, TITLE_H + grid_rows * panel_height(&panels))
+}
+
+/// The top diff-rank stations of one subset, one panel per cluster `0..k` in a grid of up to
+/// three columns (size: [`diff_rank_bars_size`]). Each panel has one horizontal bar per
+/// station, rank 1 at the top, labelled on the left with its station_num and at the bar's end
+/// with its diff-rank (2 decimals); stations watched more than by the general population are
+/// blue, less red. Only rows whose `subset` equals `subset` and whose cluster is below `k`
+/// are drawn, at most [`MAX_BARS`] per panel.
 pub fn diff_rank_bars(
     path: &Path,
     rows: &[DiffRankRow],
     subset: &str,
     k: u32,
 ) -> Result<(), ReportError> {
-    font()?;
+    font(path)?;
     let e = draw_err(path);
-    let k = k.max(1);
-    let cols = k.min(3);
-    let grid_rows = k.div_ceil(cols);
-    let root = BitMapBackend::new(path, (cols * 420, grid_rows * 300 + 40)).into_drawing_area();
+    let panels = diff_rank_panels(rows, subset, k);
+    let (cols, grid_rows) = grid(panels.len());
+    let size = (cols * PANEL_W, TITLE_H + grid_rows * panel_height(&panels));
+    let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
-    let (title, body) = root.split_vertically(40);
-    title
-        .draw(&Text::new(
-            format!("Top diff-rank stations per cluster, subset {subset}"),
-            (12, 10),
-            (FAMILY, 20).into_font().color(&BLACK),
+    let (head, body) = root.split_vertically(TITLE_H);
+    head.draw(&Text::new(
+        format!(
+            "Top diff-rank stations per cluster, subset {}",
+            subset_heading(subset)
+        ),
+        (14, 18),
+        text_style(18, &BLACK, HPos::Left, VPos::Center),
+    ))
+    .map_err(&e)?;
+    // colour key
+    let mut x = 14;
+    for (col, what) in [
+        (POSITIVE, "watched more than by the general population"),
+        (NEGATIVE, "watched less"),
+    ] {
+        head.draw(&Rectangle::new(
+            [(x, 37), (x + 12, 49)],
+            col.mix(0.85).filled(),
         ))
         .map_err(&e)?;
-    let panels = body.split_evenly((grid_rows as usize, cols as usize));
-    for (c, panel) in panels.iter().enumerate().take(k as usize) {
-        let mine: Vec<&DiffRankRow> = rows.iter().filter(|r| r.cluster == c as u32).collect();
-        let n = mine.len().max(1);
-        let lo = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::min);
-        let hi = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::max);
-        let pad = ((hi - lo) * 0.1).max(0.1);
-        let mut chart = ChartBuilder::on(panel)
-            .caption(format!("cluster {c}"), (FAMILY, 15))
-            .margin(8)
-            .x_label_area_size(26)
-            .y_label_area_size(8)
-            .build_cartesian_2d((lo - pad)..(hi + pad), 0f64..n as f64)
-            .map_err(&e)?;
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .y_labels(0)
-            .label_style((FAMILY, 11))
-            .draw()
-            .map_err(&e)?;
-        for (i, r) in mine.iter().enumerate() {
-            let y = (n - 1 - i) as f64;
-            let col = if r.diff_rank >= 0.0 { BLUE } else { RED };
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(0.0, y + 0.15), (r.diff_rank, y + 0.85)],
-                    col.mix(0.6).filled(),
-                )))
-                .map_err(&e)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{} ({:+.2})", r.station_num, r.diff_rank),
-                    (lo - pad * 0.9, y + 0.7),
-                    (FAMILY, 12).into_font().color(&BLACK),
-                )))
-                .map_err(&e)?;
-        }
+        head.draw(&Text::new(
+            what,
+            (x + 18, 43),
+            text_style(12, &BLACK, HPos::Left, VPos::Center),
+        ))
+        .map_err(&e)?;
+        x += 40 + 6 * what.chars().count() as i32;
+    }
+
+    // every panel has as many bar slots as the fullest one, so that bars are alike
+    let slots = panels.iter().map(Vec::len).max().unwrap_or(0).max(5);
+    let areas = body.split_evenly((grid_rows as usize, cols as usize));
+    for (c, (mine, area)) in panels.iter().zip(areas.iter()).enumerate() {
+        draw_diff_panel(path, &root, area, c, mine, slots)?;
     }
     root.present().map_err(&e)?;
     Ok(())
 }
 
-/// Standard base64 (RFC 4648, with padding).
+fn draw_diff_panel(
+    path: &Path,
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    cluster: usize,
+    mine: &[&DiffRankRow],
+    slots: usize,
+) -> Result<(), ReportError> {
+    let e = &draw_err(path);
+    if mine.is_empty() {
+        let inner = area
+            .titled(&format!("cluster {cluster}"), (FAMILY, 15))
+            .map_err(e)?;
+        let (w, h) = inner.dim_in_pixel();
+        inner
+            .draw(&Text::new(
+                "(no stations in this subset)",
+                (w as i32 / 2, h as i32 / 3),
+                text_style(13, &GREY, HPos::Center, VPos::Center),
+            ))
+            .map_err(e)?;
+        return Ok(());
+    }
+    let n = slots.max(mine.len());
+    let lo = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::min);
+    let hi = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi.is_finite() {
+        (lo, hi)
+    } else {
+        (-1.0, 1.0)
+    };
+    let width = if hi - lo > 0.0 { hi - lo } else { 1.0 };
+    // room for the value labels at the bars' ends
+    let pad_hi = if hi > 0.0 { 0.25 } else { 0.05 } * width;
+    let pad_lo = if lo < 0.0 { 0.25 } else { 0.05 } * width;
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("cluster {cluster}"), (FAMILY, 15))
+        .margin(10)
+        .x_label_area_size(26)
+        .y_label_area_size(96)
+        .build_cartesian_2d((lo - pad_lo)..(hi + pad_hi), 0f64..n as f64)
+        .map_err(e)?;
+    let x_fmt = |v: &f64| two_decimals(*v);
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_labels(5)
+        .x_label_formatter(&x_fmt)
+        .label_style((FAMILY, 11))
+        .light_line_style(RGBColor(240, 240, 240))
+        .max_light_lines(1)
+        .draw()
+        .map_err(e)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 0.0), (0.0, n as f64)],
+            GREY.stroke_width(1),
+        )))
+        .map_err(e)?;
+    for (i, r) in mine.iter().enumerate() {
+        let y = (n - 1 - i) as f64;
+        let d = if r.diff_rank.is_finite() {
+            r.diff_rank
+        } else {
+            0.0
+        };
+        let (col, anchor, dx) = if d >= 0.0 {
+            (POSITIVE, HPos::Left, 4)
+        } else {
+            (NEGATIVE, HPos::Right, -4)
+        };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y + 0.15), (d, y + 0.85)],
+                col.mix(0.85).filled(),
+            )))
+            .map_err(e)?;
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((d, y + 0.5))
+                    + Text::new(
+                        two_decimals(r.diff_rank),
+                        (dx, 0),
+                        text_style(11, &BLACK, anchor, VPos::Center),
+                    ),
+            ))
+            .map_err(e)?;
+        // the station's name in the label area, left of the plot
+        let (px, py) = chart.backend_coord(&(lo - pad_lo, y + 0.5));
+        root.draw(&Text::new(
+            shorten(&r.station_num, 13),
+            (px - 6, py),
+            text_style(12, &BLACK, HPos::Right, VPos::Center),
+        ))
+        .map_err(e)?;
+    }
+    Ok(())
+}
+
+/// Standard base64 (RFC 4648 section 4, with padding).
 pub fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
             } else {
                 out.push('=');
             }
@@ -328,7 +637,7 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Escape text for HTML.
+/// Escape text for HTML content and quoted attribute values.
 pub fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for ch in s.chars() {
@@ -337,6 +646,7 @@ pub fn escape(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '&' => o.push_str("&amp;"),
             '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
             c => o.push(c),
         }
     }
@@ -347,13 +657,13 @@ pub fn escape(s: &str) -> String {
 pub struct ReportInput<'a> {
     /// Page title.
     pub title: &'a str,
-    /// The ratings.
+    /// The ratings; the side-by-side table is built from `diff_rank`.
     pub ratings: &'a Ratings,
     /// The counts.
     pub summary: &'a Summary,
     /// Number of clusters.
     pub k: u32,
-    /// Top-K.
+    /// Top-K: the table has ranks `1..=top`.
     pub top: usize,
     /// The PCA chart, if drawn.
     pub pca_png: Option<&'a Path>,
@@ -365,8 +675,8 @@ pub struct ReportInput<'a> {
     pub cluster_sizes: &'a [u64],
 }
 
-/// `3` -> `3rd`, `17` -> `17th`, `22` -> `22nd`.
-pub fn ordinal(n: u32) -> String {
+/// `3` -> `3rd`, `17` -> `17th`, `22` -> `22nd`, `111` -> `111th`.
+pub fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100) {
         (_, 11..=13) => "th",
         (1, _) => "st",
@@ -379,152 +689,353 @@ pub fn ordinal(n: u32) -> String {
 
 /// The seed's column heading of a subset: `all`, `17th's`, `3rd's`.
 pub fn subset_heading(label: &str) -> String {
-    match label.parse::<u32>() {
+    match label.parse::<u64>() {
         Ok(n) => format!("{}'s", ordinal(n)),
         Err(_) => label.to_string(),
     }
 }
 
-/// Subset labels in the seed's column order: `all`, then larger n before smaller.
-fn column_order(labels: &[String]) -> Vec<String> {
-    let mut v = labels.to_vec();
-    v.sort_by_key(|l| match l.parse::<u32>() {
-        Ok(n) => (1, u32::MAX - n),
-        Err(_) => (0, 0),
+/// Subset labels in the seed's column order, each once: `all`, other non-numeric labels
+/// alphabetically, then the numeric subsets from the largest n to the smallest.
+pub fn column_order<S: AsRef<str>>(labels: &[S]) -> Vec<String> {
+    let mut v: Vec<String> = labels.iter().map(|l| l.as_ref().to_string()).collect();
+    v.sort_by(|a, b| {
+        let key = |l: &str| match l.parse::<u64>() {
+            Ok(n) => (2u8, u64::MAX - n),
+            Err(_) if l == "all" => (0, 0),
+            Err(_) => (1, 0),
+        };
+        key(a).cmp(&key(b)).then_with(|| a.cmp(b))
     });
+    v.dedup();
     v
 }
 
-fn image(out: &mut String, heading: &str, png: Option<&Path>) -> Result<(), ReportError> {
-    let Some(p) = png else { return Ok(()) };
-    let Ok(bytes) = std::fs::read(p) else {
-        return Ok(());
+/// Append a figure with the PNG at `png` inlined; nothing when it is not given, unreadable or
+/// not a PNG.
+fn figure(out: &mut String, id: &str, heading: &str, note: &str, png: Option<&Path>) {
+    let Some(p) = png else { return };
+    let bytes = match std::fs::read(p) {
+        Ok(b) => b,
+        Err(err) => {
+            tracing::warn!(path = %p.display(), error = %err, "chart left out of the report");
+            return;
+        }
     };
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        tracing::warn!(path = %p.display(), "not a PNG, left out of the report");
+        return;
+    }
     let _ = write!(
         out,
-        "<h2>{}</h2>\n<img alt=\"{}\" src=\"data:image/png;base64,{}\">\n",
-        escape(heading),
-        escape(heading),
-        base64(&bytes)
+        "<section id=\"{id}\">\n<h2>{h}</h2>\n<figure><img alt=\"{h}\" src=\"data:image/png;base64,{b}\">\n<figcaption>{n}</figcaption></figure>\n</section>\n",
+        h = escape(heading),
+        b = base64(&bytes),
+        n = escape(note),
     );
-    Ok(())
 }
 
-/// Write `report.html`: self-contained, the PNGs inlined.
+fn seconds(ms: f64) -> String {
+    format!("{:.3} s", ms / 1000.0)
+}
+
+const STYLE: &str = "
+body { font-family: 'DejaVu Sans', Verdana, sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+h3 { font-size: 1em; margin: 0 0 0.4em 0; }
+h3 small { font-weight: normal; color: #666; }
+.meta { color: #555; margin-top: 0; }
+.boxes { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+table { border-collapse: collapse; font-size: 0.9em; }
+caption { text-align: left; font-weight: bold; padding-bottom: 0.3em; }
+th, td { border: 1px solid #d4d4d4; padding: 3px 9px; }
+thead th { background: #f0f0f0; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tbody th { text-align: left; font-weight: normal; background: #fafafa; }
+table.topk td { font-family: 'DejaVu Sans Mono', monospace; white-space: nowrap; min-width: 9em; }
+table.topk td.pos span { color: #1f77b4; }
+table.topk td.neg span { color: #d62728; }
+table.topk tbody th { text-align: right; }
+td[title] { cursor: help; }
+figure { margin: 0.5em 0; }
+figure img { max-width: 100%; border: 1px solid #e4e4e4; }
+figcaption { color: #555; font-size: 0.9em; }
+footer { margin-top: 3em; color: #888; font-size: 0.85em; }
+";
+
+/// Write `report.html`: self-contained (no external CSS, JavaScript or images). It shows the
+/// counts (records, valid, malformed and malformed by kind, unknown households, households,
+/// clusters, stations, timing), households per cluster, then per cluster the seed's
+/// side-by-side top-K table (a column per subset: `all`, then the numeric subsets from the
+/// largest n to the smallest; rows rank 1..K; each cell `station_num (diff_rank)` with the
+/// popularity and general-population ratings in its tooltip; a missing row an empty cell),
+/// then the diff-rank, PCA and cluster-size charts inlined as `data:image/png;base64` URLs. A
+/// chart whose path is `None`, missing or not a PNG is left out without error. Every string
+/// taken from the data is HTML-escaped.
 pub fn write_html(path: &Path, input: &ReportInput) -> Result<(), ReportError> {
+    let html = render_html(input);
+    std::fs::write(path, html).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn render_html(input: &ReportInput) -> String {
     let s = input.summary;
-    let mut h = String::new();
+    let rows = &input.ratings.diff_rank;
+    let mut h = String::with_capacity(64 * 1024);
+    let title = escape(input.title);
     let _ = write!(
         h,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
-body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}\
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f0f0f0}}\
-td.s{{text-align:left;font-family:monospace}} img{{max-width:100%;border:1px solid #ddd}}\
-.cluster{{background:#f7f7ff}}</style></head><body>\n<h1>{t}</h1>\n",
-        t = escape(input.title)
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{title}</h1>\n"
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p>Source <code>{}</code>, model <code>{}</code>.</p>\n<table id=\"counts\"><tr><th>records</th><th>valid</th><th>malformed</th><th>unknown households</th><th>clustered views</th><th>households</th><th>clusters</th><th>stations</th><th>seconds</th><th>records/s</th></tr>\n<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.0}</td></tr></table>\n",
+        "<p class=\"meta\">Views <code>{}</code> · model <code>{}</code> · top {} per cluster · {} counting threads</p>",
         escape(&s.source),
         escape(&s.model),
-        s.records,
-        s.valid,
-        s.malformed,
-        s.unknown_household,
-        s.clustered_views,
-        s.households,
-        s.clusters,
-        s.stations,
-        s.timing.total_ms / 1000.0,
-        s.timing.records_per_second
+        input.top,
+        s.threads
     );
-    h.push_str("<table id=\"malformed\"><tr><th>malformed kind</th><th>records</th></tr>\n");
+
+    // ---- counts
+    h.push_str("<section id=\"summary\">\n<h2>Counts</h2>\n<div class=\"boxes\">\n");
+    h.push_str("<table id=\"counts\"><caption>Records and model</caption><tbody>\n");
+    let counts: [(&str, String, &str); 9] = [
+        (
+            "records",
+            thousands(s.records),
+            "records read, valid and malformed",
+        ),
+        ("valid", thousands(s.valid), "the general population"),
+        (
+            "malformed",
+            thousands(s.malformed),
+            "dropped, counted by kind",
+        ),
+        (
+            "unknown households",
+            thousands(s.unknown_household),
+            "valid records of households without demographics",
+        ),
+        (
+            "clustered views",
+            thousands(s.clustered_views),
+            "valid records of clustered households",
+        ),
+        ("households", thousands(s.households), "in the model"),
+        ("clusters", thousands(u64::from(s.clusters)), "k"),
+        (
+            "stations",
+            thousands(s.stations),
+            "distinct, among valid records",
+        ),
+        (
+            "subsets",
+            column_order(&s.subsets)
+                .iter()
+                .map(|l| subset_heading(l))
+                .collect::<Vec<_>>()
+                .join(", "),
+            "households whose rank in their cluster is a multiple of n",
+        ),
+    ];
+    for (name, value, note) in counts {
+        let class = if name == "subsets" {
+            ""
+        } else {
+            " class=\"n\""
+        };
+        let _ = writeln!(
+            h,
+            "<tr><th title=\"{}\">{name}</th><td{class}>{}</td></tr>",
+            escape(note),
+            escape(&value)
+        );
+    }
+    h.push_str("</tbody></table>\n");
+
+    h.push_str(
+        "<table id=\"malformed-by-kind\"><caption>Malformed records by kind</caption>\n\
+<thead><tr><th>kind</th><th>records</th></tr></thead><tbody>\n",
+    );
+    if s.malformed_by_kind.is_empty() {
+        h.push_str("<tr><td colspan=\"2\">none</td></tr>\n");
+    }
     for (kind, n) in &s.malformed_by_kind {
         let _ = writeln!(
             h,
-            "<tr><td class=\"s\">{}</td><td>{n}</td></tr>",
-            escape(kind)
+            "<tr><th>{}</th><td class=\"n\">{}</td></tr>",
+            escape(kind),
+            thousands(*n)
         );
     }
-    h.push_str("</table>\n");
-    if !input.cluster_sizes.is_empty() {
-        h.push_str("<table id=\"sizes\"><tr><th>cluster</th><th>households</th></tr>\n");
-        for (c, n) in input.cluster_sizes.iter().enumerate() {
-            let _ = writeln!(h, "<tr><td>{c}</td><td>{n}</td></tr>");
-        }
-        h.push_str("</table>\n");
-    }
-    // the seed's side-by-side table
-    let labels = column_order(&s.subsets);
-    let _ = write!(
+    h.push_str("</tbody></table>\n");
+
+    let t = &s.timing;
+    let _ = writeln!(
         h,
-        "<h2>Top {} stations by diff-rank, per cluster</h2>\n<p>Each cell: station (diff-rank = popularity in the cluster's subset − general population, in points).</p>\n<table id=\"side-by-side\"><tr><th>cluster</th><th>rank</th>",
-        input.top
+        "<table id=\"timing\"><caption>Timing</caption><tbody>\n\
+<tr><th>load model</th><td class=\"n\">{}</td></tr>\n\
+<tr><th>read and count</th><td class=\"n\">{}</td></tr>\n\
+<tr><th>ratings</th><td class=\"n\">{}</td></tr>\n\
+<tr><th>write</th><td class=\"n\">{}</td></tr>\n\
+<tr><th>total</th><td class=\"n\">{}</td></tr>\n\
+<tr><th>records per second</th><td class=\"n\">{}</td></tr>\n</tbody></table>",
+        seconds(t.load_model_ms),
+        seconds(t.count_ms),
+        seconds(t.rate_ms),
+        seconds(t.write_ms),
+        seconds(t.total_ms),
+        if t.records_per_second.is_finite() && t.records_per_second >= 0.0 {
+            thousands(t.records_per_second.round() as u64)
+        } else {
+            "–".to_string()
+        }
     );
-    for l in &labels {
-        let _ = write!(h, "<th>{}</th>", escape(&subset_heading(l)));
+
+    let total: u64 = input.cluster_sizes.iter().sum();
+    if !input.cluster_sizes.is_empty() {
+        h.push_str(
+            "<table id=\"cluster-sizes\"><caption>Households per cluster</caption>\n\
+<thead><tr><th>cluster</th><th>households</th><th>share</th></tr></thead><tbody>\n",
+        );
+        for (c, n) in input.cluster_sizes.iter().enumerate() {
+            let share = if total > 0 {
+                100.0 * *n as f64 / total as f64
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                h,
+                "<tr><th>{c}</th><td class=\"n\">{}</td><td class=\"n\">{share:.1} %</td></tr>",
+                thousands(*n)
+            );
+        }
+        h.push_str("</tbody></table>\n");
     }
-    h.push_str("</tr>\n");
-    for c in 0..input.k {
-        for rank in 1..=input.top as u32 {
+    h.push_str("</div>\n</section>\n");
+
+    // ---- the seed's side-by-side top-K tables
+    let mut labels: Vec<String> = s.subsets.clone();
+    labels.extend(rows.iter().map(|r| r.subset.clone()));
+    let labels = column_order(&labels);
+    let mut clusters: BTreeSet<u32> = (0..input.k).collect();
+    clusters.extend(rows.iter().map(|r| r.cluster));
+    let mut ranks: BTreeSet<u32> = (1..=input.top as u32).collect();
+    ranks.extend(rows.iter().map(|r| r.rank));
+    let mut cell: HashMap<(&str, u32, u32), &DiffRankRow> = HashMap::new();
+    for r in rows {
+        cell.entry((r.subset.as_str(), r.cluster, r.rank))
+            .or_insert(r);
+    }
+    let _ = writeln!(
+        h,
+        "<section id=\"top-k\">\n<h2>Top {} stations by diff-rank, per cluster</h2>\n\
+<p>Each cell is <code>station (diff-rank)</code>: the station's popularity among the cluster's \
+households in that subset minus its rating in the general population, in percentage points. \
+Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
+        input.top,
+        labels
+            .iter()
+            .map(|l| escape(&subset_heading(l)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for &c in &clusters {
+        let size = input
+            .cluster_sizes
+            .get(c as usize)
+            .map(|n| format!(" <small>· {} households</small>", thousands(*n)))
+            .unwrap_or_default();
+        let _ = write!(
+            h,
+            "<div class=\"cluster\" id=\"cluster-{c}\">\n<h3>Cluster {c}{size}</h3>\n\
+<table class=\"topk\" id=\"topk-cluster-{c}\" data-cluster=\"{c}\">\n<thead><tr><th>rank</th>"
+        );
+        for l in &labels {
             let _ = write!(
                 h,
-                "<tr class=\"cluster\" data-cluster=\"{c}\" data-rank=\"{rank}\"><td>{c}</td><td>{rank}</td>"
+                "<th data-subset=\"{}\">{}</th>",
+                escape(l),
+                escape(&subset_heading(l))
             );
+        }
+        h.push_str("</tr></thead>\n<tbody>\n");
+        for &rank in &ranks {
+            let _ = write!(h, "<tr data-rank=\"{rank}\"><th>{rank}</th>");
             for l in &labels {
-                let cell = input
-                    .ratings
-                    .diff_rank
-                    .iter()
-                    .find(|d| &d.subset == l && d.cluster == c && d.rank == rank);
-                match cell {
+                match cell.get(&(l.as_str(), c, rank)) {
                     Some(d) => {
+                        let class = if d.diff_rank < 0.0 { "neg" } else { "pos" };
                         let _ = write!(
                             h,
-                            "<td class=\"s\" data-subset=\"{}\" title=\"popularity {:.3} %, general population {:.3} %\">{} ({:+.2})</td>",
+                            "<td class=\"{class}\" data-subset=\"{}\" title=\"popularity {:.4} % in this subset · general population {:.4} % · diff-rank {:.4}\">{} (<span>{}</span>)</td>",
                             escape(l),
                             d.popularity_rating,
                             d.genpop_rating,
+                            d.diff_rank,
                             escape(&d.station_num),
-                            d.diff_rank
+                            two_decimals(d.diff_rank)
                         );
                     }
                     None => {
-                        let _ = write!(h, "<td class=\"s\" data-subset=\"{}\"></td>", escape(l));
+                        let _ = write!(h, "<td data-subset=\"{}\"></td>", escape(l));
                     }
                 }
             }
             h.push_str("</tr>\n");
         }
+        h.push_str("</tbody></table>\n</div>\n");
     }
-    h.push_str("</table>\n");
-    image(
+    h.push_str("</div>\n</section>\n");
+
+    // ---- charts
+    figure(
         &mut h,
+        "diff-rank-chart",
         "Top diff-rank stations per cluster",
+        "Blue: watched more by the cluster than by the general population; red: less.",
         input.diff_rank_png,
-    )?;
-    image(
+    );
+    figure(
         &mut h,
+        "pca-chart",
         "Households in the first two principal components",
+        "Left: every household coloured by its cluster. Right: the cluster centroids' projections.",
         input.pca_png,
-    )?;
-    image(&mut h, "Households per cluster", input.cluster_sizes_png)?;
-    h.push_str("</body></html>\n");
-    std::fs::write(path, h).map_err(|e| ReportError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })
+    );
+    figure(
+        &mut h,
+        "cluster-sizes-chart",
+        "Households per cluster",
+        "",
+        input.cluster_sizes_png,
+    );
+    let _ = writeln!(
+        h,
+        "<footer>viewpulse {}</footer>\n</body>\n</html>",
+        env!("CARGO_PKG_VERSION")
+    );
+    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratings::DiffRankRow;
+    use crate::sink::Timing;
+    use tempfile::TempDir;
 
+    /// Checks the PNG signature and returns IHDR's width and height.
     fn png_size(p: &Path) -> (u32, u32) {
         let b = std::fs::read(p).unwrap();
-        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display());
+        assert!(b.len() > 33, "{} is too short", p.display());
+        assert_eq!(&b[..8], PNG_SIGNATURE, "{}", p.display());
+        assert_eq!(&b[12..16], b"IHDR");
         let w = u32::from_be_bytes([b[16], b[17], b[18], b[19]]);
         let h = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
         (w, h)
@@ -542,39 +1053,132 @@ mod tests {
         }
     }
 
-    #[test]
-    fn charts_are_pngs_of_the_asked_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let pts: Vec<PcaPoint> = (0..1000)
+    fn points(n: usize, k: u32) -> Vec<PcaPoint> {
+        (0..n)
             .map(|i| PcaPoint {
-                x: (i % 37) as f64,
-                y: (i % 11) as f64 * 0.5,
-                cluster: i % 3,
+                x: ((i * 7919) % 1000) as f64 / 100.0 - 5.0,
+                y: ((i * 104_729) % 997) as f64 / 200.0 - 2.5,
+                cluster: i as u32 % k.max(1),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn pca_scatter_writes_a_png_of_its_size() {
+        let dir = TempDir::new().unwrap();
         let p = dir.path().join("pca.png");
-        pca_scatter(&p, &pts, 3, &[(1.0, 1.0), (5.0, 2.0), (9.0, 3.0)]).unwrap();
-        assert_eq!(png_size(&p), (1400, 620));
-        pca_scatter(&p, &[], 1, &[]).unwrap();
-        assert_eq!(png_size(&p), (1400, 620));
-        let s = dir.path().join("sizes.png");
-        cluster_sizes(&s, &[10, 0, 5]).unwrap();
-        assert_eq!(png_size(&s), (800, 420));
-        cluster_sizes(&s, &[]).unwrap();
-        let d = dir.path().join("diff.png");
+        pca_scatter(
+            &p,
+            &points(1000, 6),
+            6,
+            &[(0.0, 0.0), (1.0, 1.0), (-2.0, 1.5)],
+        )
+        .unwrap();
+        assert_eq!(png_size(&p), PCA_SIZE);
+        assert_eq!(PCA_SIZE, (1400, 660));
+        // empty, and k = 1 without centroids
+        let q = dir.path().join("empty.png");
+        pca_scatter(&q, &[], 0, &[]).unwrap();
+        assert_eq!(png_size(&q), PCA_SIZE);
+        let r = dir.path().join("k1.png");
+        pca_scatter(&r, &points(10, 1), 1, &[]).unwrap();
+        assert_eq!(png_size(&r), PCA_SIZE);
+        // non-finite coordinates are left out, not a panic
+        let mut bad = points(5, 2);
+        bad[0].x = f64::NAN;
+        bad[1].y = f64::INFINITY;
+        let s = dir.path().join("nan.png");
+        pca_scatter(&s, &bad, 2, &[(f64::NAN, 0.0)]).unwrap();
+        assert_eq!(png_size(&s), PCA_SIZE);
+    }
+
+    #[test]
+    fn pca_scatter_subsamples_large_inputs() {
+        assert_eq!(subsample_step(0), 1);
+        assert_eq!(subsample_step(MAX_POINTS), 1);
+        assert_eq!(subsample_step(MAX_POINTS + 1), 2);
+        assert_eq!(subsample_step(120_000), 3);
+        for n in [1usize, 49_999, 50_000, 50_001, 100_000, 100_001, 1_234_567] {
+            let drawn = n.div_ceil(subsample_step(n));
+            assert!(drawn <= MAX_POINTS, "{n} -> {drawn}");
+            assert!(drawn * 3 > MAX_POINTS || n <= MAX_POINTS, "{n} -> {drawn}");
+        }
+        let dir = TempDir::new().unwrap();
+        let p = dir.path().join("big.png");
+        pca_scatter(&p, &points(60_000, 4), 4, &[(0.0, 0.0)]).unwrap();
+        assert_eq!(png_size(&p), PCA_SIZE);
+    }
+
+    #[test]
+    fn cluster_sizes_writes_a_png_of_its_size() {
+        let dir = TempDir::new().unwrap();
+        let p = dir.path().join("sizes.png");
+        cluster_sizes(&p, &[12_345, 0, 5, 987_654, 3, 44]).unwrap();
+        assert_eq!(png_size(&p), CLUSTER_SIZES_SIZE);
+        assert_eq!(CLUSTER_SIZES_SIZE, (800, 440));
+        let q = dir.path().join("empty.png");
+        cluster_sizes(&q, &[]).unwrap();
+        assert_eq!(png_size(&q), CLUSTER_SIZES_SIZE);
+        let r = dir.path().join("one.png");
+        cluster_sizes(&r, &[7]).unwrap();
+        assert_eq!(png_size(&r), CLUSTER_SIZES_SIZE);
+    }
+
+    #[test]
+    fn diff_rank_bars_writes_a_png_of_its_size() {
+        let dir = TempDir::new().unwrap();
         let rows = vec![
             row("all", 0, 1, "123", 2.5),
             row("all", 0, 2, "04321", -0.5),
             row("all", 1, 1, "9", 1.0),
+            row("3", 0, 1, "other subset", 9.0),
+            row("all", 7, 1, "cluster beyond k", 9.0),
         ];
-        diff_rank_bars(&d, &rows, "all", 2).unwrap();
-        assert_eq!(png_size(&d), (840, 340));
-        diff_rank_bars(&d, &[], "all", 1).unwrap();
-        assert_eq!(png_size(&d), (420, 340));
+        let p = dir.path().join("diff.png");
+        diff_rank_bars(&p, &rows, "all", 2).unwrap();
+        assert_eq!(png_size(&p), (920, 356));
+        assert_eq!(diff_rank_bars_size(&rows, "all", 2), (920, 356));
+        // six clusters: 3 x 2 panels
+        let six: Vec<DiffRankRow> = (0..6)
+            .flat_map(|c| {
+                (1..=7)
+                    .map(move |r| row("17", c, r, &format!("{}", 10_000 + r), 1.0 - r as f64 / 3.0))
+            })
+            .collect();
+        let q = dir.path().join("six.png");
+        diff_rank_bars(&q, &six, "17", 6).unwrap();
+        assert_eq!(png_size(&q), (1380, 56 + 2 * 300));
+        // many bars make taller panels
+        let many: Vec<DiffRankRow> = (1..=12).map(|r| row("all", 0, r, "s", r as f64)).collect();
+        let m = dir.path().join("many.png");
+        diff_rank_bars(&m, &many, "all", 1).unwrap();
+        assert_eq!(png_size(&m), (460, 56 + 90 + 28 * 12));
+        // empty input and k = 1, k = 0
+        let e = dir.path().join("empty.png");
+        diff_rank_bars(&e, &[], "all", 1).unwrap();
+        assert_eq!(png_size(&e), (460, 356));
+        diff_rank_bars(&e, &[], "3", 0).unwrap();
+        assert_eq!(png_size(&e), (460, 356));
+        // all zeros and a non-finite value
+        let z = vec![row("all", 0, 1, "0", 0.0), row("all", 0, 2, "n", f64::NAN)];
+        diff_rank_bars(&e, &z, "all", 1).unwrap();
+        assert_eq!(png_size(&e), (460, 356));
     }
 
     #[test]
-    fn ordinals() {
+    fn a_chart_in_a_missing_folder_is_an_error_naming_the_file() {
+        let dir = TempDir::new().unwrap();
+        let p = dir.path().join("no/such/folder/sizes.png");
+        let err = cluster_sizes(&p, &[1, 2]).unwrap_err();
+        assert!(
+            matches!(&err, ReportError::Draw { path, .. } if path == &p),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("sizes.png"), "{err}");
+    }
+
+    #[test]
+    fn ordinals_and_headings() {
         let got: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 17, 21, 22, 23, 111]
             .iter()
             .map(|&n| ordinal(n))
@@ -586,6 +1190,20 @@ mod tests {
                 "111th"
             ]
         );
+        assert_eq!(subset_heading("17"), "17th's");
+        assert_eq!(subset_heading("all"), "all");
+        assert_eq!(
+            column_order(&["3", "all", "17", "2", "3"]),
+            ["all", "17", "3", "2"]
+        );
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(two_decimals(-0.001), "0.00");
+        assert_eq!(two_decimals(0.5663), "0.57");
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(escape("<b>&\"'"), "&lt;b&gt;&amp;&quot;&#39;");
     }
 
     #[test]
@@ -601,16 +1219,18 @@ mod tests {
         ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd, 0x00]), "//79AA==");
     }
 
     fn decode64(s: &str) -> Vec<u8> {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
+        assert_eq!(s.len() % 4, 0, "padded base64");
         let vals: Vec<u32> = s
             .bytes()
             .filter(|&b| b != b'=')
             .map(|b| T.iter().position(|&t| t == b).unwrap() as u32)
             .collect();
+        let mut out = Vec::new();
         for ch in vals.chunks(4) {
             let mut n = 0u32;
             for (i, v) in ch.iter().enumerate() {
@@ -624,61 +1244,277 @@ mod tests {
     }
 
     #[test]
-    fn html_has_the_side_by_side_table_escaped_and_inlined_images() {
-        let dir = tempfile::tempdir().unwrap();
+    fn base64_round_trips_every_length() {
+        let data: Vec<u8> = (0..=255u8).rev().collect();
+        for len in 0..data.len() {
+            assert_eq!(decode64(&base64(&data[..len])), &data[..len]);
+        }
+    }
+
+    /// The text of the cells of `<tr data-rank="rank">` in the table `topk-cluster-c`, each
+    /// with the heading of its column (the rank column left out), unescaped.
+    fn table_row(html: &str, cluster: u32, rank: u32) -> Vec<(String, String)> {
+        let start = html
+            .find(&format!("id=\"topk-cluster-{cluster}\""))
+            .unwrap();
+        let table = &html[start..start + html[start..].find("</table>").unwrap()];
+        let cells_of = |tr: &str| -> Vec<String> {
+            let tr = tr.replace("</td>", "</th>");
+            let mut v: Vec<String> = tr
+                .split("</th>")
+                .map(|c| unescape(&strip_tags(c)))
+                .collect();
+            v.pop(); // after the last cell
+            v
+        };
+        let h = table.find("<thead><tr>").unwrap() + "<thead><tr>".len();
+        let headings = cells_of(&table[h..h + table[h..].find("</tr>").unwrap()]);
+        let r = table.find(&format!("<tr data-rank=\"{rank}\">")).unwrap();
+        let r = r + table[r..].find('>').unwrap() + 1;
+        let cells = cells_of(&table[r..r + table[r..].find("</tr>").unwrap()]);
+        assert_eq!(headings.len(), cells.len(), "{headings:?} {cells:?}");
+        assert_eq!(headings[0], "rank");
+        assert_eq!(cells[0], rank.to_string());
+        headings.into_iter().zip(cells).skip(1).collect()
+    }
+
+    fn strip_tags(s: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for ch in s.chars() {
+            match ch {
+                '<' => inside = true,
+                '>' => inside = false,
+                c if !inside => out.push(c),
+                _ => {}
+            }
+        }
+        out.trim().to_string()
+    }
+
+    fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&amp;", "&")
+    }
+
+    #[test]
+    fn html_has_the_side_by_side_tables_escaped_and_the_charts_inlined() {
+        let dir = TempDir::new().unwrap();
         let ratings = Ratings {
             popularity: vec![],
             genpop: vec![],
             diff_rank: vec![
                 row("17", 1, 2, "55555", 3.0),
-                row("3", 1, 2, "33333", 2.0),
+                row("3", 1, 2, "33333", -2.0),
                 row("all", 1, 2, "<b>&\"", 1.0),
                 row("all", 0, 1, "11111", 0.5),
+                row("17", 0, 1, "17017", 0.25),
             ],
         };
+        let mut by_kind = std::collections::BTreeMap::new();
+        by_kind.insert("too_few_fields".to_string(), 3u64);
+        by_kind.insert("<script>".to_string(), 1u64);
         let summary = Summary {
+            source: "views & more.csv".into(),
             subsets: vec!["all".into(), "3".into(), "17".into()],
-            records: 42,
+            records: 1_234_567,
+            valid: 1_234_563,
+            malformed: 4,
+            malformed_by_kind: by_kind,
+            households: 9,
+            clusters: 2,
+            timing: Timing {
+                total_ms: 1500.0,
+                records_per_second: 823_045.0,
+                ..Timing::default()
+            },
             ..Summary::default()
         };
-        let png = dir.path().join("s.png");
-        cluster_sizes(&png, &[3, 4]).unwrap();
+        let sizes_png = dir.path().join("sizes.png");
+        cluster_sizes(&sizes_png, &[4, 5]).unwrap();
+        let diff_png = dir.path().join("diff.png");
+        diff_rank_bars(&diff_png, &ratings.diff_rank, "all", 2).unwrap();
         let out = dir.path().join("report.html");
         write_html(
             &out,
             &ReportInput {
-                title: "t",
+                title: "t <&>",
                 ratings: &ratings,
                 summary: &summary,
                 k: 2,
-                top: 2,
-                pca_png: None,
-                cluster_sizes_png: Some(&png),
-                diff_rank_png: Some(&dir.path().join("missing.png")),
-                cluster_sizes: &[3, 4],
+                top: 3,
+                pca_png: Some(&dir.path().join("missing.png")),
+                cluster_sizes_png: Some(&sizes_png),
+                diff_rank_png: Some(&diff_png),
+                cluster_sizes: &[4, 5],
             },
         )
         .unwrap();
         let html = std::fs::read_to_string(&out).unwrap();
-        // header order: all, 17th's, 3rd's
-        let a = html.find("<th>all</th>").unwrap();
-        let b = html.find("<th>17th's</th>").unwrap();
-        let c = html.find("<th>3rd's</th>").unwrap();
-        assert!(a < b && b < c);
-        let tr = html.find("data-cluster=\"1\" data-rank=\"2\"").unwrap();
-        let line = &html[tr..tr + html[tr..].find("</tr>").unwrap()];
-        let cells: Vec<&str> = line.split("<td").skip(3).collect();
-        assert!(cells[0].contains("&lt;b&gt;&amp;&quot;"), "{line}");
-        assert!(cells[1].contains("55555"), "{line}");
-        assert!(cells[2].contains("33333"), "{line}");
+
+        // counts, with the data's strings escaped
+        assert!(html.contains("<title>t &lt;&amp;&gt;</title>"));
+        assert!(html.contains("1,234,567"));
+        assert!(html.contains("views &amp; more.csv"));
+        assert!(html.contains("<th>&lt;script&gt;</th><td class=\"n\">1</td>"));
+        assert!(html.contains("1.500 s"));
+        assert!(!html.contains("<script"));
+
+        // one table per cluster, columns all / 17th's / 3rd's, ranks 1..3
+        let c1r2 = table_row(&html, 1, 2);
+        let headings: Vec<&str> = c1r2.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(headings, ["all", "17th's", "3rd's"]);
+        assert_eq!(c1r2[0].1, "<b>&\" (1.00)");
+        assert_eq!(c1r2[1].1, "55555 (3.00)");
+        assert_eq!(c1r2[2].1, "33333 (-2.00)");
+        assert!(html.contains("&lt;b&gt;&amp;&quot; ("));
         assert!(!html.contains("<b>&\""));
-        let start = html.find("base64,").unwrap() + 7;
-        let end = start + html[start..].find('"').unwrap();
-        assert_eq!(decode64(&html[start..end]), std::fs::read(&png).unwrap());
-        assert_eq!(
-            html.matches("<img").count(),
-            1,
-            "the missing chart is skipped"
-        );
+        let c0r1 = table_row(&html, 0, 1);
+        assert_eq!(c0r1[0].1, "11111 (0.50)");
+        assert_eq!(c0r1[1].1, "17017 (0.25)");
+        assert_eq!(c0r1[2].1, "", "no row: empty cell");
+        assert!(table_row(&html, 0, 3).iter().all(|(_, t)| t.is_empty()));
+        assert!(html.contains("title=\"popularity 4.0000 % in this subset · general population 1.0000 % · diff-rank 3.0000\">55555"));
+
+        // the two charts that exist are inlined, in order, and decode to the files' bytes
+        let imgs: Vec<&str> = html.split("src=\"data:image/png;base64,").skip(1).collect();
+        assert_eq!(imgs.len(), 2, "the missing PCA chart is skipped");
+        let decoded: Vec<Vec<u8>> = imgs
+            .iter()
+            .map(|s| decode64(&s[..s.find('"').unwrap()]))
+            .collect();
+        assert_eq!(decoded[0], std::fs::read(&diff_png).unwrap());
+        assert_eq!(decoded[1], std::fs::read(&sizes_png).unwrap());
+        assert!(!html.contains("id=\"pca-chart\""));
+        // self-contained
+        assert!(!html.contains("<link") && !html.contains("http://") && !html.contains("https://"));
+    }
+
+    #[test]
+    fn html_without_charts_or_rows_still_lists_every_cluster() {
+        let dir = TempDir::new().unwrap();
+        let ratings = Ratings::default();
+        let summary = Summary {
+            subsets: vec!["17".into(), "all".into()],
+            ..Summary::default()
+        };
+        let out = dir.path().join("report.html");
+        write_html(
+            &out,
+            &ReportInput {
+                title: "empty",
+                ratings: &ratings,
+                summary: &summary,
+                k: 3,
+                top: 7,
+                pca_png: None,
+                cluster_sizes_png: None,
+                diff_rank_png: None,
+                cluster_sizes: &[],
+            },
+        )
+        .unwrap();
+        let html = std::fs::read_to_string(&out).unwrap();
+        assert!(!html.contains("<img"));
+        for c in 0..3 {
+            let r7 = table_row(&html, c, 7);
+            assert_eq!(r7.len(), 2);
+            assert_eq!(r7[0].0, "all");
+            assert!(r7.iter().all(|(_, t)| t.is_empty()));
+        }
+        assert!(!html.contains("topk-cluster-3"));
+        let err = write_html(
+            &dir.path().join("missing/report.html"),
+            &ReportInput {
+                title: "x",
+                ratings: &ratings,
+                summary: &summary,
+                k: 1,
+                top: 1,
+                pca_png: None,
+                cluster_sizes_png: None,
+                diff_rank_png: None,
+                cluster_sizes: &[],
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, ReportError::Io { .. }));
+        assert!(err.to_string().contains("report.html"));
+    }
+
+    /// Writes the charts and the report into `$VIEWPULSE_REPORT_PREVIEW` to look at them.
+    #[test]
+    #[ignore]
+    fn preview() {
+        let Ok(dir) = std::env::var("VIEWPULSE_REPORT_PREVIEW") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pts = points(80_000, 6);
+        let cents: Vec<(f64, f64)> = (0..6)
+            .map(|c| (c as f64 - 2.5, (c % 3) as f64 - 1.0))
+            .collect();
+        pca_scatter(&dir.join("pca.png"), &pts, 6, &cents).unwrap();
+        let sizes = [12_345, 8_000, 23_456, 999, 15_000, 40_321];
+        cluster_sizes(&dir.join("cluster_sizes.png"), &sizes).unwrap();
+        let mut rows = Vec::new();
+        for label in ["all", "3", "17"] {
+            for c in 0..6u32 {
+                for r in 1..=7u32 {
+                    let d = 0.6 - 0.11 * r as f64 + 0.05 * c as f64;
+                    rows.push(DiffRankRow {
+                        subset: label.into(),
+                        cluster: c,
+                        rank: r,
+                        station_num: format!("{}", 10_000 + 977 * r + 131 * c),
+                        diff_rank: d,
+                        popularity_rating: d + 1.2,
+                        genpop_rating: 1.2,
+                    });
+                }
+            }
+        }
+        diff_rank_bars(&dir.join("diff_rank_all.png"), &rows, "all", 6).unwrap();
+        diff_rank_bars(&dir.join("diff_rank_empty.png"), &rows[..3], "all", 2).unwrap();
+        cluster_sizes(&dir.join("cluster_sizes_empty.png"), &[]).unwrap();
+        pca_scatter(&dir.join("pca_small.png"), &points(40, 1), 1, &[]).unwrap();
+        let ratings = Ratings {
+            popularity: vec![],
+            genpop: vec![],
+            diff_rank: rows,
+        };
+        let summary = Summary {
+            source: "views_static.csv".into(),
+            model: "model".into(),
+            subsets: vec!["all".into(), "3".into(), "17".into()],
+            records: 1_000_000,
+            valid: 999_000,
+            malformed: 1_000,
+            households: sizes.iter().sum(),
+            clusters: 6,
+            stations: 321,
+            top: 7,
+            threads: 2,
+            ..Summary::default()
+        };
+        write_html(
+            &dir.join("report.html"),
+            &ReportInput {
+                title: "viewpulse preview",
+                ratings: &ratings,
+                summary: &summary,
+                k: 6,
+                top: 7,
+                pca_png: Some(&dir.join("pca.png")),
+                cluster_sizes_png: Some(&dir.join("cluster_sizes.png")),
+                diff_rank_png: Some(&dir.join("diff_rank_all.png")),
+                cluster_sizes: &sizes,
+            },
+        )
+        .unwrap();
     }
 }
