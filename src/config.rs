@@ -4,7 +4,9 @@
 //! file. `deploy/viewpulse.example.toml` documents every key and a test loads it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -59,6 +61,8 @@ pub struct RunConfig {
     pub kafka: KafkaConfig,
     /// Where snapshots go.
     pub sinks: SinksConfig,
+    /// The HTTP endpoint.
+    pub http: HttpConfig,
 }
 
 /// When snapshots are emitted.
@@ -68,6 +72,9 @@ pub struct TriggerConfig {
     /// A trigger every this many records consumed (malformed ones count), as the seed's
     /// `maxOffsetsPerTrigger`.
     pub records: u64,
+    /// Also a trigger whenever this much processing time passed since the last one and
+    /// records came meanwhile (`500ms`, `10s`, `1m`; empty = records only).
+    pub interval: String,
 }
 
 /// How the work is split and what is rated.
@@ -93,6 +100,11 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through as they are (security: `security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
     pub properties: BTreeMap<String, String>,
+    /// How long one metadata request may wait for the broker.
+    pub connect_timeout: String,
+    /// How long to keep retrying at start while no broker answers, before giving up with
+    /// exit code 69 (`0s` = one attempt).
+    pub startup_wait: String,
 }
 
 /// Snapshot sinks; any combination.
@@ -103,6 +115,17 @@ pub struct SinksConfig {
     pub snapshots: Option<PathBuf>,
     /// A readable table per trigger on stdout.
     pub stdout: bool,
+    /// A Kafka output topic, `kafka://HOST:PORT/TOPIC`: one message per snapshot, key = the
+    /// trigger number, value = the JSON line. The topic must exist.
+    pub kafka: Option<String>,
+}
+
+/// The HTTP endpoint: `GET /snapshot`, `GET /healthz`, `GET /metrics` (Prometheus).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `HOST:PORT` to listen on, or a bare port (on 127.0.0.1); empty or `off` = no server.
+    pub listen: String,
 }
 
 impl Default for RunConfig {
@@ -115,13 +138,17 @@ impl Default for RunConfig {
             pipeline: PipelineConfig::default(),
             kafka: KafkaConfig::default(),
             sinks: SinksConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
 
 impl Default for TriggerConfig {
     fn default() -> Self {
-        TriggerConfig { records: 50_000 }
+        TriggerConfig {
+            records: 50_000,
+            interval: String::new(),
+        }
     }
 }
 
@@ -141,6 +168,8 @@ impl Default for KafkaConfig {
             group_id: "viewpulse".into(),
             start: "earliest".into(),
             properties: BTreeMap::new(),
+            connect_timeout: "10s".into(),
+            startup_wait: "30s".into(),
         }
     }
 }
@@ -150,6 +179,7 @@ impl Default for SinksConfig {
         SinksConfig {
             snapshots: None,
             stdout: true,
+            kafka: None,
         }
     }
 }
@@ -180,6 +210,48 @@ impl RunConfig {
         StartAt::parse(&self.kafka.start).ok_or_else(|| ConfigError::Invalid {
             key: "kafka.start",
             message: format!("{:?} is not earliest, latest or stored", self.kafka.start),
+        })
+    }
+
+    /// `trigger.interval`, parsed.
+    pub fn trigger_interval(&self) -> Result<Option<Duration>, ConfigError> {
+        if self.trigger.interval.trim().is_empty() {
+            return Ok(None);
+        }
+        let d = duration("trigger.interval", &self.trigger.interval)?;
+        if d.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "trigger.interval",
+                message: "must be longer than 0".into(),
+            });
+        }
+        Ok(Some(d))
+    }
+
+    /// `kafka.connect_timeout`, parsed.
+    pub fn connect_timeout(&self) -> Result<Duration, ConfigError> {
+        let d = duration("kafka.connect_timeout", &self.kafka.connect_timeout)?;
+        if d.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "kafka.connect_timeout",
+                message: "must be longer than 0".into(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// `kafka.startup_wait`, parsed.
+    pub fn startup_wait(&self) -> Result<Duration, ConfigError> {
+        duration("kafka.startup_wait", &self.kafka.startup_wait)
+    }
+
+    /// `http.listen`, parsed.
+    pub fn http_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        crate::pipeline::http::parse_listen(&self.http.listen).map_err(|message| {
+            ConfigError::Invalid {
+                key: "http.listen",
+                message,
+            }
         })
     }
 
@@ -230,13 +302,58 @@ impl RunConfig {
         if self.kafka.group_id.is_empty() {
             return invalid("kafka.group_id", "must not be empty");
         }
+        self.trigger_interval()?;
+        self.connect_timeout()?;
+        self.startup_wait()?;
+        self.http_listen()?;
+        if let Some(k) = &self.sinks.kafka {
+            crate::source::kafka::KafkaUrl::parse(k).map_err(|e| ConfigError::Invalid {
+                key: "sinks.kafka",
+                message: e.to_string(),
+            })?;
+        }
         Ok(())
     }
+}
+
+/// Parse a duration: a number and a unit, `ms`, `s`, `m` or `h` (`500ms`, `10s`, `1.5m`).
+pub fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let t = s.trim();
+    let bad = || ConfigError::Invalid {
+        key,
+        message: format!("{s:?} is not a duration like 500ms, 10s, 2m or 1h"),
+    };
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (n, unit) = t.split_at(split);
+    let n: f64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("k", "10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(duration("k", " 1.5m ").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("k", "2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(duration("k", "0s").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "s", "10 parsecs", "-1s", "1e400s"] {
+            let e = duration("trigger.interval", bad).unwrap_err().to_string();
+            assert!(e.starts_with("trigger.interval"), "{e}");
+        }
+    }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {

@@ -187,6 +187,21 @@ struct RunArgs {
     /// sinks.stdout = false: no table on stdout.
     #[arg(long, env = "VIEWPULSE_NO_STDOUT")]
     no_stdout: bool,
+    /// trigger.interval: also a trigger every this much time (500ms, 10s, 1m).
+    #[arg(long, env = "VIEWPULSE_TRIGGER_INTERVAL")]
+    trigger_interval: Option<String>,
+    /// http.listen: HOST:PORT or a port (127.0.0.1) for /snapshot, /healthz, /metrics; off.
+    #[arg(long, env = "VIEWPULSE_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// sinks.kafka: a Kafka output topic for snapshots, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_KAFKA_SINK")]
+    kafka_sink: Option<String>,
+    /// kafka.connect_timeout: how long one metadata request may wait.
+    #[arg(long, env = "VIEWPULSE_CONNECT_TIMEOUT")]
+    connect_timeout: Option<String>,
+    /// kafka.startup_wait: how long to retry at start while no broker answers.
+    #[arg(long, env = "VIEWPULSE_STARTUP_WAIT")]
+    startup_wait: Option<String>,
 }
 
 impl RunArgs {
@@ -227,6 +242,21 @@ impl RunArgs {
         }
         if self.no_stdout {
             c.sinks.stdout = false;
+        }
+        if let Some(v) = self.trigger_interval {
+            c.trigger.interval = v;
+        }
+        if let Some(v) = self.http_listen {
+            c.http.listen = v;
+        }
+        if let Some(v) = self.kafka_sink {
+            c.sinks.kafka = Some(v);
+        }
+        if let Some(v) = self.connect_timeout {
+            c.kafka.connect_timeout = v;
+        }
+        if let Some(v) = self.startup_wait {
+            c.kafka.startup_wait = v;
         }
         Ok(c)
     }

@@ -402,19 +402,29 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
     if cfg.sinks.stdout {
         sinks.push(Box::new(StdoutTable));
     }
+    let client = KafkaOptions {
+        properties: cfg.kafka.properties.clone(),
+        metadata_timeout: cfg.connect_timeout()?,
+        startup_wait: cfg.startup_wait()?,
+        ..KafkaOptions::default()
+    };
+    if let Some(k) = &cfg.sinks.kafka {
+        sinks.push(Box::new(pipeline::KafkaTopic::connect(
+            &KafkaUrl::parse(k)?,
+            &client,
+        )?));
+    }
     let source = if KafkaUrl::is_kafka(&cfg.source) {
         RunSource::Kafka {
             url: KafkaUrl::parse(&cfg.source)?,
             options: kafka::StreamOptions {
-                client: KafkaOptions {
-                    properties: cfg.kafka.properties.clone(),
-                    ..KafkaOptions::default()
-                },
+                client,
                 group_id: cfg.kafka.group_id.clone(),
                 start: cfg.start()?,
                 until_end: cfg.until_end,
                 batch_records: 8192,
                 batch_wait: std::time::Duration::from_millis(50),
+                highs: None,
             },
         }
     } else {
@@ -426,6 +436,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         &PipelineSettings {
             shards: cfg.pipeline.shards,
             trigger_records: cfg.trigger.records,
+            trigger_interval: cfg.trigger_interval()?,
+            http: cfg.http_listen()?,
             subsets,
             top: cfg.pipeline.top,
         },

@@ -400,6 +400,68 @@ fn run_writes_the_golden_snapshots_and_refuses_bad_config() {
     let cfg = viewpulse::config::RunConfig::load(&example).unwrap();
     assert_eq!(cfg.pipeline.shards, 4);
     assert_eq!(cfg.trigger.records, 50_000);
+    assert_eq!(
+        cfg.trigger_interval().unwrap(),
+        Some(std::time::Duration::from_secs(10))
+    );
+    assert_eq!(
+        cfg.http_listen().unwrap(),
+        Some("127.0.0.1:9898".parse().unwrap())
+    );
+    assert_eq!(
+        cfg.startup_wait().unwrap(),
+        std::time::Duration::from_secs(30)
+    );
+    // the example documents every key there is (set, or commented out)
+    let text = std::fs::read_to_string(&example).unwrap();
+    let mut full = viewpulse::config::RunConfig::default();
+    full.sinks.kafka = Some("kafka://h:1/t".into());
+    full.sinks.snapshots = Some("x".into());
+    let defaults: toml::Table = toml::from_str(&toml::to_string(&full).unwrap()).unwrap();
+    for (k, v) in &defaults {
+        let keys: Vec<String> = match v.as_table() {
+            Some(t) => {
+                assert!(text.contains(&format!("[{k}]")), "[{k}] not in the example");
+                t.keys().cloned().collect()
+            }
+            None => vec![k.clone()],
+        };
+        for key in keys {
+            assert!(
+                text.contains(&format!("[{k}.{key}]"))
+                    || text.lines().any(|l| l
+                        .trim_start_matches(['#', ' '])
+                        .starts_with(&format!("{key} = "))),
+                "{k}.{key} is not documented in the example"
+            );
+        }
+    }
+    let err = fails(
+        &[
+            "run",
+            "--model",
+            s(&golden),
+            "--source",
+            s(&views),
+            "--trigger-interval",
+            "soon",
+        ],
+        2,
+    );
+    assert!(err.contains("trigger.interval"), "{err}");
+    let err = fails(
+        &[
+            "run",
+            "--model",
+            s(&golden),
+            "--source",
+            s(&views),
+            "--http-listen",
+            "localhost:80",
+        ],
+        2,
+    );
+    assert!(err.contains("http.listen"), "{err}");
     let err = fails(
         &[
             "run",

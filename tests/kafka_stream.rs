@@ -36,12 +36,15 @@ fn run_topic(url: &str, shards: usize, subsets: &[Subset], trigger: u64) -> Vec<
                 until_end: true,
                 batch_records: 1000,
                 batch_wait: Duration::from_millis(20),
+                highs: None,
             },
         },
         Arc::new(m),
         &PipelineSettings {
             shards,
             trigger_records: trigger,
+            trigger_interval: None,
+            http: None,
             subsets: subsets.to_vec(),
             top: 7,
         },
@@ -151,10 +154,12 @@ fn four_partitions_any_shards_end_at_brute_force() {
     }
 }
 
-/// The daemon on a live topic (no `--until-end`): SIGTERM stops consuming, drains the shards,
-/// emits a last snapshot for the records after the last trigger, and exits 0.
+/// The daemon on a live topic (no `--until-end`), with its HTTP endpoint: `/healthz` shows
+/// progress, `/snapshot` the latest snapshot, `/metrics` the counters, queues and lag; SIGTERM
+/// stops consuming, drains the shards, emits a last snapshot for the records after the last
+/// trigger, and exits 0.
 #[test]
-fn sigterm_drains_and_emits_a_last_snapshot() {
+fn http_endpoint_then_sigterm_drains_and_emits_a_last_snapshot() {
     use std::process::{Command, Stdio};
     use std::time::Instant;
     let broker = common::Broker::start();
@@ -163,6 +168,7 @@ fn sigterm_drains_and_emits_a_last_snapshot() {
     broker.produce("live", &records, common::household_key);
     let dir = tempfile::tempdir().unwrap();
     let snaps = dir.path().join("snaps.jsonl");
+    let http = format!("127.0.0.1:{}", common::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
         .args(["--log", "warn", "run", "--model"])
         .arg(golden())
@@ -173,7 +179,11 @@ fn sigterm_drains_and_emits_a_last_snapshot() {
             "700",
             "--subsets",
             "3",
+            "--shards",
+            "3",
             "--no-stdout",
+            "--http-listen",
+            &http,
             "--snapshots",
         ])
         .arg(&snaps)
@@ -181,22 +191,63 @@ fn sigterm_drains_and_emits_a_last_snapshot() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let count = || {
-        std::fs::read_to_string(&snaps)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+    let health = || -> Option<serde_json::Value> {
+        let (code, body) = common::http_get(&http, "/healthz").ok()?;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).ok()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon emitted {} snapshots in 60 s",
-            count()
+    common::wait_for(60, "/healthz shows every record counted", || {
+        health().is_some_and(|h| h["records"] == 3000 && h["triggers"] == 4)
+    });
+    let h = health().unwrap();
+    assert_eq!(h["status"], "ok");
+    // the latest snapshot is the 4th line of the snapshots file, byte for byte
+    let (code, body) = common::http_get(&http, "/snapshot").unwrap();
+    assert_eq!(code, 200);
+    let text = std::fs::read_to_string(&snaps).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert_eq!(body, text.lines().nth(3).unwrap());
+    // metrics: counters agree with the snapshot, every shard's queue is empty, lag reaches 0
+    // once the broker's high watermark has come with the statistics
+    let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let metrics = || common::http_get(&http, "/metrics").unwrap().1;
+    common::wait_for(30, "consumer lag 0 in /metrics", || {
+        metrics()
+            .lines()
+            .any(|l| l == "viewpulse_consumer_lag_records{partition=\"0\"} 0")
+    });
+    let m = metrics();
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{m}"))
+    };
+    assert_eq!(value("viewpulse_records_total"), 3000.0);
+    assert_eq!(value("viewpulse_triggers_total"), 4.0);
+    assert_eq!(value("viewpulse_trigger_merge_seconds_count"), 4.0);
+    assert_eq!(
+        value("viewpulse_partition_next_offset{partition=\"0\"}"),
+        3000.0
+    );
+    for shard in 0..3 {
+        assert_eq!(
+            value(&format!(
+                "viewpulse_shard_queue_records{{shard=\"{shard}\"}}"
+            )),
+            0.0
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
-    // every record is in the first fetches; give the router a moment to count the last 200
-    std::thread::sleep(Duration::from_secs(2));
+    // valid + malformed of the metrics cover every record; the snapshot's (at 2,800) fewer
+    let malformed: f64 = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("viewpulse_malformed_records_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(value("viewpulse_valid_records_total") + malformed, 3000.0);
+    assert!(malformed >= snap["malformed"].as_f64().unwrap());
+    let (code, _) = common::http_get(&http, "/nothing").unwrap();
+    assert_eq!(code, 404);
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -216,4 +267,8 @@ fn sigterm_drains_and_emits_a_last_snapshot() {
     assert_eq!(text.lines().count(), 5, "4 triggers and a last snapshot");
     assert_eq!(last["records"], 3000);
     assert_eq!(last["offsets"]["0"], 3000);
+    assert!(
+        common::http_get(&http, "/healthz").is_err(),
+        "the endpoint stops with the daemon"
+    );
 }

@@ -28,6 +28,8 @@ fn run(shards: usize, subsets: &[Subset], trigger: u64, file: &Path) -> Vec<Snap
         &PipelineSettings {
             shards,
             trigger_records: trigger,
+            trigger_interval: None,
+            http: None,
             subsets: subsets.to_vec(),
             top: 7,
         },

@@ -1,6 +1,6 @@
 //! The coordinator actor: on every trigger it asks every shard for its counters, merges them
-//! only when all have answered, computes SPEC 4's top-K diff-rank with the pure core, and
-//! hands the snapshot to the sinks.
+//! only when all have answered, computes SPEC 4's top-K diff-rank with the pure core, hands
+//! the snapshot to the sinks and keeps it as the latest for `GET /snapshot`.
 
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use tracing::info;
 
 use super::messages::{Collect, Snapshot, SnapshotRow, Trigger};
+use super::metrics::Metrics;
 use super::shard::Shard;
 use super::{PipelineError, SnapshotSink};
 use crate::counters::{Counters, Subset};
@@ -21,6 +22,7 @@ pub struct Coordinator {
     subsets: Vec<Subset>,
     top: usize,
     sinks: Vec<Box<dyn SnapshotSink>>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Coordinator {
@@ -30,17 +32,23 @@ impl Coordinator {
         subsets: Vec<Subset>,
         top: usize,
         sinks: Vec<Box<dyn SnapshotSink>>,
+        metrics: std::sync::Arc<Metrics>,
     ) -> Coordinator {
         Coordinator {
             shards,
             subsets,
             top,
             sinks,
+            metrics,
         }
     }
 
-    fn emit(&mut self, t: Trigger, parts: Vec<Counters>) -> Result<Snapshot, PipelineError> {
-        let started = Instant::now();
+    fn emit(
+        &mut self,
+        t: Trigger,
+        parts: Vec<Counters>,
+        started: Instant,
+    ) -> Result<Snapshot, PipelineError> {
         let mut it = parts.into_iter();
         let mut all = it.next().ok_or(PipelineError::NoShard)?;
         for p in it {
@@ -74,15 +82,24 @@ impl Coordinator {
             subsets,
         };
         debug_assert_eq!(snap.records, t.records);
+        let merge = started.elapsed().as_secs_f64();
+        self.metrics.merged(merge);
         for s in &mut self.sinks {
             s.emit(&snap)?;
         }
+        if let Ok(json) = serde_json::to_string(&snap) {
+            self.metrics.set_latest(json.into());
+        }
+        self.metrics
+            .triggers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(
             trigger = snap.trigger,
             records = snap.records,
             valid = snap.valid,
             malformed = snap.malformed,
-            merge_ms = started.elapsed().as_secs_f64() * 1000.0,
+            by_interval = t.by_interval,
+            merge_ms = merge * 1000.0,
             "snapshot emitted"
         );
         Ok(snap)
@@ -97,6 +114,7 @@ impl Handler<Trigger> for Coordinator {
     type Result = AtomicResponse<Self, Result<Snapshot, PipelineError>>;
 
     fn handle(&mut self, t: Trigger, _ctx: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
         let asks: Vec<_> = self
             .shards
             .iter()
@@ -108,7 +126,7 @@ impl Handler<Trigger> for Coordinator {
                     .into_iter()
                     .collect::<Result<Vec<Counters>, _>>()
                     .map_err(|e| PipelineError::Mailbox(e.to_string()))?;
-                act.emit(t, parts)
+                act.emit(t, parts, started)
             },
         )))
     }

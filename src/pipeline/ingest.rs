@@ -1,11 +1,14 @@
 //! The ingestor: reads records from a source, routes each by a stable hash of its household
 //! id to a shard, sends the shards their batches through bounded mailboxes (waiting for them,
 //! so a slow shard slows the reader instead of growing memory), and fires a trigger to the
-//! coordinator after exactly every `trigger_records` records.
+//! coordinator after exactly every `trigger_records` records and, when an interval is set,
+//! whenever that much time passed since the last trigger and records came since.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use futures_util::future::join_all;
@@ -13,6 +16,7 @@ use tracing::debug;
 
 use super::coordinator::Coordinator;
 use super::messages::{Count, RecordBatch, Snapshot, Trigger};
+use super::metrics::Metrics;
 use super::shard::Shard;
 use super::PipelineError;
 use crate::counters::household_hash;
@@ -46,32 +50,44 @@ pub struct Router {
     shards: Vec<Addr<Shard>>,
     coordinator: Addr<Coordinator>,
     trigger_records: u64,
+    interval: Option<Duration>,
+    last_fire: Instant,
+    records_at_fire: u64,
     batches: Vec<RecordBatch>,
     pending: usize,
+    /// The live metrics it updates.
+    pub metrics: Arc<Metrics>,
     /// Records consumed.
     pub records: u64,
     /// Triggers fired.
     pub triggers: u64,
     /// Next offset per input partition.
-    pub offsets: BTreeMap<String, i64>,
+    pub offsets: BTreeMap<i32, i64>,
     /// The last snapshot emitted.
     pub last: Option<Snapshot>,
 }
 
 impl Router {
-    /// A router over these shards.
+    /// A router over these shards: a trigger every `trigger_records` records and, if
+    /// `interval` is set, every `interval` in which records came.
     pub fn new(
         shards: Vec<Addr<Shard>>,
         coordinator: Addr<Coordinator>,
         trigger_records: u64,
+        interval: Option<Duration>,
+        metrics: Arc<Metrics>,
     ) -> Router {
         let n = shards.len();
         Router {
             shards,
             coordinator,
             trigger_records: trigger_records.max(1),
+            interval,
+            last_fire: Instant::now(),
+            records_at_fire: 0,
             batches: vec![RecordBatch::default(); n],
             pending: 0,
+            metrics,
             records: 0,
             triggers: 0,
             offsets: BTreeMap::new(),
@@ -80,26 +96,42 @@ impl Router {
     }
 
     /// Take one record at `(partition, offset)`.
+    #[inline]
     pub fn push(
         &mut self,
         record: &[u8],
-        partition: &str,
+        partition: i32,
         offset: i64,
     ) -> Result<(), PipelineError> {
         let s = route(record, self.shards.len());
-        self.batches[s].push(record);
+        self.batches[s].push(record, partition);
         self.pending += 1;
         self.records += 1;
-        match self.offsets.get_mut(partition) {
+        match self.offsets.get_mut(&partition) {
             Some(o) => *o = offset + 1,
             None => {
-                self.offsets.insert(partition.to_string(), offset + 1);
+                self.offsets.insert(partition, offset + 1);
             }
         }
         if self.records % self.trigger_records == 0 {
-            self.fire()?;
+            self.fire(false)?;
         } else if self.pending >= BATCH {
             self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Fire an interval trigger if the interval has passed and records came since the last
+    /// trigger (called between batches and when the source is idle).
+    pub fn tick(&mut self) -> Result<(), PipelineError> {
+        if let Some(iv) = self.interval {
+            if self.last_fire.elapsed() >= iv {
+                if self.records > self.records_at_fire {
+                    self.fire(true)?;
+                } else {
+                    self.last_fire = Instant::now();
+                }
+            }
         }
         Ok(())
     }
@@ -112,6 +144,7 @@ impl Router {
         let mut sends = Vec::new();
         for (s, b) in self.batches.iter_mut().enumerate() {
             if !b.is_empty() {
+                self.metrics.queue(s, b.len() as i64);
                 sends.push(self.shards[s].send(Count(std::mem::take(b))));
             }
         }
@@ -119,28 +152,45 @@ impl Router {
             r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
         }
         self.pending = 0;
+        self.metrics
+            .records
+            .store(self.records, std::sync::atomic::Ordering::Relaxed);
+        for (&p, &o) in &self.offsets {
+            self.metrics.set_next(p, o);
+        }
         Ok(())
     }
 
     /// Flush, then fire a trigger and wait for its snapshot.
-    pub fn fire(&mut self) -> Result<(), PipelineError> {
+    pub fn fire(&mut self, by_interval: bool) -> Result<(), PipelineError> {
         self.flush()?;
         self.triggers += 1;
         let t = Trigger {
             trigger: self.triggers,
             records: self.records,
-            offsets: self.offsets.clone(),
+            offsets: self
+                .offsets
+                .iter()
+                .map(|(p, o)| (p.to_string(), *o))
+                .collect(),
+            by_interval,
         };
         let snap = futures_executor::block_on(self.coordinator.send(t))
             .map_err(|e| PipelineError::Mailbox(e.to_string()))??;
         self.last = Some(snap);
+        self.last_fire = Instant::now();
+        self.records_at_fire = self.records;
         Ok(())
     }
 
-    /// The end of a bounded source: a last snapshot only if records came after the last trigger.
+    /// The end of the source (or a stop): a last snapshot only if records came after the
+    /// last trigger.
     pub fn finish(&mut self) -> Result<(), PipelineError> {
-        if self.records % self.trigger_records != 0 {
-            self.fire()?;
+        self.metrics
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.records > self.records_at_fire {
+            self.fire(false)?;
         }
         Ok(())
     }
@@ -165,10 +215,13 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             break;
         }
         let rec = line.strip_suffix(b"\n").unwrap_or(&line);
-        router.push(rec, "0", offset)?;
+        router.push(rec, 0, offset)?;
         offset += 1;
-        if offset % 4096 == 0 && stop.load(Ordering::Relaxed) {
-            break;
+        if offset % 4096 == 0 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            router.tick()?;
         }
     }
     router.finish()?;
@@ -181,22 +234,26 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
 }
 
 /// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
-/// thread) through the router until the channel closes.
+/// thread) through the router until the channel closes; interval triggers are checked
+/// between batches and while the topic is idle.
 pub fn kafka(
     rx: &crossbeam_channel::Receiver<PolledBatch>,
     router: &mut Router,
 ) -> Result<(), PipelineError> {
-    let mut names: Vec<String> = Vec::new();
-    for batch in rx.iter() {
-        let mut start = 0;
-        for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
-            let p = p.max(0) as usize;
-            while names.len() <= p {
-                names.push(names.len().to_string());
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(batch) => {
+                let mut start = 0;
+                for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
+                    router.push(&batch.data[start..end], p, o)?;
+                    start = end;
+                }
             }
-            router.push(&batch.data[start..end], &names[p], o)?;
-            start = end;
+            // a quiet topic: count what is buffered now rather than at the next batch
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => router.flush()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
+        router.tick()?;
     }
     router.finish()?;
     debug!(

@@ -6,21 +6,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
 
-/// Records routed to one shard: their bytes back to back, and where each ends.
+/// Records routed to one shard: their bytes back to back, where each ends, and the input
+/// partition of each run of records (a shard keeps its counters per input partition).
 #[derive(Debug, Default, Clone)]
 pub struct RecordBatch {
     /// The records' bytes.
     pub data: Vec<u8>,
     /// End of each record in `data`.
     pub ends: Vec<usize>,
+    /// `(input partition, number of records so far)` at the end of each run of records from
+    /// one partition, in order.
+    pub runs: Vec<(i32, usize)>,
 }
 
 impl RecordBatch {
-    /// Append one record.
+    /// Append one record of input partition `partition`.
     #[inline]
-    pub fn push(&mut self, record: &[u8]) {
+    pub fn push(&mut self, record: &[u8], partition: i32) {
         self.data.extend_from_slice(record);
         self.ends.push(self.data.len());
+        let n = self.ends.len();
+        match self.runs.last_mut() {
+            Some((p, end)) if *p == partition => *end = n,
+            _ => self.runs.push((partition, n)),
+        }
+    }
+
+    /// The records of each run: `(partition, records)`.
+    pub fn partitions(&self) -> Vec<(i32, Vec<&[u8]>)> {
+        let all = self.records();
+        let mut out = Vec::with_capacity(self.runs.len());
+        let mut from = 0;
+        for &(p, end) in &self.runs {
+            out.push((p, all[from..end].to_vec()));
+            from = end;
+        }
+        out
     }
 
     /// Number of records.
@@ -50,7 +71,7 @@ impl RecordBatch {
 #[rtype(result = "()")]
 pub struct Count(pub RecordBatch);
 
-/// Hand over a copy of your counters (to a shard, at a trigger).
+/// Hand over your counters, summed over your input partitions (to a shard, at a trigger).
 #[derive(Message)]
 #[rtype(result = "Counters")]
 pub struct Collect {
@@ -68,7 +89,15 @@ pub struct Trigger {
     pub records: u64,
     /// Next offset per input partition.
     pub offsets: std::collections::BTreeMap<String, i64>,
+    /// Whether the interval (not the record count) fired it.
+    pub by_interval: bool,
 }
+
+/// Hand over a copy of your counters per input partition (to a shard): the state that a
+/// checkpoint stores and that moves with a partition.
+#[derive(Message)]
+#[rtype(result = "std::collections::BTreeMap<i32, Counters>")]
+pub struct State;
 
 /// One row of a snapshot (SPEC 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,14 +5,17 @@
 //! snapshots are identical for any shard count.
 
 pub mod coordinator;
+pub mod http;
 pub mod ingest;
 pub mod messages;
+pub mod metrics;
 pub mod shard;
+pub mod sinks;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,6 +25,8 @@ use thiserror::Error;
 use crate::counters::{Membership, Subset};
 use crate::source::kafka::{self, KafkaUrl, StreamOptions};
 pub use messages::{Snapshot, SnapshotRow};
+pub use metrics::Metrics;
+pub use sinks::{JsonLines, KafkaTopic, MemorySink, SnapshotSink, StdoutTable};
 
 /// Errors of the pipeline.
 #[derive(Debug, Error)]
@@ -54,84 +59,14 @@ pub enum PipelineError {
     /// The runtime failed.
     #[error("the actor runtime failed: {0}")]
     Runtime(String),
-}
-
-/// Where snapshots go.
-pub trait SnapshotSink: Send {
-    /// Emit one snapshot.
-    fn emit(&mut self, snapshot: &Snapshot) -> Result<(), PipelineError>;
-}
-
-/// One JSON object per line in a file (SPEC 6), flushed at every snapshot.
-pub struct JsonLines {
-    path: PathBuf,
-    w: BufWriter<File>,
-}
-
-impl JsonLines {
-    /// Create (truncate) the file.
-    pub fn create(path: &Path) -> Result<JsonLines, PipelineError> {
-        let err = |e: std::io::Error| PipelineError::Sink {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        Ok(JsonLines {
-            path: path.to_path_buf(),
-            w: BufWriter::new(File::create(path).map_err(err)?),
-        })
-    }
-}
-
-impl SnapshotSink for JsonLines {
-    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
-        let err = |m: String| PipelineError::Sink {
-            path: self.path.display().to_string(),
-            message: m,
-        };
-        let line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
-        writeln!(self.w, "{line}").map_err(|e| err(e.to_string()))?;
-        self.w.flush().map_err(|e| err(e.to_string()))
-    }
-}
-
-/// A readable table per trigger on stdout (the seed's `.show(42)`).
-pub struct StdoutTable;
-
-impl SnapshotSink for StdoutTable {
-    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
-        let mut out = format!(
-            "trigger {}: {} records ({} valid, {} malformed) at {}\n",
-            s.trigger, s.records, s.valid, s.malformed, s.emitted_at
-        );
-        for (subset, rows) in &s.subsets {
-            out.push_str(&format!(
-                "subset {subset}\n{:>7} {:>4} {:>11} {:>10} {:>10} {:>10}\n",
-                "cluster", "rank", "station_num", "diff_rank", "popularity", "genpop"
-            ));
-            for r in rows {
-                out.push_str(&format!(
-                    "{:>7} {:>4} {:>11} {:>10.4} {:>10.4} {:>10.4}\n",
-                    r.cluster,
-                    r.rank,
-                    r.station_num,
-                    r.diff_rank,
-                    r.popularity_rating,
-                    r.genpop_rating
-                ));
-            }
-        }
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(out.as_bytes())
-            .and_then(|_| stdout.flush())
-            .map_err(|e| PipelineError::Sink {
-                path: "stdout".into(),
-                message: e.to_string(),
-            })
-    }
+    /// The HTTP endpoint could not start.
+    #[error("http.listen: cannot serve HTTP on {addr}: {message}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// What happened.
+        message: String,
+    },
 }
 
 /// Now, UTC, as RFC 3339 with seconds (`2026-11-23T19:00:00Z`).
@@ -165,20 +100,6 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
-/// Keeps every snapshot in memory (for tests and short bounded runs).
-#[derive(Clone, Default)]
-pub struct MemorySink(pub Arc<std::sync::Mutex<Vec<Snapshot>>>);
-
-impl SnapshotSink for MemorySink {
-    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
-        self.0
-            .lock()
-            .map_err(|_| PipelineError::Runtime("a snapshot sink was poisoned".into()))?
-            .push(s.clone());
-        Ok(())
-    }
-}
-
 /// Settings of a pipeline run.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
@@ -186,6 +107,10 @@ pub struct PipelineSettings {
     pub shards: usize,
     /// Records between triggers.
     pub trigger_records: u64,
+    /// Also a trigger whenever this much time passed and records came.
+    pub trigger_interval: Option<Duration>,
+    /// Serve `/snapshot`, `/healthz` and `/metrics` here.
+    pub http: Option<SocketAddr>,
     /// Subsets rated.
     pub subsets: Vec<Subset>,
     /// Top-K per cluster.
@@ -215,6 +140,8 @@ pub struct RunOutcome {
     pub triggers: u64,
     /// The last snapshot.
     pub last: Option<Snapshot>,
+    /// The live metrics, as they stood at the end.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Run the pipeline until the source ends (a file; a topic with `until_end`) or `stop` is set
@@ -239,19 +166,45 @@ pub fn run(
             tracing::warn!("signal received: draining and emitting a last snapshot");
             signals.store(true, Ordering::Relaxed);
         });
+        let metrics = Arc::new(Metrics::new(s.shards));
+        let server = match s.http {
+            Some(addr) => {
+                let (server, bound) = http::serve(addr, metrics.clone())?;
+                for a in &bound {
+                    tracing::info!(addr = %a, "http endpoint listening (/snapshot, /healthz, /metrics)");
+                }
+                let handle = server.handle();
+                actix_rt::spawn(server);
+                Some(handle)
+            }
+            None => None,
+        };
         let mut arbiters = Vec::with_capacity(s.shards);
         let mut shards = Vec::with_capacity(s.shards);
         for i in 0..s.shards {
             let arb = Arbiter::new();
             let m = membership.clone();
+            let mx = metrics.clone();
             shards.push(shard::Shard::start_in_arbiter(&arb.handle(), move |_| {
-                shard::Shard::new(i, m)
+                shard::Shard::new(i, m, mx)
             }));
             arbiters.push(arb);
         }
-        let coord =
-            coordinator::Coordinator::new(shards.clone(), s.subsets.clone(), s.top, sinks).start();
-        let mut router = ingest::Router::new(shards, coord, s.trigger_records);
+        let coord = coordinator::Coordinator::new(
+            shards.clone(),
+            s.subsets.clone(),
+            s.top,
+            sinks,
+            metrics.clone(),
+        )
+        .start();
+        let mut router = ingest::Router::new(
+            shards,
+            coord,
+            s.trigger_records,
+            s.trigger_interval,
+            metrics.clone(),
+        );
         let joined = match source {
             RunSource::File(path) => {
                 actix_rt::task::spawn_blocking(move || {
@@ -259,7 +212,8 @@ pub fn run(
                 })
                 .await
             }
-            RunSource::Kafka { url, options } => {
+            RunSource::Kafka { url, mut options } => {
+                options.highs = Some(metrics.highs());
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
                 let consumer = std::thread::Builder::new()
@@ -289,11 +243,15 @@ pub fn run(
         for a in &arbiters {
             a.stop();
         }
+        if let Some(h) = server {
+            h.stop(true).await;
+        }
         let router = joined.map_err(|e| PipelineError::Runtime(e.to_string()))??;
         Ok(RunOutcome {
             records: router.records,
             triggers: router.triggers,
             last: router.last,
+            metrics,
         })
     })
 }

@@ -1,12 +1,15 @@
 //! A shard actor: owns the households whose stable hash routes to it (through the shared
-//! membership table) and the station counters of the records routed to it. It only holds
-//! state and answers messages; the counting is the pure core's.
+//! membership table) and the station counters of the records routed to it, kept per input
+//! partition so that a partition's state can be checkpointed and moved on its own. It only
+//! holds state and answers messages; the counting is the pure core's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, MessageResult};
 
-use super::messages::{Collect, Count};
+use super::messages::{Collect, Count, State};
+use super::metrics::Metrics;
 use crate::counters::{Counters, Membership};
 
 /// Mailbox capacity of a shard: a slow shard makes its senders wait.
@@ -17,17 +20,33 @@ pub struct Shard {
     /// Which shard this is.
     pub index: usize,
     membership: Arc<Membership>,
-    counters: Counters,
+    partitions: BTreeMap<i32, Counters>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shard {
     /// An empty shard.
-    pub fn new(index: usize, membership: Arc<Membership>) -> Shard {
-        let counters = Counters::for_membership(&membership);
+    pub fn new(index: usize, membership: Arc<Membership>, metrics: Arc<Metrics>) -> Shard {
         Shard {
             index,
             membership,
-            counters,
+            partitions: BTreeMap::new(),
+            metrics,
+        }
+    }
+
+    /// The counters summed over every input partition.
+    pub fn total(&self) -> Counters {
+        let mut it = self.partitions.values();
+        match it.next() {
+            None => Counters::for_membership(&self.membership),
+            Some(first) => {
+                let mut all = first.clone();
+                for c in it {
+                    all.merge(c);
+                }
+                all
+            }
         }
     }
 }
@@ -44,9 +63,23 @@ impl Handler<Count> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: Count, _ctx: &mut Self::Context) {
-        let records = msg.0.records();
-        self.counters
-            .count_batch(&records, &self.membership, |_, _| {});
+        let n = msg.0.len() as i64;
+        for (p, records) in msg.0.partitions() {
+            let m = &self.membership;
+            let c = self
+                .partitions
+                .entry(p)
+                .or_insert_with(|| Counters::for_membership(m));
+            let (valid, unknown, malformed) = (c.valid, c.unknown_household, c.malformed);
+            c.count_batch(&records, m, |_, _| {});
+            self.metrics.counted(
+                c.valid - valid,
+                c.unknown_household - unknown,
+                &malformed,
+                c,
+            );
+        }
+        self.metrics.queue(self.index, -n);
     }
 }
 
@@ -55,6 +88,53 @@ impl Handler<Collect> for Shard {
 
     fn handle(&mut self, msg: Collect, _ctx: &mut Self::Context) -> Self::Result {
         tracing::trace!(shard = self.index, trigger = msg.trigger, "collected");
-        MessageResult(self.counters.clone())
+        MessageResult(self.total())
+    }
+}
+
+impl Handler<State> for Shard {
+    type Result = MessageResult<State>;
+
+    fn handle(&mut self, _msg: State, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.partitions.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Subset;
+    use crate::pipeline::messages::RecordBatch;
+
+    #[test]
+    fn counters_are_kept_per_input_partition_and_summed_on_collect() {
+        let m = Arc::new(Membership::new(vec![Subset::All], vec![(1, 0, 1), (2, 0, 2)]).unwrap());
+        let metrics = Arc::new(Metrics::new(1));
+        let sys = actix::System::new();
+        let (state, total) = sys.block_on(async {
+            let shard = Shard::new(0, m.clone(), metrics.clone()).start();
+            let mut b = RecordBatch::default();
+            b.push(b"d,1,2,100,p,1", 0);
+            b.push(b"d,1,2,100,p,2", 0);
+            b.push(b"d,1,2,200,p,1", 3);
+            b.push(b"junk", 3);
+            b.push(b"d,1,2,100,p,2", 0);
+            assert_eq!(b.runs, vec![(0, 2), (3, 4), (0, 5)]);
+            metrics.queue(0, b.len() as i64);
+            shard.send(Count(b)).await.unwrap();
+            let state = shard.send(State).await.unwrap();
+            let total = shard.send(Collect { trigger: 1 }).await.unwrap();
+            (state, total)
+        });
+        assert_eq!(state.keys().copied().collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!((state[&0].records, state[&0].valid), (3, 3));
+        assert_eq!((state[&3].records, state[&3].valid), (2, 1));
+        assert_eq!(state[&3].malformed.total(), 1);
+        assert_eq!((total.records, total.valid), (5, 4));
+        let s100 = total.stations().get(b"100").unwrap() as usize;
+        assert_eq!(total.genpop(s100), 3);
+        assert_eq!(metrics.valid.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert_eq!(metrics.malformed(), 1);
+        assert_eq!(metrics.queued(0), 0);
     }
 }

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -21,12 +23,83 @@ use super::SourceError;
 use crate::counters::{Counters, Membership};
 use crate::sink::DeadLetter;
 
-/// The consumers' client context: librdkafka's errors and logs go to tracing, except the
-/// end-of-partition events that bounded reads ask for (they are not errors).
-pub struct Context;
+/// The clients' context: librdkafka's errors and logs go to tracing, except the
+/// end-of-partition events that bounded reads ask for (they are not errors). A broker that
+/// cannot be reached is logged once per outage, with its reason, not once per retry; while
+/// the caller is still starting (and says so itself) it is not logged at all. When
+/// `statistics.interval.ms` is set it keeps each partition's high watermark from the
+/// statistics (they come from fetch responses, which some brokers get right where ListOffsets
+/// is wrong), for consumer lag.
+#[derive(Clone)]
+pub struct Context {
+    /// High watermark by partition, from the last statistics.
+    pub highs: Arc<dashmap::DashMap<i32, i64>>,
+    /// The brokers are unreachable (an outage was logged).
+    down: Arc<AtomicBool>,
+    /// The caller is still connecting for the first time and reports failures itself.
+    starting: Arc<AtomicBool>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            highs: Arc::default(),
+            down: Arc::new(AtomicBool::new(false)),
+            starting: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+impl Context {
+    /// Whether `e` means the brokers cannot be reached (rather than a bad request).
+    pub fn is_transport(e: &KafkaError) -> bool {
+        matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::Resolve
+                    | RDKafkaErrorCode::BrokerNotAvailable
+                    | RDKafkaErrorCode::NetworkException
+                    | RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::OperationTimedOut
+            )
+        )
+    }
+
+    /// The first connection succeeded: from now on outages are logged here. When the caller
+    /// already reported failures while starting, the errors librdkafka still has queued from
+    /// then count as that outage, which ends with the first record.
+    pub fn started(&self, failures_reported: bool) {
+        self.down.store(failures_reported, Ordering::Relaxed);
+        self.starting.store(false, Ordering::Relaxed);
+    }
+
+    /// A transport failure: logged at WARN once per outage.
+    pub fn outage(&self, error: &dyn std::fmt::Display, reason: &str) {
+        if self.starting.load(Ordering::Relaxed) || self.down.swap(true, Ordering::Relaxed) {
+            debug!(error = %error, reason, "broker still unreachable");
+        } else {
+            warn!(error = %error, reason, "broker unreachable; retrying until it is back");
+        }
+    }
+
+    /// Something came from the broker: an outage, if any, is over.
+    #[inline]
+    pub fn reachable(&self) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("broker reachable again");
+        }
+    }
+}
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // connection failures come again through `error`, once per outage
+        if fac == "FAIL" {
+            debug!(facility = fac, "librdkafka: {log_message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -46,7 +119,21 @@ impl ClientContext for Context {
         ) {
             return;
         }
+        if Context::is_transport(&error) {
+            self.outage(&error, reason);
+            return;
+        }
         warn!(error = %error, reason, "librdkafka error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for t in statistics.topics.values() {
+            for (&p, s) in &t.partitions {
+                if p >= 0 && s.hi_offset >= 0 {
+                    self.highs.insert(p, s.hi_offset);
+                }
+            }
+        }
     }
 }
 
@@ -109,6 +196,8 @@ pub struct KafkaOptions {
     pub idle_timeout: Duration,
     /// Records counted per batch.
     pub batch: usize,
+    /// A daemon keeps retrying this long at start while no broker answers (zero: one try).
+    pub startup_wait: Duration,
 }
 
 impl Default for KafkaOptions {
@@ -118,6 +207,7 @@ impl Default for KafkaOptions {
             metadata_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             batch: 8192,
+            startup_wait: Duration::ZERO,
         }
     }
 }
@@ -196,7 +286,7 @@ pub fn count_topic(
         cfg.set(k, v);
     }
     let consumer: BaseConsumer<Context> = cfg
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
@@ -228,6 +318,7 @@ pub fn count_topic(
     consumer
         .assign(&tpl)
         .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+    consumer.context().started(false);
     debug!(%url, partitions = partitions.len(), "bounded read started");
 
     let mut dead = match dead_letter {
@@ -264,10 +355,12 @@ pub fn count_topic(
                 done.insert(p);
                 last_progress = Instant::now();
             }
+            Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
             Some(Err(e)) => {
                 warn!(%url, error = %e, "consumer error while reading; retrying");
             }
             Some(Ok(m)) => {
+                consumer.context().reachable();
                 last_progress = Instant::now();
                 let p = m.partition();
                 if done.contains(&p) {
@@ -357,6 +450,9 @@ pub struct StreamOptions {
     pub batch_records: usize,
     /// See `batch_records`.
     pub batch_wait: Duration,
+    /// Where to keep each partition's high watermark (from the client's statistics, every
+    /// second), for consumer lag; none when nobody asks.
+    pub highs: Option<Arc<dashmap::DashMap<i32, i64>>>,
 }
 
 /// Poll a topic on the calling thread and hand batches to `tx` (a bounded channel: a slow
@@ -381,35 +477,69 @@ pub fn stream_topic(
             "enable.partition.eof",
             if opts.until_end { "true" } else { "false" },
         )
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "1000");
     for (k, v) in &opts.client.properties {
         cfg.set(k, v);
     }
+    let mut ctx = Context::default();
+    if let Some(h) = &opts.highs {
+        ctx.highs = h.clone();
+    }
     let consumer: BaseConsumer<Context> = cfg
-        .create_with_context(Context)
+        .create_with_context(ctx)
         .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
-    let md = consumer
-        .fetch_metadata(Some(&url.topic), opts.client.metadata_timeout)
-        .map_err(|e| {
-            kafka(format!(
-                "no metadata within {:?} (is a broker listening at {}?): {e}",
-                opts.client.metadata_timeout, url.brokers
-            ))
-        })?;
-    let topic = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == url.topic)
-        .ok_or_else(|| kafka("the broker does not know the topic".into()))?;
-    if let Some(err) = topic.error() {
-        return Err(kafka(format!(
-            "topic error {err:?} (does the topic exist?)"
-        )));
+    // At start the broker may not be up yet (a deploy starting everything at once): retry
+    // for `startup_wait`, saying so once, then give up with the last reason.
+    let began = Instant::now();
+    let mut warned = false;
+    let partitions: Vec<i32> = loop {
+        let attempt = consumer
+            .fetch_metadata(Some(&url.topic), opts.client.metadata_timeout)
+            .map_err(|e| {
+                format!(
+                    "no metadata within {:?} (is a broker listening at {}?): {e}",
+                    opts.client.metadata_timeout, url.brokers
+                )
+            })
+            .and_then(|md| {
+                let topic = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == url.topic)
+                    .ok_or_else(|| "the broker does not know the topic".to_string())?;
+                if let Some(err) = topic.error() {
+                    return Err(format!("topic error {err:?} (does the topic exist?)"));
+                }
+                let ps: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+                if ps.is_empty() {
+                    return Err("the topic has no partitions (does it exist?)".into());
+                }
+                Ok(ps)
+            });
+        match attempt {
+            Ok(ps) => break ps,
+            Err(why) => {
+                let waited = began.elapsed();
+                if waited >= opts.client.startup_wait || stop.load(Ordering::Relaxed) {
+                    return Err(kafka(if opts.client.startup_wait.is_zero() {
+                        why
+                    } else {
+                        format!("gave up after {:.0?}: {why}", waited)
+                    }));
+                }
+                if !warned {
+                    warn!(%url, reason = %why, wait = ?opts.client.startup_wait, "source not ready; retrying");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    if warned {
+        tracing::info!(%url, waited = ?began.elapsed(), "source ready");
     }
-    let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
-    if partitions.is_empty() {
-        return Err(kafka("the topic has no partitions (does it exist?)".into()));
-    }
+    consumer.context().started(warned);
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(&url.topic, p, opts.start.offset())
@@ -429,18 +559,19 @@ pub fn stream_topic(
         tx.send(std::mem::take(b)).is_ok()
     };
     loop {
-        if stop.load(std::sync::atomic::Ordering::Relaxed)
-            || (opts.until_end && done.len() == partitions.len())
-        {
+        if stop.load(Ordering::Relaxed) || (opts.until_end && done.len() == partitions.len()) {
             break;
         }
         match consumer.poll(Duration::from_millis(20)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
+                consumer.context().reachable();
                 done.insert(p);
             }
+            Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
             Some(Err(e)) => warn!(%url, error = %e, "consumer error; retrying"),
             Some(Ok(m)) => {
+                consumer.context().reachable();
                 let p = m.partition();
                 if opts.until_end && done.contains(&p) {
                     continue;

@@ -42,14 +42,71 @@ pub struct Broker {
     pub addr: String,
 }
 
+/// A loopback port nothing listens on (as of now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` from `addr` over plain HTTP/1.1: the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        // de-chunk: size line, data, CRLF ...
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+/// Poll `until` every 50 ms for at most `secs` seconds; panic with `what` when it never holds.
+pub fn wait_for(secs: u64, what: &str, mut until: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !until() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Broker {
     /// Start a broker with in-memory storage and wait until it accepts connections.
     pub fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Broker::start_on(free_port())
+    }
+
+    /// Start a broker with in-memory storage on `port`.
+    pub fn start_on(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu())
             .args([
@@ -95,6 +152,18 @@ impl Broker {
 
     /// Produce `values` in order, keyed by `key(value)`, and wait until all are delivered.
     pub fn produce(&self, topic: &str, values: &[Vec<u8>], key: impl Fn(&[u8]) -> Vec<u8>) {
+        self.produce_to(topic, values, key, |_| None)
+    }
+
+    /// Produce `values` in order, keyed by `key(value)`, each to partition `partition(value)`
+    /// (None: the producer's partitioner), and wait until all are delivered.
+    pub fn produce_to(
+        &self,
+        topic: &str,
+        values: &[Vec<u8>],
+        key: impl Fn(&[u8]) -> Vec<u8>,
+        partition: impl Fn(&[u8]) -> Option<i32>,
+    ) {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("linger.ms", "5")
@@ -106,6 +175,9 @@ impl Broker {
             let mut rec = BaseRecord::to(topic)
                 .payload(v.as_slice())
                 .key(k.as_slice());
+            if let Some(p) = partition(v) {
+                rec = rec.partition(p);
+            }
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,

@@ -1,0 +1,189 @@
+//! Where snapshots go, any combination: a JSON-lines file (SPEC 6), a readable table on
+//! stdout (the seed's `.show(42)`), a Kafka output topic (key = trigger number, value = the
+//! snapshot's JSON line), and memory (tests and short bounded runs). The HTTP endpoint is not
+//! a sink: it reads the latest snapshot the coordinator keeps in [`super::metrics::Metrics`].
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::messages::Snapshot;
+use super::PipelineError;
+use crate::source::kafka::{KafkaOptions, KafkaUrl};
+
+/// Where snapshots go.
+pub trait SnapshotSink: Send {
+    /// Emit one snapshot.
+    fn emit(&mut self, snapshot: &Snapshot) -> Result<(), PipelineError>;
+}
+
+/// One JSON object per line in a file (SPEC 6), flushed at every snapshot.
+pub struct JsonLines {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+impl JsonLines {
+    /// Create (truncate) the file.
+    pub fn create(path: &Path) -> Result<JsonLines, PipelineError> {
+        let err = |e: std::io::Error| PipelineError::Sink {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        Ok(JsonLines {
+            path: path.to_path_buf(),
+            w: BufWriter::new(File::create(path).map_err(err)?),
+        })
+    }
+}
+
+impl SnapshotSink for JsonLines {
+    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
+        let err = |m: String| PipelineError::Sink {
+            path: self.path.display().to_string(),
+            message: m,
+        };
+        let line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
+        writeln!(self.w, "{line}").map_err(|e| err(e.to_string()))?;
+        self.w.flush().map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A readable table per trigger on stdout (the seed's `.show(42)`).
+pub struct StdoutTable;
+
+impl SnapshotSink for StdoutTable {
+    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
+        let mut out = format!(
+            "trigger {}: {} records ({} valid, {} malformed) at {}\n",
+            s.trigger, s.records, s.valid, s.malformed, s.emitted_at
+        );
+        for (subset, rows) in &s.subsets {
+            out.push_str(&format!(
+                "subset {subset}\n{:>7} {:>4} {:>11} {:>10} {:>10} {:>10}\n",
+                "cluster", "rank", "station_num", "diff_rank", "popularity", "genpop"
+            ));
+            for r in rows {
+                out.push_str(&format!(
+                    "{:>7} {:>4} {:>11} {:>10.4} {:>10.4} {:>10.4}\n",
+                    r.cluster,
+                    r.rank,
+                    r.station_num,
+                    r.diff_rank,
+                    r.popularity_rating,
+                    r.genpop_rating
+                ));
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|_| stdout.flush())
+            .map_err(|e| PipelineError::Sink {
+                path: "stdout".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// A Kafka output topic: one message per snapshot, key = the trigger number in decimal, value
+/// = the snapshot's JSON line. Each snapshot is acknowledged by the broker before the next
+/// trigger goes on, so an output topic never runs behind by more than one snapshot.
+pub struct KafkaTopic {
+    url: KafkaUrl,
+    producer: FutureProducer<crate::source::kafka::Context>,
+    timeout: Duration,
+}
+
+impl KafkaTopic {
+    /// Connect to the topic's brokers and check that the topic exists.
+    pub fn connect(url: &KafkaUrl, opts: &KafkaOptions) -> Result<KafkaTopic, PipelineError> {
+        let err = |m: String| PipelineError::Sink {
+            path: url.to_string(),
+            message: m,
+        };
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &url.brokers)
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5");
+        for (k, v) in &opts.properties {
+            cfg.set(k, v);
+        }
+        let producer: FutureProducer<crate::source::kafka::Context> = cfg
+            .create_with_context(crate::source::kafka::Context::default())
+            .map_err(|e| err(format!("cannot create a producer: {e}")))?;
+        let md = producer
+            .client()
+            .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
+            .map_err(|e| {
+                err(format!(
+                    "no metadata within {:?} (is a broker listening at {}?): {e}",
+                    opts.metadata_timeout, url.brokers
+                ))
+            })?;
+        match md.topics().iter().find(|t| t.name() == url.topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+            Some(t) => {
+                return Err(err(format!(
+                    "the output topic is not usable ({:?}); create it first",
+                    t.error()
+                )))
+            }
+            None => return Err(err("the broker does not know the output topic".into())),
+        }
+        Ok(KafkaTopic {
+            url: url.clone(),
+            producer,
+            timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+impl SnapshotSink for KafkaTopic {
+    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
+        let err = |m: String| PipelineError::Sink {
+            path: self.url.to_string(),
+            message: m,
+        };
+        let value = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
+        let key = s.trigger.to_string();
+        let record = FutureRecord::to(&self.url.topic).key(&key).payload(&value);
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| err(format!("cannot queue snapshot {}: {e}", s.trigger)))?;
+        self.producer
+            .flush(self.timeout)
+            .map_err(|e| err(format!("snapshot {} not flushed: {e}", s.trigger)))?;
+        match futures_executor::block_on(delivery) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => Err(err(format!("snapshot {} not delivered: {e}", s.trigger))),
+            Err(_) => Err(err(format!(
+                "snapshot {} not delivered: the producer stopped",
+                s.trigger
+            ))),
+        }
+    }
+}
+
+/// Keeps every snapshot in memory (for tests and short bounded runs).
+#[derive(Clone, Default)]
+pub struct MemorySink(pub Arc<std::sync::Mutex<Vec<Snapshot>>>);
+
+impl SnapshotSink for MemorySink {
+    fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
+        self.0
+            .lock()
+            .map_err(|_| PipelineError::Runtime("a snapshot sink was poisoned".into()))?
+            .push(s.clone());
+        Ok(())
+    }
+}
