@@ -1,0 +1,252 @@
+//! The daemon against a bare consumer, in the same run, on the same topic of a local tansu
+//! broker (issue 3's target: the daemon with 4 shards reaches at least 80 % of the records per
+//! second of a bare rdkafka `BaseConsumer` that only reads). Inputs (a generated data set, its
+//! model, the topic) are built before anything is timed; each side is timed from client
+//! creation to the end of every partition, alternating, and the best of the rounds is kept.
+//!
+//! It then measures resident memory per household: the `viewpulse run` binary, on the same
+//! topic with 4 shards, once with a model of 1,000 households and once with 1,000,000 (a
+//! `households.csv` model), each read from `/proc/PID/status` once every record is counted;
+//! the difference over the difference in households is the cost of a household (target: under
+//! 64 bytes), and the totals are printed too.
+//!
+//! `cargo bench --bench daemon` measures 2,000,000 records; under `cargo test` it runs once on
+//! 20,000 records as a smoke test. `VIEWPULSE_BENCH_RECORDS`, `..._PARTITIONS`, `..._SHARDS`
+//! and `..._ROUNDS` change the parameters.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use viewpulse::counters::Subset;
+use viewpulse::generate::GenerateConfig;
+use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource};
+use viewpulse::segment::{KMeansSettings, SegmentSettings};
+use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
+use viewpulse::topology;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A bare consumer: assign every partition from the beginning, poll until each reports its
+/// end, touch each payload. Returns records read.
+fn bare(addr: &str, topic: &str, partitions: i32) -> u64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut done = BTreeSet::new();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    while done.len() < partitions as usize {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
+            }
+            _ => {}
+        }
+    }
+    std::hint::black_box(bytes);
+    n
+}
+
+/// A `households.csv` model of `n` households (ids 1..=n, 6 clusters, ranks 1..) in `dir`.
+fn synthetic_model(dir: &std::path::Path, n: u64) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).expect("model dir");
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(dir.join("households.csv")).expect("households.csv"),
+    );
+    writeln!(w, "household_id,cluster,distance,rank").expect("write");
+    for id in 1..=n {
+        writeln!(w, "{id},{},0.5,{}", id % 6, id / 6 + 1).expect("write");
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident kB of `viewpulse run` with this model once it has counted `records` records.
+fn daemon_rss_kb(model: &std::path::Path, url: &str, records: u64) -> (u64, u64) {
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(["--log", "warn", "run", "--no-stdout", "--shards", "4"])
+        .arg("--model")
+        .arg(model)
+        .args(["--source", url, "--http-listen", &http])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("viewpulse run");
+    common::wait_for(300, "the daemon counted every record", || {
+        common::http_get(&http, "/healthz")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|h| h["records"] == records)
+    });
+    let rss = status_kb(child.id(), "VmRSS:");
+    let hwm = status_kb(child.id(), "VmHWM:");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    (rss, hwm)
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let records = env_or(
+        "VIEWPULSE_BENCH_RECORDS",
+        if bench { 2_000_000 } else { 20_000 },
+    );
+    let partitions = env_or("VIEWPULSE_BENCH_PARTITIONS", 4) as i32;
+    let shards = env_or("VIEWPULSE_BENCH_SHARDS", 4) as usize;
+    let rounds = env_or("VIEWPULSE_BENCH_ROUNDS", if bench { 3 } else { 1 });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = GenerateConfig {
+        households: 200_000,
+        static_records: 1_000,
+        stream_records: records,
+        stations: 2_000,
+        seed: 5,
+        ..GenerateConfig::default()
+    };
+    topology::generate(&cfg, &dir.path().join("data")).expect("generate");
+    let model = dir.path().join("model");
+    topology::segment(
+        &SegmentSettings {
+            demographics: dir.path().join("data/demographics.parquet"),
+            out: model.clone(),
+            kmeans: KMeansSettings::default(),
+            strict: false,
+        },
+        false,
+    )
+    .expect("segment");
+    let stream = common::lines(&dir.path().join("data/views_stream.csv"));
+    let subsets = vec![Subset::Every(3)];
+    let membership = Arc::new(
+        topology::load_membership(&model, &subsets)
+            .expect("model")
+            .1,
+    );
+    let broker = common::Broker::start();
+    broker.create_topic("bench", partitions);
+    let t = Instant::now();
+    broker.produce("bench", &stream, common::household_key);
+    println!(
+        "produced {} records into {partitions} partitions in {:.2} s",
+        stream.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let (mut best_bare, mut best_daemon) = (0f64, 0f64);
+    for round in 1..=rounds {
+        let t = Instant::now();
+        let n = bare(&broker.addr, "bench", partitions);
+        let bare_rate = n as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(
+            n,
+            stream.len() as u64,
+            "the bare consumer read every record"
+        );
+
+        let t = Instant::now();
+        let out = pipeline::run(
+            RunSource::Kafka {
+                url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
+                options: StreamOptions {
+                    client: KafkaOptions::default(),
+                    group_id: "bench".into(),
+                    start: StartAt::Earliest,
+                    until_end: true,
+                    batch_records: 8192,
+                    batch_wait: Duration::from_millis(50),
+                    highs: None,
+                },
+            },
+            membership.clone(),
+            &PipelineSettings {
+                shards,
+                trigger_records: 50_000,
+                trigger_interval: None,
+                http: None,
+                subsets: subsets.clone(),
+                top: 7,
+            },
+            vec![Box::new(MemorySink::default())],
+            Arc::new(AtomicBool::new(false)),
+        )
+        .expect("daemon run");
+        let daemon_rate = out.records as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(
+            out.records,
+            stream.len() as u64,
+            "the daemon read every record"
+        );
+        println!(
+            "round {round}: bare consumer {:.0} records/s, daemon ({shards} shards) {:.0} records/s, ratio {:.2}",
+            bare_rate,
+            daemon_rate,
+            daemon_rate / bare_rate
+        );
+        best_bare = best_bare.max(bare_rate);
+        best_daemon = best_daemon.max(daemon_rate);
+    }
+    println!(
+        "daemon/records={records}/partitions={partitions}/shards={shards}: best bare {:.0}/s, best daemon {:.0}/s, ratio {:.2} (target >= 0.80)",
+        best_bare,
+        best_daemon,
+        best_daemon / best_bare
+    );
+
+    let big = if bench { 1_000_000 } else { 20_000 };
+    let mut rss = Vec::new();
+    for households in [1_000u64, big] {
+        let model = dir.path().join(format!("model{households}"));
+        synthetic_model(&model, households);
+        let (r, h) = daemon_rss_kb(&model, &broker.url("bench"), stream.len() as u64);
+        println!(
+            "memory/households_{households}: resident {:.1} MB (peak {:.1} MB) after {} records",
+            r as f64 / 1024.0,
+            h as f64 / 1024.0,
+            stream.len()
+        );
+        rss.push((households, r));
+    }
+    let per = (rss[1].1 as f64 - rss[0].1 as f64) * 1024.0 / (rss[1].0 - rss[0].0) as f64;
+    println!("memory/per_household: {per:.1} bytes resident per household (target < 64)");
+}
