@@ -7,6 +7,7 @@
 pub mod config;
 pub mod counters;
 pub mod generate;
+pub mod loadtest;
 pub mod pipeline;
 pub mod progress;
 pub mod ratings;

@@ -137,6 +137,98 @@ enum Command {
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
     Run(Box<RunArgs>),
+    /// Capture every record of a topic (partition, offset, timestamp, key, value) into a file.
+    Record {
+        /// The topic, kafka://HOST:PORT/TOPIC.
+        #[arg(long)]
+        from: String,
+        /// The recording to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop at the end each partition had when the capture started.
+        #[arg(long, conflicts_with_all = ["duration", "max_records"])]
+        until_end: bool,
+        /// Stop after this long (500ms, 30s, 10m).
+        #[arg(long, conflicts_with = "max_records")]
+        duration: Option<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max_records: Option<u64>,
+        /// A librdkafka property for the consumer (security, timeouts), KEY=VALUE; repeatable.
+        #[arg(short = 'X', long = "property", value_parser = property)]
+        properties: Vec<(String, String)>,
+    },
+    /// Produce a recording (or a views file, a record a line) into a topic.
+    Replay {
+        /// A recording, or a views file (plain or .gz).
+        #[arg(long)]
+        file: PathBuf,
+        /// The topic, kafka://HOST:PORT/TOPIC.
+        #[arg(long)]
+        to: String,
+        /// A fixed rate, records a second (50000/s).
+        #[arg(long)]
+        rate: Option<String>,
+        /// The recorded pacing, this many times faster.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// As fast as the broker takes them (the default).
+        #[arg(long)]
+        max: bool,
+        /// Send each record to the partition of its household among P (creating the topic
+        /// with P partitions if it does not exist).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Play the input this many times.
+        #[arg(long = "loop", default_value_t = 1)]
+        loops: u32,
+        /// A librdkafka property for the producer (security, timeouts), KEY=VALUE; repeatable.
+        #[arg(short = 'X', long = "property", value_parser = property)]
+        properties: Vec<(String, String)>,
+    },
+    /// Start (or use) a broker, run the daemon, replay a recording into it, and report
+    /// throughput, lag, snapshot staleness, merge time and memory.
+    Loadtest {
+        /// A recording, or a views file.
+        #[arg(long)]
+        file: PathBuf,
+        /// The model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Use this broker (HOST:PORT) instead of starting tansu.
+        #[arg(long)]
+        broker: Option<String>,
+        /// Daemon shards.
+        #[arg(long, default_value_t = 4)]
+        shards: usize,
+        /// Partitions of the test topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Records between triggers.
+        #[arg(long, default_value_t = 50_000)]
+        trigger_records: u64,
+        /// Interval triggers (so the tail of the replay is snapshotted).
+        #[arg(long, default_value = "1s")]
+        trigger_interval: String,
+        /// A fixed replay rate (50000/s).
+        #[arg(long)]
+        rate: Option<String>,
+        /// The recorded pacing, this many times faster.
+        #[arg(long)]
+        speed: Option<f64>,
+        /// Replay as fast as the broker takes it (the default).
+        #[arg(long)]
+        max: bool,
+        /// Play the input this many times.
+        #[arg(long = "loop", default_value_t = 1)]
+        loops: u32,
+        /// Subsets rated.
+        #[arg(long, default_value = "3")]
+        subsets: String,
+        /// Where loadtest.json and loadtest.png go.
+        #[arg(long, default_value = "loadtest")]
+        out: PathBuf,
+    },
     /// The whole pipeline on an embedded default data set, no setup needed.
     Demo {
         /// Where to write everything.
@@ -259,6 +351,14 @@ impl RunArgs {
             c.kafka.startup_wait = v;
         }
         Ok(c)
+    }
+}
+
+/// `KEY=VALUE` of `--property`.
+fn property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 
@@ -387,6 +487,109 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             eprintln!(
                 "viewpulse: {} records, {} snapshots",
                 out.records, out.triggers
+            );
+        }
+        Command::Record {
+            from,
+            out,
+            until_end,
+            duration,
+            max_records,
+            properties,
+        } => {
+            let bound = if until_end {
+                viewpulse::replay::Bound::UntilEnd
+            } else if let Some(d) = duration {
+                viewpulse::replay::Bound::Duration(viewpulse::config::duration("--duration", &d)?)
+            } else if let Some(n) = max_records {
+                viewpulse::replay::Bound::MaxRecords(n)
+            } else {
+                viewpulse::replay::Bound::Never
+            };
+            let c = topology::record(&from, &out, bound, properties.into_iter().collect())?;
+            eprintln!(
+                "viewpulse: recorded {} records ({} bytes) from {} partitions in {:.1} s into {}",
+                c.records,
+                c.bytes,
+                c.partitions.len(),
+                c.seconds,
+                out.display()
+            );
+        }
+        Command::Replay {
+            file,
+            to,
+            rate,
+            speed,
+            max,
+            partitions,
+            loops,
+            properties,
+        } => {
+            let pace = viewpulse::replay::Pace::from_flags(rate.as_deref(), speed, max)
+                .map_err(TopologyError::from)?;
+            let p = topology::replay(
+                &file,
+                &to,
+                pace,
+                partitions,
+                loops,
+                properties.into_iter().collect(),
+            )?;
+            let cut = if p.truncated {
+                format!(
+                    " (the recording is cut: its {} whole records were read)",
+                    p.read
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "viewpulse: replayed {} records in {:.2} s: {:.0} records/s{cut}",
+                p.records, p.seconds, p.rate
+            );
+        }
+        Command::Loadtest {
+            file,
+            model,
+            broker,
+            shards,
+            partitions,
+            trigger_records,
+            trigger_interval,
+            rate,
+            speed,
+            max,
+            loops,
+            subsets,
+            out,
+        } => {
+            let pace = viewpulse::replay::Pace::from_flags(rate.as_deref(), speed, max)
+                .map_err(TopologyError::from)?;
+            let settings = viewpulse::loadtest::LoadtestSettings {
+                input: file,
+                model,
+                broker,
+                tansu: viewpulse::loadtest::find_tansu(),
+                partitions,
+                shards,
+                trigger_records,
+                trigger_interval: viewpulse::config::duration(
+                    "--trigger-interval",
+                    &trigger_interval,
+                )?,
+                pace,
+                loops,
+                subsets: Subset::parse_list(&subsets).map_err(TopologyError::from)?,
+                out,
+                sample_every: std::time::Duration::from_millis(250),
+            };
+            let r = topology::loadtest(&settings)?;
+            print!("{}", viewpulse::loadtest::table(&r));
+            println!(
+                "results: {} and {}",
+                settings.out.join("loadtest.json").display(),
+                settings.out.join("loadtest.png").display()
             );
         }
         Command::Demo { out, seed } => {

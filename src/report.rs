@@ -415,6 +415,104 @@ pub fn cluster_sizes(path: &Path, sizes: &[u64]) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// One sample of a load test's timeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadPoint {
+    /// Seconds since the test started.
+    pub t: f64,
+    /// Records a second produced over the last interval.
+    pub produced_rate: f64,
+    /// Records a second counted by the daemon over the last interval.
+    pub consumed_rate: f64,
+    /// Consumer lag, records.
+    pub lag: f64,
+}
+
+/// Size of the load-test chart.
+pub const LOADTEST_SIZE: (u32, u32) = (1000, 640);
+
+/// The load test's chart: throughput (produced and counted, records/s) over time above, the
+/// consumer lag over time below.
+pub fn loadtest_chart(path: &Path, title: &str, points: &[LoadPoint]) -> Result<(), ReportError> {
+    font(path)?;
+    let e = draw_err(path);
+    let root = BitMapBackend::new(path, LOADTEST_SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let root = root.titled(title, (FAMILY, 18)).map_err(&e)?;
+    let (upper, lower) = root.split_vertically(LOADTEST_SIZE.1 / 2 - 10);
+    let t_max = points.iter().map(|p| p.t).fold(1.0f64, f64::max);
+    let rate_max = points
+        .iter()
+        .map(|p| p.produced_rate.max(p.consumed_rate))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let lag_max = points.iter().map(|p| p.lag).fold(1.0f64, f64::max) * 1.1;
+    let y_fmt = |v: &f64| thousands(v.max(0.0).round() as u64);
+    let mut top = ChartBuilder::on(&upper)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(84)
+        .build_cartesian_2d(0.0..t_max, 0.0..rate_max)
+        .map_err(&e)?;
+    top.configure_mesh()
+        .x_desc("seconds")
+        .y_desc("records/s")
+        .y_label_formatter(&y_fmt)
+        .label_style((FAMILY, 12))
+        .axis_desc_style((FAMILY, 13))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()
+        .map_err(&e)?;
+    let produced = colour(1);
+    let consumed = colour(0);
+    top.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.t, p.produced_rate)),
+        produced.stroke_width(2),
+    ))
+    .map_err(&e)?
+    .label("produced")
+    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], produced.stroke_width(2)));
+    top.draw_series(LineSeries::new(
+        points.iter().map(|p| (p.t, p.consumed_rate)),
+        consumed.stroke_width(2),
+    ))
+    .map_err(&e)?
+    .label("counted by the daemon")
+    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], consumed.stroke_width(2)));
+    top.configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font((FAMILY, 12))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(&e)?;
+    let mut bottom = ChartBuilder::on(&lower)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(84)
+        .build_cartesian_2d(0.0..t_max, 0.0..lag_max)
+        .map_err(&e)?;
+    bottom
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("consumer lag (records)")
+        .y_label_formatter(&y_fmt)
+        .label_style((FAMILY, 12))
+        .axis_desc_style((FAMILY, 13))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()
+        .map_err(&e)?;
+    let lag = colour(3);
+    bottom
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.t, p.lag)),
+            lag.stroke_width(2),
+        ))
+        .map_err(&e)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
 /// Rows of `subset` per cluster `0..max(k, 1)`, by rank, at most [`MAX_BARS`] each; rows of
 /// other subsets or of clusters `>= k` are left out.
 fn diff_rank_panels<'a>(

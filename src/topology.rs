@@ -4,6 +4,8 @@
 //! them, times them, and turns their errors into one error type with a meaningful exit code.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -17,6 +19,8 @@ use crate::pipeline::{
     StdoutTable,
 };
 use crate::ratings::{self, Ratings};
+use crate::replay::recording::RecordingError;
+use crate::replay::ReplayError;
 use crate::report::{self, PcaPoint, ReportError, ReportInput};
 use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
 use crate::sink::{self, SinkError, Summary, Timing};
@@ -75,6 +79,12 @@ pub enum TopologyError {
     /// The streaming pipeline failed.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// Recording or replaying failed.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The load test failed.
+    #[error(transparent)]
+    Loadtest(#[from] crate::loadtest::LoadtestError),
 }
 
 impl TopologyError {
@@ -104,6 +114,25 @@ impl TopologyError {
             TopologyError::Source(SourceError::DeadLetter(_)) => EXIT_IO,
             TopologyError::Source(SourceError::BadUrl { .. }) => EXIT_USAGE,
             TopologyError::Source(SourceError::Kafka { .. }) => EXIT_UNAVAILABLE,
+            TopologyError::Replay(ReplayError::Kafka { .. })
+            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Replay(
+                ReplayError::Kafka { .. },
+            ))
+            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Broker(_)) => {
+                EXIT_UNAVAILABLE
+            }
+            TopologyError::Loadtest(crate::loadtest::LoadtestError::Output { .. }) => EXIT_IO,
+            TopologyError::Replay(ReplayError::Usage(_)) => EXIT_USAGE,
+            TopologyError::Replay(ReplayError::Recording(RecordingError::Io {
+                source, ..
+            }))
+            | TopologyError::Replay(ReplayError::Source(SourceError::Io { source, .. })) => {
+                if source.kind() == ErrorKind::NotFound {
+                    EXIT_NO_INPUT
+                } else {
+                    EXIT_IO
+                }
+            }
             _ => EXIT_DATA,
         }
     }
@@ -450,6 +479,97 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         "daemon stopped"
     );
     Ok(out)
+}
+
+/// Stop flag set by SIGINT and SIGTERM (for the commands that are not actix systems).
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            tracing::warn!(error = %e, "cannot handle signal {sig}: it will stop the process at once");
+        }
+    }
+    stop
+}
+
+/// `viewpulse record`: capture a topic into a recording; SIGINT/SIGTERM stop it cleanly.
+pub fn record(
+    from: &str,
+    out: &Path,
+    bound: crate::replay::Bound,
+    properties: std::collections::BTreeMap<String, String>,
+) -> Result<crate::replay::Captured, TopologyError> {
+    let url = KafkaUrl::parse(from)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            TopologyError::Replay(ReplayError::Recording(RecordingError::Io {
+                path: out.to_path_buf(),
+                source: e,
+            }))
+        })?;
+    }
+    let stop = stop_on_signals();
+    Ok(crate::replay::capture(
+        &url,
+        out,
+        bound,
+        &properties,
+        &stop,
+    )?)
+}
+
+/// `viewpulse replay`: produce a recording or a views file into a topic.
+pub fn replay(
+    file: &Path,
+    to: &str,
+    pace: crate::replay::Pace,
+    partitions: Option<i32>,
+    loops: u32,
+    properties: std::collections::BTreeMap<String, String>,
+) -> Result<crate::replay::Produced, TopologyError> {
+    let url = KafkaUrl::parse(to)?;
+    if partitions.is_some_and(|p| p < 1) {
+        return Err(TopologyError::Settings(
+            "--partitions must be at least 1".into(),
+        ));
+    }
+    if loops == 0 {
+        return Err(TopologyError::Settings("--loop must be at least 1".into()));
+    }
+    let stop = stop_on_signals();
+    Ok(crate::replay::replay(
+        file,
+        &url,
+        &crate::replay::ReplaySettings {
+            pace,
+            partitions,
+            loops,
+            properties,
+        },
+        &stop,
+        None,
+    )?)
+}
+
+/// `viewpulse loadtest`.
+pub fn loadtest(
+    s: &crate::loadtest::LoadtestSettings,
+) -> Result<crate::loadtest::LoadtestResult, TopologyError> {
+    if s.shards == 0 || s.partitions < 1 || s.trigger_records == 0 || s.loops == 0 {
+        return Err(TopologyError::Settings(
+            "--shards, --partitions, --trigger-records and --loop must be at least 1".into(),
+        ));
+    }
+    if !s.input.is_file() {
+        return Err(TopologyError::Replay(ReplayError::Recording(
+            RecordingError::Io {
+                path: s.input.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            },
+        )));
+    }
+    let (_, membership) = load_membership(&s.model, &s.subsets)?;
+    Ok(crate::loadtest::loadtest(s, membership)?)
 }
 
 /// What the demo did.

@@ -55,6 +55,7 @@ pub struct Metrics {
     merge_count: AtomicU64,
     merge_nanos: AtomicU64,
     last_merge_nanos: AtomicU64,
+    max_merge_nanos: AtomicU64,
     next: DashMap<i32, i64>,
     high: Arc<DashMap<i32, i64>>,
     latest: RwLock<Option<Arc<str>>>,
@@ -77,6 +78,7 @@ impl Metrics {
             merge_count: AtomicU64::new(0),
             merge_nanos: AtomicU64::new(0),
             last_merge_nanos: AtomicU64::new(0),
+            max_merge_nanos: AtomicU64::new(0),
             next: DashMap::new(),
             high: Arc::new(DashMap::new()),
             latest: RwLock::new(None),
@@ -136,11 +138,20 @@ impl Metrics {
         self.merge_count.fetch_add(1, Ordering::Relaxed);
         self.merge_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.last_merge_nanos.store(nanos, Ordering::Relaxed);
+        self.max_merge_nanos.fetch_max(nanos, Ordering::Relaxed);
         for (b, &le) in self.merge_buckets.iter().zip(MERGE_BUCKETS.iter()) {
             if seconds <= le {
                 b.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Trigger merge times: how many, their mean and their maximum, in seconds.
+    pub fn merge_stats(&self) -> (u64, f64, f64) {
+        let n = self.merge_count.load(Ordering::Relaxed);
+        let sum = self.merge_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let max = self.max_merge_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (n, if n > 0 { sum / n as f64 } else { 0.0 }, max)
     }
 
     /// The pipeline has counted every record of `partition` before `next`.

@@ -154,7 +154,21 @@ pub fn run(
     sinks: Vec<Box<dyn SnapshotSink>>,
     stop: Arc<AtomicBool>,
 ) -> Result<RunOutcome, PipelineError> {
-    if s.shards == 0 {
+    let metrics = Arc::new(Metrics::new(s.shards));
+    run_with(source, membership, s, sinks, stop, metrics)
+}
+
+/// [`run`], updating `metrics` (made with `Metrics::new(s.shards)`) that the caller can watch
+/// while it runs.
+pub fn run_with(
+    source: RunSource,
+    membership: Arc<Membership>,
+    s: &PipelineSettings,
+    sinks: Vec<Box<dyn SnapshotSink>>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> Result<RunOutcome, PipelineError> {
+    if s.shards == 0 || metrics.shards() != s.shards {
         return Err(PipelineError::NoShard);
     }
     let sys = actix::System::new();
@@ -166,7 +180,6 @@ pub fn run(
             tracing::warn!("signal received: draining and emitting a last snapshot");
             signals.store(true, Ordering::Relaxed);
         });
-        let metrics = Arc::new(Metrics::new(s.shards));
         let server = match s.http {
             Some(addr) => {
                 let (server, bound) = http::serve(addr, metrics.clone())?;
