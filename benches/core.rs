@@ -79,6 +79,32 @@ fn bench_parse(c: &mut Criterion) {
     g.finish();
 }
 
+/// Routing: the router's per-record work (the stable household hash, and appending the record
+/// to its shard's batch), over 16 shards.
+fn bench_route(c: &mut Criterion) {
+    use viewpulse::pipeline::ingest::route;
+    use viewpulse::pipeline::messages::RecordBatch;
+    let recs = records(100_000, 1_000_000, 500);
+    let mut g = c.benchmark_group("route");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    let shards = 16;
+    let mut batches = vec![RecordBatch::default(); shards];
+    g.bench_function(BenchmarkId::new("records_to_batches/shards", shards), |b| {
+        b.iter(|| {
+            for bt in batches.iter_mut() {
+                bt.data.clear();
+                bt.ends.clear();
+                bt.runs.clear();
+            }
+            for r in &recs {
+                batches[route(black_box(r), shards)].push(r, 0);
+            }
+            batches[0].len()
+        })
+    });
+    g.finish();
+}
+
 fn bench_count(c: &mut Criterion) {
     let mut g = c.benchmark_group("count");
     for households in [10_000u64, 1_000_000] {
@@ -221,6 +247,7 @@ fn trigger_percentiles(bench: bool) {
 criterion_group!(
     benches,
     bench_parse,
+    bench_route,
     bench_count,
     bench_merge_and_rate,
     bench_trigger

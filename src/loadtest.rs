@@ -85,6 +85,8 @@ pub struct LoadtestSettings {
     pub out: PathBuf,
     /// Timeline sampling period.
     pub sample_every: Duration,
+    /// librdkafka properties of the daemon's consumer.
+    pub consumer_properties: BTreeMap<String, String>,
 }
 
 /// Percentiles of a distribution, milliseconds.
@@ -369,6 +371,7 @@ pub fn loadtest(
             top: 7,
         };
         let membership = Arc::new(membership);
+        let consumer_properties = s.consumer_properties.clone();
         std::thread::Builder::new()
             .name("daemon".into())
             .spawn(move || {
@@ -376,7 +379,10 @@ pub fn loadtest(
                     RunSource::Kafka {
                         url,
                         options: StreamOptions {
-                            client: KafkaOptions::default(),
+                            client: KafkaOptions {
+                                properties: consumer_properties,
+                                ..KafkaOptions::default()
+                            },
                             group_id: "viewpulse-loadtest".into(),
                             start: StartAt::Earliest,
                             until_end: false,

@@ -228,6 +228,9 @@ enum Command {
         /// Where loadtest.json and loadtest.png go.
         #[arg(long, default_value = "loadtest")]
         out: PathBuf,
+        /// A librdkafka property for the daemon's consumer (fetch.wait.max.ms=50), KEY=VALUE.
+        #[arg(short = 'X', long = "property", value_parser = property)]
+        properties: Vec<(String, String)>,
     },
     /// The whole pipeline on an embedded default data set, no setup needed.
     Demo {
@@ -563,6 +566,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             loops,
             subsets,
             out,
+            properties,
         } => {
             let pace = viewpulse::replay::Pace::from_flags(rate.as_deref(), speed, max)
                 .map_err(TopologyError::from)?;
@@ -583,6 +587,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 subsets: Subset::parse_list(&subsets).map_err(TopologyError::from)?,
                 out,
                 sample_every: std::time::Duration::from_millis(250),
+                consumer_properties: properties.into_iter().collect(),
             };
             let r = topology::loadtest(&settings)?;
             print!("{}", viewpulse::loadtest::table(&r));

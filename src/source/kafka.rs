@@ -478,7 +478,10 @@ pub fn stream_topic(
             if opts.until_end { "true" } else { "false" },
         )
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "1000");
+        .set("statistics.interval.ms", "1000")
+        // a snapshot daemon wants fresh records more than full fetches: librdkafka's 500 ms
+        // default (tansu waits it out) made snapshots half a second stale at low rates
+        .set("fetch.wait.max.ms", "100");
     for (k, v) in &opts.client.properties {
         cfg.set(k, v);
     }
