@@ -30,7 +30,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use viewpulse::counters::Subset;
 use viewpulse::generate::GenerateConfig;
 use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource};
-use viewpulse::segment::{KMeansSettings, SegmentSettings};
 use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 use viewpulse::topology;
 
@@ -146,19 +145,7 @@ fn main() {
         seed: 5,
         ..GenerateConfig::default()
     };
-    topology::generate(&cfg, &dir.path().join("data")).expect("generate");
-    let model = dir.path().join("model");
-    topology::segment(
-        &SegmentSettings {
-            demographics: dir.path().join("data/demographics.parquet"),
-            out: model.clone(),
-            kmeans: KMeansSettings::default(),
-            strict: false,
-        },
-        false,
-    )
-    .expect("segment");
-    let stream = common::lines(&dir.path().join("data/views_stream.csv"));
+    let (model, stream) = common::generated_model(dir.path(), &cfg);
     let subsets = vec![Subset::Every(3)];
     let membership = Arc::new(
         topology::load_membership(&model, &subsets)

@@ -18,9 +18,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use viewpulse::counters::{household_hash, Counters, Membership, Subset};
 use viewpulse::generate::GenerateConfig;
-use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource, Snapshot};
+use viewpulse::pipeline::{PipelineSettings, RunSource, Snapshot};
 use viewpulse::ratings;
-use viewpulse::segment::{KMeansSettings, SegmentSettings};
 use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 use viewpulse::topology;
 
@@ -43,19 +42,7 @@ fn data() -> &'static Data {
             seed: 11,
             ..GenerateConfig::default()
         };
-        topology::generate(&cfg, &dir.path().join("data")).unwrap();
-        let model = dir.path().join("model");
-        topology::segment(
-            &SegmentSettings {
-                demographics: dir.path().join("data/demographics.parquet"),
-                out: model.clone(),
-                kmeans: KMeansSettings::default(),
-                strict: false,
-            },
-            false,
-        )
-        .unwrap();
-        let stream = common::lines(&dir.path().join("data/views_stream.csv"));
+        let (model, stream) = common::generated_model(dir.path(), &cfg);
         Data {
             model,
             stream,
@@ -93,27 +80,19 @@ fn run(
     stop: Arc<AtomicBool>,
     until_end: bool,
 ) -> Vec<Snapshot> {
-    let sink = MemorySink::default();
-    pipeline::run(
+    let settings = PipelineSettings {
+        trigger_interval: interval,
+        ..common::settings(shards, trigger, &subsets())
+    };
+    common::collect(
         RunSource::Kafka {
             url: KafkaUrl::parse(url).unwrap(),
             options: stream_options(until_end),
         },
-        Arc::new(membership(&data().model)),
-        &PipelineSettings {
-            shards,
-            trigger_records: trigger,
-            trigger_interval: interval,
-            http: None,
-            subsets: subsets(),
-            top: 7,
-        },
-        vec![Box::new(sink.clone())],
+        membership(&data().model),
+        &settings,
         stop,
     )
-    .unwrap();
-    let snaps = sink.0.lock().unwrap().clone();
-    snaps
 }
 
 /// Brute force: SPEC 4 from scratch over the first `offsets[p]` records of each partition,
@@ -141,37 +120,12 @@ fn assert_snapshot_is_brute_force(
         s.trigger
     );
     let want = ratings::top_diff_rank(&c, &subsets(), 7);
-    let mut got = Vec::new();
-    for (label, rows) in &s.subsets {
-        for r in rows {
-            got.push((
-                label.clone(),
-                r.cluster,
-                r.rank,
-                r.station_num.clone(),
-                r.diff_rank,
-                r.popularity_rating,
-                r.genpop_rating,
-            ));
-        }
-    }
-    let mut exp: Vec<_> = want
-        .iter()
-        .map(|d| {
-            (
-                d.subset.clone(),
-                d.cluster,
-                d.rank,
-                d.station_num.clone(),
-                d.diff_rank,
-                d.popularity_rating,
-                d.genpop_rating,
-            )
-        })
-        .collect();
-    got.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-    exp.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-    assert_eq!(got, exp, "{what}: trigger {}", s.trigger);
+    assert_eq!(
+        common::snapshot_rows(s),
+        common::core_rows(&want),
+        "{what}: trigger {}",
+        s.trigger
+    );
 }
 
 /// Which partition a record goes to: by household, as the daemon's users would key it.

@@ -5,12 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use viewpulse::counters::{Counters, Subset};
-use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource, Snapshot};
+use viewpulse::pipeline::{RunSource, Snapshot};
 use viewpulse::ratings;
 use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 use viewpulse::topology;
@@ -25,8 +23,7 @@ fn close(a: f64, b: f64) -> bool {
 
 fn run_topic(url: &str, shards: usize, subsets: &[Subset], trigger: u64) -> Vec<Snapshot> {
     let (_, m) = topology::load_membership(&golden(), subsets).unwrap();
-    let sink = MemorySink::default();
-    pipeline::run(
+    common::collect(
         RunSource::Kafka {
             url: KafkaUrl::parse(url).unwrap(),
             options: StreamOptions {
@@ -39,21 +36,10 @@ fn run_topic(url: &str, shards: usize, subsets: &[Subset], trigger: u64) -> Vec<
                 highs: None,
             },
         },
-        Arc::new(m),
-        &PipelineSettings {
-            shards,
-            trigger_records: trigger,
-            trigger_interval: None,
-            http: None,
-            subsets: subsets.to_vec(),
-            top: 7,
-        },
-        vec![Box::new(sink.clone())],
-        Arc::new(AtomicBool::new(false)),
+        m,
+        &common::settings(shards, trigger, subsets),
+        Default::default(),
     )
-    .unwrap();
-    let snaps = sink.0.lock().unwrap().clone();
-    snaps
 }
 
 #[test]
@@ -123,33 +109,11 @@ fn four_partitions_any_shards_end_at_brute_force() {
             );
         }
         let last = snaps.last().unwrap();
-        let mut got = Vec::new();
-        for (label, rows) in &last.subsets {
-            for r in rows {
-                got.push((
-                    label.clone(),
-                    r.cluster,
-                    r.rank,
-                    r.station_num.clone(),
-                    r.diff_rank,
-                ));
-            }
-        }
-        let mut exp: Vec<_> = want
-            .iter()
-            .map(|d| {
-                (
-                    d.subset.clone(),
-                    d.cluster,
-                    d.rank,
-                    d.station_num.clone(),
-                    d.diff_rank,
-                )
-            })
-            .collect();
-        got.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-        exp.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-        assert_eq!(got, exp, "{shards} shards");
+        assert_eq!(
+            common::snapshot_rows(last),
+            common::core_rows(&want),
+            "{shards} shards"
+        );
         assert_eq!((last.valid, last.malformed), (c.valid, c.malformed.total()));
     }
 }

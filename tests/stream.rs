@@ -2,12 +2,12 @@
 //! equals Spark's snapshots, and 1, 4 or 16 shards give the same snapshots as a brute-force
 //! recomputation over exactly the first t x trigger records.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
 
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
+
 use viewpulse::counters::{Counters, Subset};
-use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource, Snapshot};
+use viewpulse::pipeline::{RunSource, Snapshot};
 use viewpulse::ratings;
 use viewpulse::topology;
 
@@ -21,24 +21,12 @@ fn close(a: f64, b: f64) -> bool {
 
 fn run(shards: usize, subsets: &[Subset], trigger: u64, file: &Path) -> Vec<Snapshot> {
     let (_, m) = topology::load_membership(&golden(), subsets).unwrap();
-    let sink = MemorySink::default();
-    pipeline::run(
+    common::collect(
         RunSource::File(file.to_path_buf()),
-        Arc::new(m),
-        &PipelineSettings {
-            shards,
-            trigger_records: trigger,
-            trigger_interval: None,
-            http: None,
-            subsets: subsets.to_vec(),
-            top: 7,
-        },
-        vec![Box::new(sink.clone())],
-        Arc::new(AtomicBool::new(false)),
+        m,
+        &common::settings(shards, trigger, subsets),
+        Default::default(),
     )
-    .unwrap();
-    let snaps = sink.0.lock().unwrap().clone();
-    snaps
 }
 
 #[test]
@@ -111,39 +99,12 @@ fn any_shard_count_equals_brute_force() {
                 c.count(l, &m);
             }
             let want = ratings::top_diff_rank(&c, &subsets, 7);
-            let got: Vec<_> = snap
-                .subsets
-                .iter()
-                .flat_map(|(label, rows)| rows.iter().map(move |r| (label.clone(), r.clone())))
-                .collect();
-            assert_eq!(got.len(), want.len());
-            let mut want_sorted: Vec<_> = want
-                .iter()
-                .map(|d| {
-                    (
-                        d.subset.clone(),
-                        d.cluster,
-                        d.rank,
-                        d.station_num.clone(),
-                        d.diff_rank,
-                    )
-                })
-                .collect();
-            want_sorted.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-            let mut got_sorted: Vec<_> = got
-                .iter()
-                .map(|(l, r)| {
-                    (
-                        l.clone(),
-                        r.cluster,
-                        r.rank,
-                        r.station_num.clone(),
-                        r.diff_rank,
-                    )
-                })
-                .collect();
-            got_sorted.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
-            assert_eq!(got_sorted, want_sorted, "snapshot {}", i + 1);
+            assert_eq!(
+                common::snapshot_rows(snap),
+                common::core_rows(&want),
+                "snapshot {}",
+                i + 1
+            );
             assert_eq!((snap.valid, snap.malformed), (c.valid, c.malformed.total()));
         }
     }

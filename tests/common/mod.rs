@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests: a real Kafka-protocol broker (tansu 0.6.0) started
-//! on a free loopback port and stopped when dropped, and small producer/admin helpers.
+//! on a free loopback port and stopped when dropped, small producer/admin helpers, and the
+//! pipeline run and snapshot comparison that several test files share.
 
 #![allow(dead_code)]
 
@@ -13,21 +14,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// Where the tansu binary is: `$VIEWPULSE_TANSU`, `tansu` on the PATH, or `~/.cargo/bin/tansu`.
+/// Where the tansu binary is (the library's own lookup: `$VIEWPULSE_TANSU`, `tansu` on the
+/// PATH, or `~/.cargo/bin/tansu`); fails the test with the install command when it is missing.
 pub fn tansu() -> PathBuf {
-    if let Ok(p) = std::env::var("VIEWPULSE_TANSU") {
-        return PathBuf::from(p);
-    }
-    if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("tansu");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let p = PathBuf::from(home).join(".cargo/bin/tansu");
+    let p = viewpulse::loadtest::find_tansu();
     assert!(
         p.is_file(),
         "tansu is not installed: run .ci/run, or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`"
@@ -216,4 +206,114 @@ pub fn lines(path: &std::path::Path) -> Vec<Vec<u8>> {
         v.pop();
     }
     v
+}
+
+/// Pipeline settings for a test run: `shards`, a trigger every `trigger` records, top 7.
+pub fn settings(
+    shards: usize,
+    trigger: u64,
+    subsets: &[viewpulse::counters::Subset],
+) -> viewpulse::pipeline::PipelineSettings {
+    viewpulse::pipeline::PipelineSettings {
+        shards,
+        trigger_records: trigger,
+        trigger_interval: None,
+        http: None,
+        subsets: subsets.to_vec(),
+        top: 7,
+    }
+}
+
+/// Runs the pipeline into a memory sink, to the end of `source` or until `stop` is set, and
+/// returns every snapshot.
+pub fn collect(
+    source: viewpulse::pipeline::RunSource,
+    membership: viewpulse::counters::Membership,
+    settings: &viewpulse::pipeline::PipelineSettings,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<viewpulse::pipeline::Snapshot> {
+    let sink = viewpulse::pipeline::MemorySink::default();
+    viewpulse::pipeline::run(
+        source,
+        std::sync::Arc::new(membership),
+        settings,
+        vec![Box::new(sink.clone())],
+        stop,
+    )
+    .expect("pipeline run");
+    let snaps = sink.0.lock().expect("sink lock").clone();
+    snaps
+}
+
+/// A diff-rank row as the tests compare it: subset, cluster, rank, station, diff_rank,
+/// popularity and genpop rating. Ratings come from integer counts by the same code on both
+/// sides, so they are compared exactly.
+pub type Row = (String, u32, u32, String, f64, f64, f64);
+
+fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
+    rows.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    rows
+}
+
+/// A snapshot's rows, sorted by subset, cluster and rank.
+pub fn snapshot_rows(s: &viewpulse::pipeline::Snapshot) -> Vec<Row> {
+    sorted(
+        s.subsets
+            .iter()
+            .flat_map(|(label, rows)| {
+                rows.iter().map(move |r| {
+                    (
+                        label.clone(),
+                        r.cluster,
+                        r.rank,
+                        r.station_num.clone(),
+                        r.diff_rank,
+                        r.popularity_rating,
+                        r.genpop_rating,
+                    )
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The pure core's rows (the brute-force side), sorted like [`snapshot_rows`].
+pub fn core_rows(rows: &[viewpulse::ratings::DiffRankRow]) -> Vec<Row> {
+    sorted(
+        rows.iter()
+            .map(|d| {
+                (
+                    d.subset.clone(),
+                    d.cluster,
+                    d.rank,
+                    d.station_num.clone(),
+                    d.diff_rank,
+                    d.popularity_rating,
+                    d.genpop_rating,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Generates a data set by `cfg` into `dir/data`, segments it into `dir/model`, and returns
+/// the model folder and the stream's records, one a line.
+pub fn generated_model(
+    dir: &std::path::Path,
+    cfg: &viewpulse::generate::GenerateConfig,
+) -> (PathBuf, Vec<Vec<u8>>) {
+    viewpulse::topology::generate(cfg, &dir.join("data")).expect("generate");
+    let model = dir.join("model");
+    viewpulse::topology::segment(
+        &viewpulse::segment::SegmentSettings {
+            demographics: dir.join("data/demographics.parquet"),
+            out: model.clone(),
+            kmeans: viewpulse::segment::KMeansSettings::default(),
+            strict: false,
+        },
+        false,
+    )
+    .expect("segment");
+    let stream = lines(&dir.join("data/views_stream.csv"));
+    (model, stream)
 }
