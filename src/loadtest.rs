@@ -198,16 +198,7 @@ fn start_tansu(bin: &Path) -> Result<(Tansu, String), LoadtestError> {
         .and_then(|l| l.local_addr())
         .map_err(|e| LoadtestError::Broker(format!("no free port: {e}")))?
         .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--storage-engine=memory://tansu/",
-            &format!("--listener-url={url}"),
-            &format!("--advertised-listener-url={url}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let child = tansu_command(bin, port, "memory://tansu/")
         .spawn()
         .map_err(|e| {
             LoadtestError::Broker(format!(
@@ -227,6 +218,23 @@ fn start_tansu(bin: &Path) -> Result<(Tansu, String), LoadtestError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok((t, addr))
+}
+
+/// The command that starts tansu at `bin` on `127.0.0.1:port` with `storage`
+/// (`memory://tansu/`, or `sqlite://FILE` for data that survives a restart), its output
+/// discarded.
+pub fn tansu_command(bin: &Path, port: u16, storage: &str) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut c = Command::new(bin);
+    c.args([
+        "broker",
+        &format!("--storage-engine={storage}"),
+        &format!("--listener-url={url}"),
+        &format!("--advertised-listener-url={url}"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
 }
 
 /// The tansu binary: `$VIEWPULSE_TANSU`, `tansu` on the PATH, or `~/.cargo/bin/tansu`.

@@ -166,22 +166,12 @@ enum Command {
         /// The topic, kafka://HOST:PORT/TOPIC.
         #[arg(long)]
         to: String,
-        /// A fixed rate, records a second (50000/s).
-        #[arg(long)]
-        rate: Option<String>,
-        /// The recorded pacing, this many times faster.
-        #[arg(long)]
-        speed: Option<f64>,
-        /// As fast as the broker takes them (the default).
-        #[arg(long)]
-        max: bool,
+        #[command(flatten)]
+        pace: PaceArgs,
         /// Send each record to the partition of its household among P (creating the topic
         /// with P partitions if it does not exist).
         #[arg(long)]
         partitions: Option<i32>,
-        /// Play the input this many times.
-        #[arg(long = "loop", default_value_t = 1)]
-        loops: u32,
         /// A librdkafka property for the producer (security, timeouts), KEY=VALUE; repeatable.
         #[arg(short = 'X', long = "property", value_parser = property)]
         properties: Vec<(String, String)>,
@@ -210,18 +200,8 @@ enum Command {
         /// Interval triggers (so the tail of the replay is snapshotted).
         #[arg(long, default_value = "1s")]
         trigger_interval: String,
-        /// A fixed replay rate (50000/s).
-        #[arg(long)]
-        rate: Option<String>,
-        /// The recorded pacing, this many times faster.
-        #[arg(long)]
-        speed: Option<f64>,
-        /// Replay as fast as the broker takes it (the default).
-        #[arg(long)]
-        max: bool,
-        /// Play the input this many times.
-        #[arg(long = "loop", default_value_t = 1)]
-        loops: u32,
+        #[command(flatten)]
+        pace: PaceArgs,
         /// Subsets rated.
         #[arg(long, default_value = "3")]
         subsets: String,
@@ -241,6 +221,31 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+/// How `replay` and `loadtest` pace the records they produce.
+#[derive(Args, Debug)]
+struct PaceArgs {
+    /// A fixed rate, records a second (50000/s).
+    #[arg(long)]
+    rate: Option<String>,
+    /// The recorded pacing, this many times faster.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// As fast as the broker takes them (the default).
+    #[arg(long)]
+    max: bool,
+    /// Play the input this many times.
+    #[arg(long = "loop", default_value_t = 1)]
+    loops: u32,
+}
+
+impl PaceArgs {
+    /// The pace these flags ask for (at most one of them).
+    fn pace(&self) -> Result<viewpulse::replay::Pace, TopologyError> {
+        viewpulse::replay::Pace::from_flags(self.rate.as_deref(), self.speed, self.max)
+            .map_err(TopologyError::from)
+    }
 }
 
 /// Flags of `viewpulse run`; each overrides the same key of `--config`.
@@ -522,19 +527,15 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
         Command::Replay {
             file,
             to,
-            rate,
-            speed,
-            max,
+            pace,
             partitions,
-            loops,
             properties,
         } => {
-            let pace = viewpulse::replay::Pace::from_flags(rate.as_deref(), speed, max)
-                .map_err(TopologyError::from)?;
+            let loops = pace.loops;
             let p = topology::replay(
                 &file,
                 &to,
-                pace,
+                pace.pace()?,
                 partitions,
                 loops,
                 properties.into_iter().collect(),
@@ -560,16 +561,13 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             partitions,
             trigger_records,
             trigger_interval,
-            rate,
-            speed,
-            max,
-            loops,
+            pace,
             subsets,
             out,
             properties,
         } => {
-            let pace = viewpulse::replay::Pace::from_flags(rate.as_deref(), speed, max)
-                .map_err(TopologyError::from)?;
+            let loops = pace.loops;
+            let pace = pace.pace()?;
             let settings = viewpulse::loadtest::LoadtestSettings {
                 input: file,
                 model,

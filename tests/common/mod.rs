@@ -6,7 +6,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -97,16 +97,7 @@ impl Broker {
 
     /// Start a broker with in-memory storage on `port`.
     pub fn start_on(port: u16) -> Broker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
-            .args([
-                "broker",
-                "--storage-engine=memory://tansu/",
-                &format!("--listener-url={url}"),
-                &format!("--advertised-listener-url={url}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = viewpulse::loadtest::tansu_command(&tansu(), port, "memory://tansu/")
             .spawn()
             .expect("tansu starts");
         let addr = format!("127.0.0.1:{port}");
