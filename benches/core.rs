@@ -97,7 +97,7 @@ fn bench_route(c: &mut Criterion) {
                 bt.runs.clear();
             }
             for r in &recs {
-                batches[route(black_box(r), shards)].push(r, 0);
+                batches[route(black_box(r), shards)].push(r, 0, 0);
             }
             batches[0].len()
         })

@@ -63,6 +63,34 @@ pub struct RunConfig {
     pub sinks: SinksConfig,
     /// The HTTP endpoint.
     pub http: HttpConfig,
+    /// Checkpoints and restore.
+    pub state: StateConfig,
+}
+
+/// Checkpoints: the counters per input partition with their offsets, so that a restarted
+/// daemon goes on exactly where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Folder of the checkpoints; none = no checkpoints (a restart starts from `kafka.start`).
+    pub dir: Option<PathBuf>,
+    /// How many checkpoints to keep (the newest; at least 1).
+    pub keep: usize,
+    /// Also checkpoint this often between triggers (`30s`; empty = at triggers only).
+    pub interval: String,
+    /// Discard the stored state at start (needed after a model or subset change).
+    pub reset: bool,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: None,
+            keep: 3,
+            interval: String::new(),
+            reset: false,
+        }
+    }
 }
 
 /// When snapshots are emitted.
@@ -105,6 +133,9 @@ pub struct KafkaConfig {
     /// How long to keep retrying at start while no broker answers, before giving up with
     /// exit code 69 (`0s` = one attempt).
     pub startup_wait: String,
+    /// A broker outage in mid-stream longer than this ends the run cleanly (last snapshot,
+    /// last checkpoint, exit code 69); `0s` = wait for the broker however long it takes.
+    pub outage_limit: String,
 }
 
 /// Snapshot sinks; any combination.
@@ -118,6 +149,11 @@ pub struct SinksConfig {
     /// A Kafka output topic, `kafka://HOST:PORT/TOPIC`: one message per snapshot, key = the
     /// trigger number, value = the JSON line. The topic must exist.
     pub kafka: Option<String>,
+    /// A dead-letter file for malformed records: `position<TAB>kind<TAB>record` lines.
+    pub dead_letter: Option<PathBuf>,
+    /// A dead-letter Kafka topic, `kafka://HOST:PORT/TOPIC` (it must exist): key = the
+    /// record's position, value = its bytes, header `kind`.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// The HTTP endpoint: `GET /snapshot`, `GET /healthz`, `GET /metrics` (Prometheus).
@@ -139,6 +175,7 @@ impl Default for RunConfig {
             kafka: KafkaConfig::default(),
             sinks: SinksConfig::default(),
             http: HttpConfig::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -170,6 +207,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             connect_timeout: "10s".into(),
             startup_wait: "30s".into(),
+            outage_limit: "0s".into(),
         }
     }
 }
@@ -180,6 +218,8 @@ impl Default for SinksConfig {
             snapshots: None,
             stdout: true,
             kafka: None,
+            dead_letter: None,
+            dead_letter_topic: None,
         }
     }
 }
@@ -243,6 +283,27 @@ impl RunConfig {
     /// `kafka.startup_wait`, parsed.
     pub fn startup_wait(&self) -> Result<Duration, ConfigError> {
         duration("kafka.startup_wait", &self.kafka.startup_wait)
+    }
+
+    /// `kafka.outage_limit`, parsed: none = no limit.
+    pub fn outage_limit(&self) -> Result<Option<Duration>, ConfigError> {
+        let d = duration("kafka.outage_limit", &self.kafka.outage_limit)?;
+        Ok((!d.is_zero()).then_some(d))
+    }
+
+    /// `state.interval`, parsed: none = at triggers only.
+    pub fn checkpoint_interval(&self) -> Result<Option<Duration>, ConfigError> {
+        if self.state.interval.trim().is_empty() {
+            return Ok(None);
+        }
+        let d = duration("state.interval", &self.state.interval)?;
+        if d.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "state.interval",
+                message: "must be longer than 0".into(),
+            });
+        }
+        Ok(Some(d))
     }
 
     /// `http.listen`, parsed.
@@ -311,6 +372,28 @@ impl RunConfig {
                 key: "sinks.kafka",
                 message: e.to_string(),
             })?;
+        }
+        if self.sinks.dead_letter.is_some() && self.sinks.dead_letter_topic.is_some() {
+            return invalid(
+                "sinks.dead_letter_topic",
+                "give either sinks.dead_letter (a file) or sinks.dead_letter_topic, not both",
+            );
+        }
+        if let Some(k) = &self.sinks.dead_letter_topic {
+            crate::source::kafka::KafkaUrl::parse(k).map_err(|e| ConfigError::Invalid {
+                key: "sinks.dead_letter_topic",
+                message: e.to_string(),
+            })?;
+        }
+        self.outage_limit()?;
+        self.checkpoint_interval()?;
+        if self.state.keep == 0 {
+            return invalid("state.keep", "must be at least 1");
+        }
+        if let Some(d) = &self.state.dir {
+            if d.exists() && !d.is_dir() {
+                return invalid("state.dir", &format!("{} is not a folder", d.display()));
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{self, Malformed, MalformedCounts};
 
-/// Errors building a [`Membership`].
+/// Errors building a [`Membership`] or restoring [`Counters`].
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CountersError {
     /// A subset label that is neither `all` nor an integer ≥ 2.
@@ -38,6 +38,9 @@ pub enum CountersError {
     /// rank 0 (ranks are 1-based).
     #[error("household {household_id} has rank 0; ranks start at 1")]
     ZeroRank { household_id: i64 },
+    /// Stored counters that do not fit (a checkpoint of another shape, or damaged).
+    #[error("stored counters do not fit: {0}")]
+    State(String),
 }
 
 /// A subset of households (SPEC 3): every clustered household, or those whose rank is a
@@ -646,6 +649,96 @@ impl Counters {
     pub fn heap_bytes(&self) -> usize {
         self.cells.capacity() * 8 + self.stations.len() * 48
     }
+
+    /// The counters in a portable form (for checkpoints and moving a partition's state).
+    pub fn to_state(&self) -> CountersState {
+        CountersState {
+            n_subsets: self.n_subsets as u32,
+            clusters: self.clusters as u32,
+            stations: self
+                .stations
+                .names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect(),
+            cells: self.cells.clone(),
+            records: self.records,
+            valid: self.valid,
+            unknown_household: self.unknown_household,
+            malformed: self.malformed.0.to_vec(),
+        }
+    }
+
+    /// Counters from their portable form, checked for shape: `n_subsets` and `clusters` must
+    /// be these, every station distinct, one row of cells per station, and the totals
+    /// consistent (`valid + malformed = records`).
+    pub fn from_state(
+        s: &CountersState,
+        n_subsets: usize,
+        clusters: usize,
+    ) -> Result<Counters, CountersError> {
+        let bad = |why: String| Err(CountersError::State(why));
+        if (s.n_subsets as usize, s.clusters as usize) != (n_subsets, clusters) {
+            return bad(format!(
+                "counters for {} subsets x {} clusters, expected {n_subsets} x {clusters}",
+                s.n_subsets, s.clusters
+            ));
+        }
+        let mut c = Counters::new(n_subsets, clusters);
+        if s.cells.len() != s.stations.len() * c.width {
+            return bad(format!(
+                "{} cells for {} stations of width {}",
+                s.cells.len(),
+                s.stations.len(),
+                c.width
+            ));
+        }
+        for (i, name) in s.stations.iter().enumerate() {
+            if c.stations.intern(name.as_bytes()) as usize != i {
+                return bad(format!("station {name:?} appears twice"));
+            }
+        }
+        let mut malformed = MalformedCounts::default();
+        if s.malformed.len() != malformed.0.len() {
+            return bad(format!("{} malformed kinds", s.malformed.len()));
+        }
+        malformed.0.copy_from_slice(&s.malformed);
+        if s.valid.checked_add(malformed.total()) != Some(s.records) {
+            return bad(format!(
+                "valid {} + malformed {} is not records {}",
+                s.valid,
+                malformed.total(),
+                s.records
+            ));
+        }
+        c.cells = s.cells.clone();
+        c.records = s.records;
+        c.valid = s.valid;
+        c.unknown_household = s.unknown_household;
+        c.malformed = malformed;
+        Ok(c)
+    }
+}
+
+/// [`Counters`] in a portable form: station names in id order and the cells row by row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersState {
+    /// Subsets counted.
+    pub n_subsets: u32,
+    /// Clusters counted.
+    pub clusters: u32,
+    /// Station numbers, by id.
+    pub stations: Vec<String>,
+    /// `1 + n_subsets × clusters` cells per station, in station order.
+    pub cells: Vec<u64>,
+    /// Records offered.
+    pub records: u64,
+    /// Valid records.
+    pub valid: u64,
+    /// Valid records without demographics.
+    pub unknown_household: u64,
+    /// Malformed records by kind, in [`MalformedCounts`] order.
+    pub malformed: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -796,5 +889,42 @@ mod tests {
         // Routing must never change between builds or runs.
         assert_eq!(household_hash(0), 0xE220_A839_7B1D_CDAF);
         assert_ne!(household_hash(1), household_hash(2));
+    }
+
+    #[test]
+    fn state_round_trips_and_bad_state_is_refused() {
+        let m = membership();
+        let mut c = Counters::for_membership(&m);
+        for r in [
+            &b"d,1,2,100,p,10"[..],
+            b"d,1,2,0100,p,22",
+            b"d,1,2,100,p,99",
+            b"junk",
+            b"d,1,2,12345678,p,21",
+        ] {
+            c.count(r, &m);
+        }
+        let st = c.to_state();
+        let back = Counters::from_state(&st, 2, 2).unwrap();
+        assert_eq!(back.to_state(), st);
+        assert_eq!(
+            (back.records, back.valid, back.unknown_household),
+            (5, 4, 1)
+        );
+        // counting on after a restore is the same as never stopping
+        let (mut a, mut b) = (c.clone(), back);
+        a.count(b"d,1,2,100,p,11", &m);
+        b.count(b"d,1,2,100,p,11", &m);
+        assert_eq!(a.to_state(), b.to_state());
+        assert!(Counters::from_state(&st, 1, 2).is_err());
+        let mut dup = st.clone();
+        dup.stations[1] = dup.stations[0].clone();
+        assert!(Counters::from_state(&dup, 2, 2).is_err());
+        let mut short = st.clone();
+        short.cells.pop();
+        assert!(Counters::from_state(&short, 2, 2).is_err());
+        let mut sums = st;
+        sums.valid += 1;
+        assert!(Counters::from_state(&sums, 2, 2).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! general-population and diff-rank ratings ([`ratings`]), in batch (`analyze`) or on every
 //! trigger of a stream. The contract is `SPEC.md` in the shared folder.
 
+pub mod checkpoint;
 pub mod config;
 pub mod counters;
 pub mod generate;

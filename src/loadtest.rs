@@ -377,6 +377,7 @@ pub fn loadtest(
             http: None,
             subsets: s.subsets.clone(),
             top: 7,
+            durability: Default::default(),
         };
         let membership = Arc::new(membership);
         let consumer_properties = s.consumer_properties.clone();
@@ -397,6 +398,7 @@ pub fn loadtest(
                             batch_records: 8192,
                             batch_wait: Duration::from_millis(20),
                             highs: None,
+                            resume: Default::default(),
                         },
                     },
                     membership,
@@ -629,6 +631,7 @@ mod tests {
             records: 0,
             valid: 0,
             malformed: 0,
+            malformed_by_kind: Default::default(),
             offsets: offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
             emitted_at: String::new(),
             subsets: Default::default(),

@@ -302,6 +302,27 @@ struct RunArgs {
     /// kafka.startup_wait: how long to retry at start while no broker answers.
     #[arg(long, env = "VIEWPULSE_STARTUP_WAIT")]
     startup_wait: Option<String>,
+    /// kafka.outage_limit: end the run cleanly after a broker outage this long (0s = never).
+    #[arg(long, env = "VIEWPULSE_OUTAGE_LIMIT")]
+    outage_limit: Option<String>,
+    /// state.dir: the checkpoint folder (restored from at start).
+    #[arg(long, env = "VIEWPULSE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// state.keep: checkpoints kept.
+    #[arg(long, env = "VIEWPULSE_CHECKPOINT_KEEP")]
+    checkpoint_keep: Option<usize>,
+    /// state.interval: also checkpoint this often between triggers.
+    #[arg(long, env = "VIEWPULSE_CHECKPOINT_INTERVAL")]
+    checkpoint_interval: Option<String>,
+    /// state.reset: discard the stored state at start.
+    #[arg(long, env = "VIEWPULSE_RESET_STATE")]
+    reset_state: bool,
+    /// sinks.dead_letter: a dead-letter file for malformed records.
+    #[arg(long, env = "VIEWPULSE_DEAD_LETTER")]
+    dead_letter: Option<PathBuf>,
+    /// sinks.dead_letter_topic: a dead-letter Kafka topic, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
 }
 
 impl RunArgs {
@@ -357,6 +378,27 @@ impl RunArgs {
         }
         if let Some(v) = self.startup_wait {
             c.kafka.startup_wait = v;
+        }
+        if let Some(v) = self.outage_limit {
+            c.kafka.outage_limit = v;
+        }
+        if let Some(v) = self.state_dir {
+            c.state.dir = Some(v);
+        }
+        if let Some(v) = self.checkpoint_keep {
+            c.state.keep = v;
+        }
+        if let Some(v) = self.checkpoint_interval {
+            c.state.interval = v;
+        }
+        if self.reset_state {
+            c.state.reset = true;
+        }
+        if let Some(v) = self.dead_letter {
+            c.sinks.dead_letter = Some(v);
+        }
+        if let Some(v) = self.dead_letter_topic {
+            c.sinks.dead_letter_topic = Some(v);
         }
         Ok(c)
     }

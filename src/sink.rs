@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -226,7 +226,62 @@ impl DeadLetter {
         Ok(())
     }
 
-    /// Records written so far.
+    /// Go on with the file of a restored run: keep its header and the whole lines whose
+    /// position `keep` accepts (records before the checkpoint's offsets), drop the rest (the
+    /// restored run meets those records again) and a line cut by a crash, and append.
+    /// Returns the file and how many lines were dropped.
+    pub fn resume(
+        path: &Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<(DeadLetter, usize), SinkError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Self::create(path)?, 0)),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        const HEADER: &[u8] = b"position\tkind\trecord\n";
+        if !text.starts_with(HEADER) {
+            return Ok((Self::create(path)?, 0));
+        }
+        let mut len = HEADER.len();
+        let (mut written, mut dropped) = (0u64, 0usize);
+        for line in text[HEADER.len()..].split_inclusive(|&b| b == b'\n') {
+            let position = line
+                .split(|&b| b == b'\t')
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok());
+            match position {
+                Some(p) if line.ends_with(b"\n") && dropped == 0 && keep(p) => {
+                    len += line.len();
+                    written += 1;
+                }
+                _ => dropped += 1,
+            }
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(len as u64).map_err(io_err(path))?;
+        let mut w = BufWriter::with_capacity(1 << 16, f);
+        w.seek(io::SeekFrom::End(0)).map_err(io_err(path))?;
+        Ok((
+            DeadLetter {
+                path: path.to_path_buf(),
+                w,
+                written,
+            },
+            dropped,
+        ))
+    }
+
+    /// Flush and sync to disk (before a checkpoint that counts these records is written).
+    pub fn sync(&mut self) -> Result<(), SinkError> {
+        self.w.flush().map_err(io_err(&self.path))?;
+        self.w.get_ref().sync_data().map_err(io_err(&self.path))
+    }
+
+    /// Records written so far (kept lines of a resumed file included).
     pub fn written(&self) -> u64 {
         self.written
     }

@@ -85,6 +85,9 @@ pub enum TopologyError {
     /// The load test failed.
     #[error(transparent)]
     Loadtest(#[from] crate::loadtest::LoadtestError),
+    /// The checkpoint store failed or holds another run's state.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl TopologyError {
@@ -95,9 +98,15 @@ impl TopologyError {
             TopologyError::Settings(_) | TopologyError::Counters(_) | TopologyError::Config(_) => {
                 EXIT_USAGE
             }
-            TopologyError::Pipeline(PipelineError::Source(SourceError::Kafka { .. })) => {
-                EXIT_UNAVAILABLE
+            TopologyError::Pipeline(PipelineError::Source(
+                SourceError::Kafka { .. } | SourceError::Outage { .. },
+            )) => EXIT_UNAVAILABLE,
+            TopologyError::Checkpoint(crate::checkpoint::CheckpointError::Mismatch { .. }) => {
+                EXIT_USAGE
             }
+            TopologyError::Checkpoint(_)
+            | TopologyError::Pipeline(PipelineError::Checkpoint(_)) => EXIT_IO,
+            TopologyError::Pipeline(PipelineError::Restore(_)) => EXIT_DATA,
             TopologyError::Pipeline(PipelineError::Sink { .. }) => EXIT_IO,
             TopologyError::Segment(SegmentError::Settings(_))
             | TopologyError::Segment(SegmentError::KTooLarge { .. }) => EXIT_USAGE,
@@ -422,11 +431,53 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyE
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
     cfg.validate()?;
     let subsets = cfg.subsets()?;
-    let (_, membership) = load_membership(&cfg.model, &subsets)?;
+    let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
+    let mut durability = pipeline::Durability {
+        interval: cfg.checkpoint_interval()?,
+        model: crate::checkpoint::fingerprint(
+            model
+                .households
+                .iter()
+                .map(|h| (h.household_id, h.cluster, h.rank)),
+        ),
+        source: cfg.source.clone(),
+        ..Default::default()
+    };
+    if let Some(dir) = &cfg.state.dir {
+        let mut store = crate::checkpoint::Store::open(dir, cfg.state.keep)?;
+        if cfg.state.reset {
+            let removed = store.clear()?;
+            tracing::warn!(dir = %dir.display(), removed, "stored state discarded (--reset-state)");
+        } else if let Some(r) = store.newest()? {
+            let labels: Vec<String> = subsets.iter().map(|s| s.label()).collect();
+            crate::checkpoint::check(&r, dir, durability.model, &labels, &cfg.source)?;
+            info!(
+                checkpoint = %r.path.display(),
+                records = r.checkpoint.records,
+                triggers = r.checkpoint.triggers,
+                skipped_damaged = r.skipped,
+                offsets = ?r.checkpoint.offsets(),
+                "state restored"
+            );
+            durability.restored = Some(r.checkpoint);
+        }
+        durability.store = Some(store);
+    }
     let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
     if let Some(p) = &cfg.sinks.snapshots {
-        sinks.push(Box::new(JsonLines::create(p)?));
+        let sink = match &durability.restored {
+            Some(c) => {
+                let (sink, dropped) = JsonLines::resume(p, c.triggers)?;
+                if dropped > 0 {
+                    info!(path = %p.display(), dropped, "snapshots after the checkpoint dropped; they are emitted again");
+                }
+                sink
+            }
+            None if durability.store.is_some() => JsonLines::create(p)?.durable(),
+            None => JsonLines::create(p)?,
+        };
+        sinks.push(Box::new(sink));
     }
     if cfg.sinks.stdout {
         sinks.push(Box::new(StdoutTable));
@@ -435,7 +486,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         properties: cfg.kafka.properties.clone(),
         metadata_timeout: cfg.connect_timeout()?,
         startup_wait: cfg.startup_wait()?,
+        outage_limit: cfg.outage_limit()?,
         ..KafkaOptions::default()
+    };
+    durability.dead_letter = match (&cfg.sinks.dead_letter, &cfg.sinks.dead_letter_topic) {
+        (Some(p), _) => Some(pipeline::persist::DeadLetterTarget::File(p.clone())),
+        (None, Some(t)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
+            url: KafkaUrl::parse(t)?,
+            client: client.clone(),
+        }),
+        (None, None) => None,
     };
     if let Some(k) = &cfg.sinks.kafka {
         sinks.push(Box::new(pipeline::KafkaTopic::connect(
@@ -454,6 +514,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
                 batch_records: 8192,
                 batch_wait: std::time::Duration::from_millis(50),
                 highs: None,
+                resume: Default::default(),
             },
         }
     } else {
@@ -469,6 +530,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             http: cfg.http_listen()?,
             subsets,
             top: cfg.pipeline.top,
+            durability,
         },
         sinks,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),

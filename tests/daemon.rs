@@ -68,6 +68,7 @@ fn stream_options(until_end: bool) -> StreamOptions {
         batch_records: 1000,
         batch_wait: Duration::from_millis(20),
         highs: None,
+        resume: Default::default(),
     }
 }
 

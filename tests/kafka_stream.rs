@@ -34,6 +34,7 @@ fn run_topic(url: &str, shards: usize, subsets: &[Subset], trigger: u64) -> Vec<
                 batch_records: 1000,
                 batch_wait: Duration::from_millis(20),
                 highs: None,
+                resume: Default::default(),
             },
         },
         m,

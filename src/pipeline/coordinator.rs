@@ -77,6 +77,12 @@ impl Coordinator {
             records: all.records,
             valid: all.valid,
             malformed: all.malformed.total(),
+            malformed_by_kind: all
+                .malformed
+                .by_kind()
+                .filter(|&(_, n)| n > 0)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
             offsets: t.offsets,
             emitted_at: super::rfc3339_now(),
             subsets,

@@ -15,11 +15,13 @@ use futures_util::future::join_all;
 use tracing::debug;
 
 use super::coordinator::Coordinator;
-use super::messages::{Count, RecordBatch, Snapshot, Trigger};
+use super::messages::{Count, RecordBatch, Snapshot, State, Trigger};
 use super::metrics::Metrics;
+use super::persist::Persist;
 use super::shard::Shard;
 use super::PipelineError;
-use crate::counters::household_hash;
+use crate::checkpoint::{Checkpoint, PartitionState};
+use crate::counters::{household_hash, Counters};
 use crate::source::kafka::PolledBatch;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -65,6 +67,26 @@ pub struct Router {
     pub offsets: BTreeMap<i32, i64>,
     /// The last snapshot emitted.
     pub last: Option<Snapshot>,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// When and how the router checkpoints.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    /// The persister.
+    pub tx: crossbeam_channel::Sender<Persist>,
+    /// Also between triggers, this often.
+    pub interval: Option<Duration>,
+    /// Stamped on every checkpoint: model fingerprint, subset labels, source.
+    pub model: u64,
+    /// See `model`.
+    pub subsets: Vec<String>,
+    /// See `model`.
+    pub source: String,
+    /// When the last checkpoint was taken.
+    pub last: Instant,
+    /// Records at the last checkpoint.
+    pub records_at_last: u64,
 }
 
 impl Router {
@@ -92,7 +114,92 @@ impl Router {
             triggers: 0,
             offsets: BTreeMap::new(),
             last: None,
+            checkpoints: None,
         }
+    }
+
+    /// Go on from a restored checkpoint: its record and trigger counts and offsets.
+    pub fn resume(&mut self, c: &Checkpoint) {
+        self.records = c.records;
+        self.triggers = c.triggers;
+        self.records_at_fire = c.records_at_fire;
+        self.offsets = c.offsets();
+        if let Some(k) = &mut self.checkpoints {
+            k.records_at_last = c.records;
+        }
+        self.metrics
+            .triggers
+            .store(c.triggers, std::sync::atomic::Ordering::Relaxed);
+        for (&p, &o) in &self.offsets {
+            self.metrics.set_next(p, o);
+        }
+    }
+
+    /// Checkpoint after every trigger (and every `interval` between them) through `k`.
+    pub fn checkpoint_with(&mut self, mut k: Checkpoints) {
+        k.records_at_last = self.records;
+        self.checkpoints = Some(k);
+    }
+
+    /// Take a checkpoint now: count everything buffered, collect every shard's counters
+    /// per input partition, and hand the sum per partition, with its next offset, to the
+    /// persister (which waits for the dead letters before it).
+    pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
+        if self.checkpoints.is_none() {
+            return Ok(());
+        }
+        self.flush()?;
+        let asks: Vec<_> = self.shards.iter().map(|s| s.send(State)).collect();
+        let mut sums: BTreeMap<i32, Counters> = BTreeMap::new();
+        for state in futures_executor::block_on(join_all(asks)) {
+            let state = state.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
+            for (p, c) in state {
+                match sums.get_mut(&p) {
+                    Some(sum) => sum.merge(&c),
+                    None => {
+                        sums.insert(p, c);
+                    }
+                }
+            }
+        }
+        let Some(k) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        let mut partitions = BTreeMap::new();
+        for (&p, &next_offset) in &self.offsets {
+            let counters = match sums.remove(&p) {
+                Some(c) => c.to_state(),
+                None => continue,
+            };
+            partitions.insert(
+                p,
+                PartitionState {
+                    next_offset,
+                    counters,
+                },
+            );
+        }
+        let c = Checkpoint {
+            model: k.model,
+            subsets: k.subsets.clone(),
+            source: k.source.clone(),
+            triggers: self.triggers,
+            records: self.records,
+            records_at_fire: self.records_at_fire,
+            partitions,
+            written_at: super::rfc3339_now(),
+        };
+        k.tx.send(Persist::Checkpoint(Box::new(c)))
+            .map_err(|_| PipelineError::Checkpoint("the persister stopped".into()))?;
+        k.last = Instant::now();
+        k.records_at_last = self.records;
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|k| {
+            self.records > k.records_at_last && k.interval.is_some_and(|iv| k.last.elapsed() >= iv)
+        })
     }
 
     /// Take one record at `(partition, offset)`.
@@ -104,7 +211,7 @@ impl Router {
         offset: i64,
     ) -> Result<(), PipelineError> {
         let s = route(record, self.shards.len());
-        self.batches[s].push(record, partition);
+        self.batches[s].push(record, partition, offset);
         self.pending += 1;
         self.records += 1;
         match self.offsets.get_mut(&partition) {
@@ -132,6 +239,9 @@ impl Router {
                     self.last_fire = Instant::now();
                 }
             }
+        }
+        if self.checkpoint_due() {
+            self.checkpoint()?;
         }
         Ok(())
     }
@@ -180,7 +290,7 @@ impl Router {
         self.last = Some(snap);
         self.last_fire = Instant::now();
         self.records_at_fire = self.records;
-        Ok(())
+        self.checkpoint()
     }
 
     /// The end of the source (or a stop): a last snapshot only if records came after the
@@ -191,6 +301,12 @@ impl Router {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if self.records > self.records_at_fire {
             self.fire(false)?;
+        } else if self
+            .checkpoints
+            .as_ref()
+            .is_some_and(|k| self.records > k.records_at_last)
+        {
+            self.checkpoint()?;
         }
         Ok(())
     }
@@ -203,6 +319,26 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
     let mut r = BufReader::with_capacity(1 << 20, opened.reader);
     let mut line = Vec::with_capacity(256);
     let mut offset = 0i64;
+    // a restored run goes on after the lines its checkpoint counted
+    let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
+    while offset < resume_at {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| PipelineError::Read {
+                source_name: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        if n == 0 {
+            return Err(PipelineError::Read {
+                source_name: path.display().to_string(),
+                message: format!(
+                    "the checkpoint counted {resume_at} lines but the file has only {offset}"
+                ),
+            });
+        }
+        offset += 1;
+    }
     loop {
         line.clear();
         let n = r

@@ -17,14 +17,17 @@ pub struct RecordBatch {
     /// `(input partition, number of records so far)` at the end of each run of records from
     /// one partition, in order.
     pub runs: Vec<(i32, usize)>,
+    /// Offset of each record in its partition (for dead letters).
+    pub offsets: Vec<i64>,
 }
 
 impl RecordBatch {
-    /// Append one record of input partition `partition`.
+    /// Append one record at `offset` of input partition `partition`.
     #[inline]
-    pub fn push(&mut self, record: &[u8], partition: i32) {
+    pub fn push(&mut self, record: &[u8], partition: i32, offset: i64) {
         self.data.extend_from_slice(record);
         self.ends.push(self.data.len());
+        self.offsets.push(offset);
         let n = self.ends.len();
         match self.runs.last_mut() {
             Some((p, end)) if *p == partition => *end = n,
@@ -32,13 +35,13 @@ impl RecordBatch {
         }
     }
 
-    /// The records of each run: `(partition, records)`.
-    pub fn partitions(&self) -> Vec<(i32, Vec<&[u8]>)> {
+    /// The records of each run: `(partition, index of its first record, records)`.
+    pub fn partitions(&self) -> Vec<(i32, usize, Vec<&[u8]>)> {
         let all = self.records();
         let mut out = Vec::with_capacity(self.runs.len());
         let mut from = 0;
         for &(p, end) in &self.runs {
-            out.push((p, all[from..end].to_vec()));
+            out.push((p, from, all[from..end].to_vec()));
             from = end;
         }
         out
@@ -127,6 +130,9 @@ pub struct Snapshot {
     pub valid: u64,
     /// Malformed records.
     pub malformed: u64,
+    /// Malformed records by kind (kinds with none left out; absent when there are none).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub malformed_by_kind: std::collections::BTreeMap<String, u64>,
     /// Next offset per input partition.
     pub offsets: std::collections::BTreeMap<String, i64>,
     /// UTC time of emission, RFC 3339.

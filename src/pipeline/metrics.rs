@@ -61,6 +61,12 @@ pub struct Metrics {
     latest: RwLock<Option<Arc<str>>>,
     /// Set when the pipeline is stopping (a signal, or the end of a bounded source).
     pub draining: AtomicBool,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Time the last checkpoint took to write, nanoseconds.
+    pub checkpoint_nanos: AtomicU64,
+    /// Malformed records handed to the dead-letter sink.
+    pub dead_letters: AtomicU64,
 }
 
 impl Metrics {
@@ -83,6 +89,20 @@ impl Metrics {
             high: Arc::new(DashMap::new()),
             latest: RwLock::new(None),
             draining: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_nanos: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+        }
+    }
+
+    /// Start from restored counters: their totals become the counted ones.
+    pub fn restored(&self, total: &Counters) {
+        self.records.store(total.records, Ordering::Relaxed);
+        self.valid.store(total.valid, Ordering::Relaxed);
+        self.unknown_household
+            .store(total.unknown_household, Ordering::Relaxed);
+        for (i, m) in self.malformed.iter().enumerate() {
+            m.store(total.malformed.0[i], Ordering::Relaxed);
         }
     }
 
@@ -248,6 +268,39 @@ impl Metrics {
                 load(&self.malformed[k.index()])
             );
         }
+        family(
+            &mut out,
+            "viewpulse_checkpoints_total",
+            "counter",
+            "Checkpoints written to state.dir.",
+        );
+        let _ = writeln!(
+            out,
+            "viewpulse_checkpoints_total {}",
+            load(&self.checkpoints)
+        );
+        family(
+            &mut out,
+            "viewpulse_checkpoint_last_seconds",
+            "gauge",
+            "Time the last checkpoint took to encode, write and sync.",
+        );
+        let _ = writeln!(
+            out,
+            "viewpulse_checkpoint_last_seconds {}",
+            load(&self.checkpoint_nanos) as f64 / 1e9
+        );
+        family(
+            &mut out,
+            "viewpulse_dead_letters_total",
+            "counter",
+            "Malformed records handed to the dead-letter sink.",
+        );
+        let _ = writeln!(
+            out,
+            "viewpulse_dead_letters_total {}",
+            load(&self.dead_letters)
+        );
         family(
             &mut out,
             "viewpulse_triggers_total",

@@ -9,6 +9,7 @@ pub mod http;
 pub mod ingest;
 pub mod messages;
 pub mod metrics;
+pub mod persist;
 pub mod shard;
 pub mod sinks;
 
@@ -34,6 +35,12 @@ pub enum PipelineError {
     /// An actor's mailbox closed (the actor stopped).
     #[error("an actor stopped: {0}")]
     Mailbox(String),
+    /// A checkpoint could not be taken or written.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// Restored state that does not fit this run.
+    #[error("restoring state: {0}")]
+    Restore(String),
     /// No shard configured.
     #[error("shards must be at least 1")]
     NoShard,
@@ -115,10 +122,31 @@ pub struct PipelineSettings {
     pub subsets: Vec<Subset>,
     /// Top-K per cluster.
     pub top: usize,
+    /// Checkpoints, restore and dead letters.
+    pub durability: Durability,
+}
+
+/// What makes a run survive a crash: checkpoints (and the one restored), and where malformed
+/// records go.
+#[derive(Debug, Clone, Default)]
+pub struct Durability {
+    /// The checkpoint store (`state.dir`); none = no checkpoints.
+    pub store: Option<crate::checkpoint::Store>,
+    /// Also checkpoint this often between triggers.
+    pub interval: Option<Duration>,
+    /// The checkpoint to go on from.
+    pub restored: Option<crate::checkpoint::Checkpoint>,
+    /// Fingerprint of the model, stamped on checkpoints.
+    pub model: u64,
+    /// The source as configured, stamped on checkpoints.
+    pub source: String,
+    /// Where malformed records go, with their positions.
+    pub dead_letter: Option<persist::DeadLetterTarget>,
 }
 
 /// Where the records come from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // made once a run
 pub enum RunSource {
     /// A file, one record a line, read to its end.
     File(PathBuf),
@@ -192,17 +220,44 @@ pub fn run_with(
             }
             None => None,
         };
+        let d = &s.durability;
+        let file_source = matches!(source, RunSource::File(_));
+        let restored = restored_state(d, &membership, s.shards)?;
+        if let Some((_, total)) = &restored {
+            metrics.restored(total);
+        }
+        let persister = if d.store.is_some() || d.dead_letter.is_some() {
+            Some(persist::Persister::start(
+                d.store.clone(),
+                d.dead_letter.as_ref(),
+                d.restored.as_ref().map(|c| c.offsets()).as_ref(),
+                file_source,
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let dead_tx = persister
+            .as_ref()
+            .filter(|_| d.dead_letter.is_some())
+            .map(|p| p.sender());
+        let mut per_shard = restored.map(|(p, _)| p).unwrap_or_default();
+        per_shard.resize_with(s.shards, Default::default);
         let mut arbiters = Vec::with_capacity(s.shards);
         let mut shards = Vec::with_capacity(s.shards);
-        for i in 0..s.shards {
+        for (i, state) in per_shard.into_iter().enumerate() {
             let arb = Arbiter::new();
             let m = membership.clone();
             let mx = metrics.clone();
+            let tx = dead_tx.clone();
             shards.push(shard::Shard::start_in_arbiter(&arb.handle(), move |_| {
                 shard::Shard::new(i, m, mx)
+                    .with_state(state)
+                    .with_dead_letters(tx)
             }));
             arbiters.push(arb);
         }
+        drop(dead_tx);
         let coord = coordinator::Coordinator::new(
             shards.clone(),
             s.subsets.clone(),
@@ -218,6 +273,22 @@ pub fn run_with(
             s.trigger_interval,
             metrics.clone(),
         );
+        if let Some(p) = &persister {
+            if d.store.is_some() {
+                router.checkpoint_with(ingest::Checkpoints {
+                    tx: p.sender(),
+                    interval: d.interval,
+                    model: d.model,
+                    subsets: s.subsets.iter().map(|x| x.label()).collect(),
+                    source: d.source.clone(),
+                    last: std::time::Instant::now(),
+                    records_at_last: 0,
+                });
+            }
+        }
+        if let Some(c) = &d.restored {
+            router.resume(c);
+        }
         let joined = match source {
             RunSource::File(path) => {
                 actix_rt::task::spawn_blocking(move || {
@@ -227,6 +298,9 @@ pub fn run_with(
             }
             RunSource::Kafka { url, mut options } => {
                 options.highs = Some(metrics.highs());
+                if let Some(c) = &d.restored {
+                    options.resume = c.offsets();
+                }
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
                 let consumer = std::thread::Builder::new()
@@ -259,7 +333,12 @@ pub fn run_with(
         if let Some(h) = server {
             h.stop(true).await;
         }
+        let persisted = match persister {
+            Some(p) => p.finish(),
+            None => Ok(()),
+        };
         let router = joined.map_err(|e| PipelineError::Runtime(e.to_string()))??;
+        persisted?;
         Ok(RunOutcome {
             records: router.records,
             triggers: router.triggers,
@@ -267,6 +346,41 @@ pub fn run_with(
             metrics,
         })
     })
+}
+
+/// The restored counters, spread over `shards` shards (input partition p to shard
+/// p mod shards: any shard may hold them, the merge is a sum), and their total.
+#[allow(clippy::type_complexity)]
+fn restored_state(
+    d: &Durability,
+    membership: &Membership,
+    shards: usize,
+) -> Result<
+    Option<(
+        Vec<std::collections::BTreeMap<i32, crate::counters::Counters>>,
+        crate::counters::Counters,
+    )>,
+    PipelineError,
+> {
+    let Some(c) = &d.restored else {
+        return Ok(None);
+    };
+    let (n, k) = (membership.subsets().len(), membership.clusters() as usize);
+    let mut per_shard = vec![std::collections::BTreeMap::new(); shards];
+    let mut total = crate::counters::Counters::new(n, k);
+    for (&p, st) in &c.partitions {
+        let counters = crate::counters::Counters::from_state(&st.counters, n, k)
+            .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
+        total.merge(&counters);
+        per_shard[p.rem_euclid(shards as i32) as usize].insert(p, counters);
+    }
+    if total.records != c.records {
+        return Err(PipelineError::Restore(format!(
+            "the partitions hold {} records, the checkpoint says {}",
+            total.records, c.records
+        )));
+    }
+    Ok(Some((per_shard, total)))
 }
 
 /// SIGINT or SIGTERM.

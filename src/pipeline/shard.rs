@@ -10,6 +10,7 @@ use actix::{Actor, Context, Handler, MessageResult};
 
 use super::messages::{Collect, Count, State};
 use super::metrics::Metrics;
+use super::persist::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
 
 /// Mailbox capacity of a shard: a slow shard makes its senders wait.
@@ -22,6 +23,7 @@ pub struct Shard {
     membership: Arc<Membership>,
     partitions: BTreeMap<i32, Counters>,
     metrics: Arc<Metrics>,
+    dead: Option<crossbeam_channel::Sender<Persist>>,
 }
 
 impl Shard {
@@ -32,7 +34,21 @@ impl Shard {
             membership,
             partitions: BTreeMap::new(),
             metrics,
+            dead: None,
         }
+    }
+
+    /// Start from restored counters per input partition (any shard may hold a partition's
+    /// restored counters: the merge is a sum).
+    pub fn with_state(mut self, partitions: BTreeMap<i32, Counters>) -> Shard {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Hand malformed records, with their positions, to the persister.
+    pub fn with_dead_letters(mut self, tx: Option<crossbeam_channel::Sender<Persist>>) -> Shard {
+        self.dead = tx;
+        self
     }
 
     /// The counters summed over every input partition.
@@ -64,20 +80,40 @@ impl Handler<Count> for Shard {
 
     fn handle(&mut self, msg: Count, _ctx: &mut Self::Context) {
         let n = msg.0.len() as i64;
-        for (p, records) in msg.0.partitions() {
+        let mut dead = Vec::new();
+        let keep = self.dead.is_some();
+        for (p, from, records) in msg.0.partitions() {
             let m = &self.membership;
             let c = self
                 .partitions
                 .entry(p)
                 .or_insert_with(|| Counters::for_membership(m));
             let (valid, unknown, malformed) = (c.valid, c.unknown_household, c.malformed);
-            c.count_batch(&records, m, |_, _| {});
+            c.count_batch(&records, m, |i, kind| {
+                if keep {
+                    dead.push(DeadRecord {
+                        partition: p,
+                        offset: msg.0.offsets.get(from + i).copied().unwrap_or(-1),
+                        kind,
+                        record: records[i].to_vec(),
+                    });
+                }
+            });
             self.metrics.counted(
                 c.valid - valid,
                 c.unknown_household - unknown,
                 &malformed,
                 c,
             );
+        }
+        if let (Some(tx), false) = (&self.dead, dead.is_empty()) {
+            // blocks while the persister is behind: back-pressure, not a growing queue
+            if tx.send(Persist::DeadLetters(dead)).is_err() {
+                tracing::error!(
+                    shard = self.index,
+                    "the persister stopped; dead letters lost"
+                );
+            }
         }
         self.metrics.queue(self.index, -n);
     }
@@ -114,11 +150,11 @@ mod tests {
         let (state, total) = sys.block_on(async {
             let shard = Shard::new(0, m.clone(), metrics.clone()).start();
             let mut b = RecordBatch::default();
-            b.push(b"d,1,2,100,p,1", 0);
-            b.push(b"d,1,2,100,p,2", 0);
-            b.push(b"d,1,2,200,p,1", 3);
-            b.push(b"junk", 3);
-            b.push(b"d,1,2,100,p,2", 0);
+            b.push(b"d,1,2,100,p,1", 0, 0);
+            b.push(b"d,1,2,100,p,2", 0, 1);
+            b.push(b"d,1,2,200,p,1", 3, 0);
+            b.push(b"junk", 3, 1);
+            b.push(b"d,1,2,100,p,2", 0, 2);
             assert_eq!(b.runs, vec![(0, 2), (3, 4), (0, 5)]);
             metrics.queue(0, b.len() as i64);
             shard.send(Count(b)).await.unwrap();

@@ -22,10 +22,12 @@ pub trait SnapshotSink: Send {
     fn emit(&mut self, snapshot: &Snapshot) -> Result<(), PipelineError>;
 }
 
-/// One JSON object per line in a file (SPEC 6), flushed at every snapshot.
+/// One JSON object per line in a file (SPEC 6), flushed at every snapshot (and synced to
+/// disk when the daemon checkpoints, so that no snapshot a checkpoint follows is lost).
 pub struct JsonLines {
     path: PathBuf,
     w: BufWriter<File>,
+    durable: bool,
 }
 
 impl JsonLines {
@@ -41,7 +43,60 @@ impl JsonLines {
         Ok(JsonLines {
             path: path.to_path_buf(),
             w: BufWriter::new(File::create(path).map_err(err)?),
+            durable: false,
         })
+    }
+
+    /// Go on with the file of a run restored from the checkpoint taken after trigger
+    /// `upto`: keep its whole lines of triggers up to `upto`, drop the rest (snapshots emitted
+    /// after that checkpoint, which the restored run emits again, and a line cut by a crash),
+    /// and append from there. Every snapshot is synced to disk from then on.
+    pub fn resume(path: &Path, upto: u64) -> Result<(JsonLines, usize), PipelineError> {
+        let err = |e: String| PipelineError::Sink {
+            path: path.display().to_string(),
+            message: e,
+        };
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let mut keep = 0usize;
+        let mut dropped = 0usize;
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            let whole = line.ends_with(b"\n");
+            let trigger = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("trigger").and_then(|t| t.as_u64()));
+            match trigger {
+                Some(t) if whole && t <= upto && dropped == 0 => keep += line.len(),
+                _ => dropped += 1,
+            }
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        f.set_len(keep as u64).map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+        let mut w = BufWriter::new(f);
+        std::io::Seek::seek(&mut w, std::io::SeekFrom::End(0)).map_err(|e| err(e.to_string()))?;
+        Ok((
+            JsonLines {
+                path: path.to_path_buf(),
+                w,
+                durable: true,
+            },
+            dropped,
+        ))
+    }
+
+    /// Sync every snapshot to disk (on when the daemon checkpoints).
+    pub fn durable(mut self) -> JsonLines {
+        self.durable = true;
+        self
     }
 }
 
@@ -53,7 +108,14 @@ impl SnapshotSink for JsonLines {
         };
         let line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
         writeln!(self.w, "{line}").map_err(|e| err(e.to_string()))?;
-        self.w.flush().map_err(|e| err(e.to_string()))
+        self.w.flush().map_err(|e| err(e.to_string()))?;
+        if self.durable {
+            self.w
+                .get_ref()
+                .sync_data()
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Ok(())
     }
 }
 

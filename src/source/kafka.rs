@@ -38,6 +38,8 @@ pub struct Context {
     down: Arc<AtomicBool>,
     /// The caller is still connecting for the first time and reports failures itself.
     starting: Arc<AtomicBool>,
+    /// When the current outage began.
+    down_since: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Default for Context {
@@ -46,6 +48,7 @@ impl Default for Context {
             highs: Arc::default(),
             down: Arc::new(AtomicBool::new(false)),
             starting: Arc::new(AtomicBool::new(true)),
+            down_since: Arc::default(),
         }
     }
 }
@@ -77,6 +80,9 @@ impl Context {
 
     /// A transport failure: logged at WARN once per outage.
     pub fn outage(&self, error: &dyn std::fmt::Display, reason: &str) {
+        if let Ok(mut since) = self.down_since.lock() {
+            since.get_or_insert_with(Instant::now);
+        }
         if self.starting.load(Ordering::Relaxed) || self.down.swap(true, Ordering::Relaxed) {
             debug!(error = %error, reason, "broker still unreachable");
         } else {
@@ -88,8 +94,24 @@ impl Context {
     #[inline]
     pub fn reachable(&self) {
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!("broker reachable again");
+            let lasted = self
+                .down_since
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .map(|t| t.elapsed());
+            tracing::info!(outage = ?lasted, "broker reachable again");
+        } else if let Ok(mut s) = self.down_since.try_lock() {
+            *s = None;
         }
+    }
+
+    /// How long the current outage has lasted, if the brokers are unreachable.
+    pub fn outage_lasted(&self) -> Option<Duration> {
+        self.down_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
     }
 }
 
@@ -127,6 +149,15 @@ impl ClientContext for Context {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // a broker that the client is connected to ends an outage even on an idle topic
+        if !self.starting.load(Ordering::Relaxed)
+            && statistics
+                .brokers
+                .values()
+                .any(|b| b.nodeid >= 0 && b.state == "UP")
+        {
+            self.reachable();
+        }
         for t in statistics.topics.values() {
             for (&p, s) in &t.partitions {
                 if p >= 0 && s.hi_offset >= 0 {
@@ -198,6 +229,8 @@ pub struct KafkaOptions {
     pub batch: usize,
     /// A daemon keeps retrying this long at start while no broker answers (zero: one try).
     pub startup_wait: Duration,
+    /// A daemon ends its read (an error) after a mid-stream outage this long; none = never.
+    pub outage_limit: Option<Duration>,
 }
 
 impl Default for KafkaOptions {
@@ -208,6 +241,7 @@ impl Default for KafkaOptions {
             idle_timeout: Duration::from_secs(30),
             batch: 8192,
             startup_wait: Duration::ZERO,
+            outage_limit: None,
         }
     }
 }
@@ -453,6 +487,9 @@ pub struct StreamOptions {
     /// Where to keep each partition's high watermark (from the client's statistics, every
     /// second), for consumer lag; none when nobody asks.
     pub highs: Option<Arc<dashmap::DashMap<i32, i64>>>,
+    /// Next offset per partition of a restored checkpoint: those partitions are assigned at
+    /// these offsets (the state's own, not the group's committed ones), the others at `start`.
+    pub resume: BTreeMap<i32, i64>,
 }
 
 /// Poll a topic on the calling thread and hand batches to `tx` (a bounded channel: a slow
@@ -481,7 +518,10 @@ pub fn stream_topic(
         .set("statistics.interval.ms", "1000")
         // a snapshot daemon wants fresh records more than full fetches: librdkafka's 500 ms
         // default (tansu waits it out) made snapshots half a second stale at low rates
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
+        // producer should hold less (the broker keeps the rest)
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &opts.client.properties {
         cfg.set(k, v);
     }
@@ -545,7 +585,11 @@ pub fn stream_topic(
     consumer.context().started(warned);
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        tpl.add_partition_offset(&url.topic, p, opts.start.offset())
+        let at = match opts.resume.get(&p) {
+            Some(&o) => Offset::Offset(o),
+            None => opts.start.offset(),
+        };
+        tpl.add_partition_offset(&url.topic, p, at)
             .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
     }
     consumer
@@ -564,6 +608,18 @@ pub fn stream_topic(
     loop {
         if stop.load(Ordering::Relaxed) || (opts.until_end && done.len() == partitions.len()) {
             break;
+        }
+        if let (Some(limit), Some(lasted)) =
+            (opts.client.outage_limit, consumer.context().outage_lasted())
+        {
+            if lasted >= limit {
+                send(&mut batch);
+                return Err(SourceError::Outage {
+                    url: url.to_string(),
+                    lasted,
+                    offsets,
+                });
+            }
         }
         match consumer.poll(Duration::from_millis(20)) {
             None => {}

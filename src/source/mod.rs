@@ -39,6 +39,16 @@ pub enum SourceError {
         /// What happened.
         message: String,
     },
+    /// The broker stayed unreachable longer than `kafka.outage_limit` in mid-stream.
+    #[error("{url}: the broker was unreachable for {lasted:?}, longer than kafka.outage_limit; stopped at offsets {offsets:?} (partition: next offset)")]
+    Outage {
+        /// The source.
+        url: String,
+        /// How long the outage had lasted.
+        lasted: std::time::Duration,
+        /// The next offset per partition when it stopped.
+        offsets: std::collections::BTreeMap<i32, i64>,
+    },
     /// The file could not be opened or read.
     #[error("{path}: {source}")]
     Io {

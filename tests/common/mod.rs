@@ -212,6 +212,7 @@ pub fn settings(
         http: None,
         subsets: subsets.to_vec(),
         top: 7,
+        durability: Default::default(),
     }
 }
 
