@@ -221,11 +221,21 @@ fn start_tansu(bin: &Path) -> Result<(Tansu, String), LoadtestError> {
 }
 
 /// The command that starts tansu at `bin` on `127.0.0.1:port` with `storage`
-/// (`memory://tansu/`, or `sqlite://FILE` for data that survives a restart), its output
-/// discarded.
+/// (`memory://tansu/`, or `sqlite://FILE` for data that survives a restart: an absolute
+/// FILE runs tansu in its folder), its output discarded.
 pub fn tansu_command(bin: &Path, port: u16, storage: &str) -> Command {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut c = Command::new(bin);
+    // tansu 0.6.0 opens a sqlite file relative to its working folder, even an absolute one
+    let mut storage = storage.to_string();
+    if let Some(file) = storage.strip_prefix("sqlite://").map(Path::new) {
+        if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
+            if file.is_absolute() {
+                c.current_dir(dir);
+                storage = format!("sqlite://{}", name.to_string_lossy());
+            }
+        }
+    }
     c.args([
         "broker",
         &format!("--storage-engine={storage}"),

@@ -97,7 +97,13 @@ impl Broker {
 
     /// Start a broker with in-memory storage on `port`.
     pub fn start_on(port: u16) -> Broker {
-        let child = viewpulse::loadtest::tansu_command(&tansu(), port, "memory://tansu/")
+        Broker::start_with(port, "memory://tansu/")
+    }
+
+    /// Start a broker on `port` with `storage` (`sqlite://FILE` keeps the data across a
+    /// restart on the same port and file).
+    pub fn start_with(port: u16, storage: &str) -> Broker {
+        let child = viewpulse::loadtest::tansu_command(&tansu(), port, storage)
             .spawn()
             .expect("tansu starts");
         let addr = format!("127.0.0.1:{port}");
