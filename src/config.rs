@@ -1,9 +1,11 @@
 //! The daemon's configuration (`viewpulse run --config FILE`): serde structs that refuse
 //! unknown keys, with a default for every value, validated before anything starts. Every key
 //! is also a command-line flag and an environment variable (see `main.rs`); flags win over the
-//! file. `deploy/viewpulse.example.toml` documents every key and a test loads it.
+//! file. `deploy/viewpulse.example.toml` documents every key and a test loads it. Secret values
+//! (`kafka.properties`) may be `${env:NAME}` or `${file:PATH}` references, which
+//! [`RunConfig::resolved`] replaces by what they refer to (see [`crate::secret`]); `Debug`
+//! prints them as `***`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::counters::Subset;
+use crate::secret::{Properties, SecretError};
 use crate::source::kafka::StartAt;
 
 /// Errors loading or validating a configuration.
@@ -41,6 +44,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A `${env:...}` or `${file:...}` reference cannot be resolved.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// Everything `viewpulse run` needs.
@@ -98,8 +104,9 @@ pub struct KafkaConfig {
     /// Where to start: `earliest`, `latest` or `stored` (the group's committed offsets).
     pub start: String,
     /// Extra librdkafka properties, passed through as they are (security: `security.protocol`,
-    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
-    pub properties: BTreeMap<String, String>,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). A value may
+    /// be `${env:NAME}` or `${file:PATH}`; sensitive values are never logged.
+    pub properties: Properties,
     /// How long one metadata request may wait for the broker.
     pub connect_timeout: String,
     /// How long to keep retrying at start while no broker answers, before giving up with
@@ -167,7 +174,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             group_id: "viewpulse".into(),
             start: "earliest".into(),
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
             connect_timeout: "10s".into(),
             startup_wait: "30s".into(),
         }
@@ -253,6 +260,16 @@ impl RunConfig {
                 message,
             }
         })
+    }
+
+    /// The configuration a run uses: [`RunConfig::validate`]d, then every secret reference
+    /// (`kafka.properties`) replaced by what it refers to, once, before anything
+    /// starts. A missing variable or unreadable file is refused naming the key.
+    pub fn resolved(&self) -> Result<RunConfig, ConfigError> {
+        self.validate()?;
+        let mut c = self.clone();
+        c.kafka.properties = self.kafka.properties.resolve("kafka.properties.")?;
+        Ok(c)
     }
 
     /// Refuse impossible values, naming the key.
@@ -394,5 +411,62 @@ mod tests {
         ok.pipeline.subsets = vec!["all".into()];
         ok.model = golden.join("nope");
         assert!(ok.validate().unwrap_err().to_string().starts_with("model"));
+    }
+
+    /// A valid configuration over the golden data, holding `properties`.
+    fn with_secrets(properties: &[(&str, &str)]) -> RunConfig {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+        let mut c = RunConfig {
+            model: golden.clone(),
+            source: golden.join("input/views_stream.csv").display().to_string(),
+            ..RunConfig::default()
+        };
+        c.kafka.properties = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c
+    }
+
+    #[test]
+    fn secrets_are_resolved_once_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "hunter2\n").unwrap();
+        let c = with_secrets(&[
+            ("sasl.username", "viewpulse"),
+            ("sasl.password", &format!("${{file:{}}}", pass.display())),
+        ]);
+        let r = c.resolved().unwrap();
+        assert_eq!(r.kafka.properties.get("sasl.password"), Some("hunter2"));
+        assert_eq!(r.kafka.properties.get("sasl.username"), Some("viewpulse"));
+        let shown = format!("{r:?} {r:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("viewpulse") && shown.contains("***"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unresolvable_secrets_are_refused_naming_the_key() {
+        let unset = "${env:VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET}";
+        let e = with_secrets(&[("sasl.password", unset)])
+            .resolved()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "kafka.properties.sasl.password: environment variable \
+             VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET is not set"
+        );
+        // validation comes first: an impossible value is named before any secret is read
+        let mut c = with_secrets(&[("sasl.password", unset)]);
+        c.pipeline.shards = 0;
+        assert!(c
+            .resolved()
+            .unwrap_err()
+            .to_string()
+            .starts_with("pipeline.shards"));
     }
 }
