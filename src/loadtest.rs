@@ -376,6 +376,7 @@ pub fn loadtest(
             trigger_records: s.trigger_records,
             trigger_interval: Some(s.trigger_interval),
             http: None,
+            http_token: None,
             subsets: s.subsets.clone(),
             top: 7,
         };

@@ -1,6 +1,6 @@
 //! The `viewpulse` binary: parse the command line, start tracing, call the library, and turn
 //! errors into exit codes. Everything else lives in the library (`viewpulse::topology`).
-//! The parsed command line holds secrets (`-X` passwords), so its types have
+//! The parsed command line holds secrets (`--http-token`, `-X` passwords), so its types have
 //! no `Debug`.
 
 use std::io::IsTerminal;
@@ -302,6 +302,10 @@ struct RunArgs {
     /// http.listen: HOST:PORT or a port (127.0.0.1) for /snapshot, /healthz, /metrics; off.
     #[arg(long, env = "VIEWPULSE_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// http.token: require Authorization: Bearer TOKEN on /snapshot and /metrics. Prefer
+    /// ${file:PATH} or the environment variable: a flag's value shows in `ps`.
+    #[arg(long, env = "VIEWPULSE_HTTP_TOKEN", hide_env_values = true)]
+    http_token: Option<String>,
     /// sinks.kafka: a Kafka output topic for snapshots, kafka://HOST:PORT/TOPIC.
     #[arg(long, env = "VIEWPULSE_KAFKA_SINK")]
     kafka_sink: Option<String>,
@@ -357,6 +361,9 @@ impl RunArgs {
         }
         if let Some(v) = self.http_listen {
             c.http.listen = v;
+        }
+        if let Some(v) = self.http_token {
+            c.http.token = v;
         }
         if let Some(v) = self.kafka_sink {
             c.sinks.kafka = Some(v);

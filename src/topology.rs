@@ -478,6 +478,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             trigger_records: cfg.trigger.records,
             trigger_interval: cfg.trigger_interval()?,
             http: cfg.http_listen()?,
+            http_token: cfg.http_token(),
             subsets,
             top: cfg.pipeline.top,
         },
