@@ -194,6 +194,7 @@ fn main() {
                 trigger_records: 50_000,
                 trigger_interval: None,
                 http: None,
+                http_token: None,
                 subsets: subsets.clone(),
                 top: 7,
                 durability: Default::default(),

@@ -1,9 +1,12 @@
 //! The daemon's configuration (`viewpulse run --config FILE`): serde structs that refuse
 //! unknown keys, with a default for every value, validated before anything starts. Every key
 //! is also a command-line flag and an environment variable (see `main.rs`); flags win over the
-//! file. `deploy/viewpulse.example.toml` documents every key and a test loads it.
+//! file. `deploy/viewpulse.example.toml` documents every key and a test loads it. Secret values
+//! (`kafka.properties`, `http.token`) may be `${env:NAME}` or `${file:PATH}` references, which
+//! [`RunConfig::resolved`] replaces by what they refer to (see [`crate::secret`]); `Debug`
+//! prints them as `***`.
 
-use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::counters::Subset;
+use crate::secret::{Properties, Secret, SecretError};
 use crate::source::kafka::StartAt;
 
 /// Errors loading or validating a configuration.
@@ -41,6 +45,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A `${env:...}` or `${file:...}` reference cannot be resolved.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// Everything `viewpulse run` needs.
@@ -126,8 +133,9 @@ pub struct KafkaConfig {
     /// Where to start: `earliest`, `latest` or `stored` (the group's committed offsets).
     pub start: String,
     /// Extra librdkafka properties, passed through as they are (security: `security.protocol`,
-    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
-    pub properties: BTreeMap<String, String>,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). A value may
+    /// be `${env:NAME}` or `${file:PATH}`; sensitive values are never logged.
+    pub properties: Properties,
     /// How long one metadata request may wait for the broker.
     pub connect_timeout: String,
     /// How long to keep retrying at start while no broker answers, before giving up with
@@ -157,11 +165,29 @@ pub struct SinksConfig {
 }
 
 /// The HTTP endpoint: `GET /snapshot`, `GET /healthz`, `GET /metrics` (Prometheus).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// `HOST:PORT` to listen on, or a bare port (on 127.0.0.1); empty or `off` = no server.
     pub listen: String,
+    /// When set, `/snapshot` and `/metrics` answer only requests with
+    /// `Authorization: Bearer TOKEN` (`/healthz` stays open); `${env:NAME}` or `${file:PATH}`
+    /// keep it out of the file. Empty = no authentication.
+    pub token: String,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = if self.token.is_empty() {
+            ""
+        } else {
+            crate::secret::REDACTED
+        };
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &token)
+            .finish()
+    }
 }
 
 impl Default for RunConfig {
@@ -204,7 +230,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             group_id: "viewpulse".into(),
             start: "earliest".into(),
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
             connect_timeout: "10s".into(),
             startup_wait: "30s".into(),
             outage_limit: "0s".into(),
@@ -314,6 +340,29 @@ impl RunConfig {
                 message,
             }
         })
+    }
+
+    /// `http.token` as a secret, once [`RunConfig::resolved`]; none when empty.
+    pub fn http_token(&self) -> Option<Secret> {
+        (!self.http.token.is_empty()).then(|| Secret::new(self.http.token.clone()))
+    }
+
+    /// The configuration a run uses: [`RunConfig::validate`]d, then every secret reference
+    /// (`kafka.properties`, `http.token`) replaced by what it refers to, once, before anything
+    /// starts. A missing variable or unreadable file is refused naming the key.
+    pub fn resolved(&self) -> Result<RunConfig, ConfigError> {
+        self.validate()?;
+        let mut c = self.clone();
+        c.kafka.properties = self.kafka.properties.resolve("kafka.properties.")?;
+        c.http.token = crate::secret::resolve("http.token", &self.http.token)?;
+        if !c.http.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::Invalid {
+                key: "http.token",
+                message: "must be printable ASCII without spaces (it goes in an HTTP header)"
+                    .into(),
+            });
+        }
+        Ok(c)
     }
 
     /// Refuse impossible values, naming the key.
@@ -477,5 +526,94 @@ mod tests {
         ok.pipeline.subsets = vec!["all".into()];
         ok.model = golden.join("nope");
         assert!(ok.validate().unwrap_err().to_string().starts_with("model"));
+    }
+
+    /// A valid configuration over the golden data, holding `properties` and `token`.
+    fn with_secrets(properties: &[(&str, &str)], token: &str) -> RunConfig {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+        let mut c = RunConfig {
+            model: golden.clone(),
+            source: golden.join("input/views_stream.csv").display().to_string(),
+            ..RunConfig::default()
+        };
+        c.kafka.properties = properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        c.http.token = token.into();
+        c
+    }
+
+    #[test]
+    fn secrets_are_resolved_once_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("pass");
+        std::fs::write(&pass, "hunter2\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k3n-from-a-file\n").unwrap();
+        let c = with_secrets(
+            &[
+                ("sasl.username", "viewpulse"),
+                ("sasl.password", &format!("${{file:{}}}", pass.display())),
+            ],
+            &format!("${{file:{}}}", token.display()),
+        );
+        let r = c.resolved().unwrap();
+        assert_eq!(r.kafka.properties.get("sasl.password"), Some("hunter2"));
+        assert_eq!(r.kafka.properties.get("sasl.username"), Some("viewpulse"));
+        assert_eq!(
+            r.http_token().map(|t| t.expose().to_string()),
+            Some("t0k3n-from-a-file".to_string())
+        );
+        let shown = format!("{r:?} {r:#?} {:?}", r.http_token());
+        for secret in ["hunter2", "t0k3n"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("viewpulse") && shown.contains("***"),
+            "{shown}"
+        );
+        // nothing set: no token, and the empty one prints as empty
+        let plain = with_secrets(&[], "").resolved().unwrap();
+        assert_eq!(plain.http_token(), None);
+        assert!(format!("{plain:?}").contains(r#"token: """#));
+    }
+
+    #[test]
+    fn unresolvable_secrets_are_refused_naming_the_key() {
+        let unset = "${env:VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET}";
+        let e = with_secrets(&[("sasl.password", unset)], "")
+            .resolved()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "kafka.properties.sasl.password: environment variable \
+             VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET is not set"
+        );
+        let e = with_secrets(&[], "${file:/nonexistent/viewpulse/token}")
+            .resolved()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("http.token: cannot read /nonexistent/viewpulse/token: "),
+            "{e}"
+        );
+        let e = with_secrets(&[], "two words")
+            .resolved()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("http.token: must be printable ASCII") && !e.contains("words"),
+            "{e}"
+        );
+        // validation comes first: an impossible value is named before any secret is read
+        let mut c = with_secrets(&[("sasl.password", unset)], "");
+        c.pipeline.shards = 0;
+        assert!(c
+            .resolved()
+            .unwrap_err()
+            .to_string()
+            .starts_with("pipeline.shards"));
     }
 }

@@ -15,6 +15,7 @@ pub mod ratings;
 pub mod record;
 pub mod replay;
 pub mod report;
+pub mod secret;
 pub mod segment;
 pub mod sink;
 pub mod source;

@@ -22,6 +22,7 @@ use tracing::info;
 use crate::counters::{Membership, Subset};
 use crate::pipeline::{self, Metrics, PipelineError, PipelineSettings, RunSource, Snapshot};
 use crate::replay::{self, DeliveryLog, Pace, ReplayError, ReplaySettings};
+use crate::secret::Properties;
 use crate::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 
 /// Errors of a load test.
@@ -86,7 +87,7 @@ pub struct LoadtestSettings {
     /// Timeline sampling period.
     pub sample_every: Duration,
     /// librdkafka properties of the daemon's consumer.
-    pub consumer_properties: BTreeMap<String, String>,
+    pub consumer_properties: Properties,
 }
 
 /// Percentiles of a distribution, milliseconds.
@@ -372,7 +373,7 @@ pub fn loadtest(
         brokers: addr.clone(),
         topic: topic.clone(),
     };
-    replay::ensure_topic(&url, Some(s.partitions), &BTreeMap::new())?;
+    replay::ensure_topic(&url, Some(s.partitions), &Properties::new())?;
     info!(broker = %addr, %topic, partitions = s.partitions, shards = s.shards, "load test starting");
 
     let metrics = Arc::new(Metrics::new(s.shards));
@@ -385,6 +386,7 @@ pub fn loadtest(
             trigger_records: s.trigger_records,
             trigger_interval: Some(s.trigger_interval),
             http: None,
+            http_token: None,
             subsets: s.subsets.clone(),
             top: 7,
             durability: Default::default(),
@@ -457,7 +459,7 @@ pub fn loadtest(
             pace: s.pace,
             partitions: Some(s.partitions),
             loops: s.loops,
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
         },
         &AtomicBool::new(false),
         Some(log.clone()),

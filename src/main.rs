@@ -1,5 +1,7 @@
 //! The `viewpulse` binary: parse the command line, start tracing, call the library, and turn
 //! errors into exit codes. Everything else lives in the library (`viewpulse::topology`).
+//! The parsed command line holds secrets (`--http-token`, `-X` passwords), so its types have
+//! no `Debug`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use viewpulse::segment::{KMeansSettings, SegmentSettings};
 use viewpulse::topology::{self, AnalyzeSettings, TopologyError};
 
 /// TV audience analytics: household segments and the stations each segment over-watches.
-#[derive(Parser, Debug)]
+#[derive(Parser)]
 #[command(name = "viewpulse", version, about, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
@@ -23,7 +25,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args)]
 struct LogArgs {
     /// Log format on stderr.
     #[arg(
@@ -45,7 +47,7 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 enum Command {
     /// Write synthetic demographics and view records (SPEC formats), seeded.
     Generate {
@@ -134,6 +136,10 @@ enum Command {
         /// Skip the charts and report.html.
         #[arg(long)]
         no_report: bool,
+        /// A librdkafka property for a kafka:// source (security, timeouts), KEY=VALUE;
+        /// repeatable. VALUE may be ${env:NAME} or ${file:PATH}.
+        #[arg(short = 'X', long = "property", value_parser = property)]
+        properties: Vec<(String, String)>,
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
     Run(Box<RunArgs>),
@@ -155,6 +161,7 @@ enum Command {
         #[arg(long)]
         max_records: Option<u64>,
         /// A librdkafka property for the consumer (security, timeouts), KEY=VALUE; repeatable.
+        /// VALUE may be ${env:NAME} or ${file:PATH}.
         #[arg(short = 'X', long = "property", value_parser = property)]
         properties: Vec<(String, String)>,
     },
@@ -173,6 +180,7 @@ enum Command {
         #[arg(long)]
         partitions: Option<i32>,
         /// A librdkafka property for the producer (security, timeouts), KEY=VALUE; repeatable.
+        /// VALUE may be ${env:NAME} or ${file:PATH}.
         #[arg(short = 'X', long = "property", value_parser = property)]
         properties: Vec<(String, String)>,
     },
@@ -209,6 +217,7 @@ enum Command {
         #[arg(long, default_value = "loadtest")]
         out: PathBuf,
         /// A librdkafka property for the daemon's consumer (fetch.wait.max.ms=50), KEY=VALUE.
+        /// VALUE may be ${env:NAME} or ${file:PATH}.
         #[arg(short = 'X', long = "property", value_parser = property)]
         properties: Vec<(String, String)>,
     },
@@ -224,7 +233,7 @@ enum Command {
 }
 
 /// How `replay` and `loadtest` pace the records they produce.
-#[derive(Args, Debug)]
+#[derive(Args)]
 struct PaceArgs {
     /// A fixed rate, records a second (50000/s).
     #[arg(long)]
@@ -249,7 +258,7 @@ impl PaceArgs {
 }
 
 /// Flags of `viewpulse run`; each overrides the same key of `--config`.
-#[derive(Args, Debug)]
+#[derive(Args)]
 struct RunArgs {
     /// A TOML configuration (see deploy/viewpulse.example.toml).
     #[arg(long, env = "VIEWPULSE_CONFIG")]
@@ -293,6 +302,10 @@ struct RunArgs {
     /// http.listen: HOST:PORT or a port (127.0.0.1) for /snapshot, /healthz, /metrics; off.
     #[arg(long, env = "VIEWPULSE_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// http.token: require Authorization: Bearer TOKEN on /snapshot and /metrics. Prefer
+    /// ${file:PATH} or the environment variable: a flag's value shows in `ps`.
+    #[arg(long, env = "VIEWPULSE_HTTP_TOKEN", hide_env_values = true)]
+    http_token: Option<String>,
     /// sinks.kafka: a Kafka output topic for snapshots, kafka://HOST:PORT/TOPIC.
     #[arg(long, env = "VIEWPULSE_KAFKA_SINK")]
     kafka_sink: Option<String>,
@@ -369,6 +382,9 @@ impl RunArgs {
         }
         if let Some(v) = self.http_listen {
             c.http.listen = v;
+        }
+        if let Some(v) = self.http_token {
+            c.http.token = v;
         }
         if let Some(v) = self.kafka_sink {
             c.sinks.kafka = Some(v);
@@ -506,6 +522,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             threads,
             dead_letter,
             no_report,
+            properties,
         } => {
             let subsets = Subset::parse_list(&subsets)
                 .map_err(|e| TopologyError::Settings(format!("--subsets {subsets:?}: {e}")))?;
@@ -518,6 +535,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 threads,
                 dead_letter,
                 report: !no_report,
+                properties: properties.into_iter().collect(),
             })?;
             let s = &a.summary;
             print!("{}", topology::side_by_side(&a.ratings, &subsets, top));

@@ -22,6 +22,7 @@ use crate::ratings::{self, Ratings};
 use crate::replay::recording::RecordingError;
 use crate::replay::ReplayError;
 use crate::report::{self, PcaPoint, ReportError, ReportInput};
+use crate::secret::{Properties, SecretError};
 use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
 use crate::sink::{self, SinkError, Summary, Timing};
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
@@ -88,6 +89,9 @@ pub enum TopologyError {
     /// The checkpoint store failed or holds another run's state.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A `${env:...}` or `${file:...}` reference of a `-X` property cannot be resolved.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 impl TopologyError {
@@ -95,9 +99,10 @@ impl TopologyError {
     pub fn exit_code(&self) -> i32 {
         use std::io::ErrorKind;
         match self {
-            TopologyError::Settings(_) | TopologyError::Counters(_) | TopologyError::Config(_) => {
-                EXIT_USAGE
-            }
+            TopologyError::Settings(_)
+            | TopologyError::Counters(_)
+            | TopologyError::Config(_)
+            | TopologyError::Secret(_) => EXIT_USAGE,
             TopologyError::Pipeline(PipelineError::Source(
                 SourceError::Kafka { .. } | SourceError::Outage { .. },
             )) => EXIT_UNAVAILABLE,
@@ -166,6 +171,8 @@ pub struct AnalyzeSettings {
     pub dead_letter: Option<PathBuf>,
     /// Write the charts and `report.html`.
     pub report: bool,
+    /// librdkafka properties for a `kafka://` source (`-X`; references resolved here).
+    pub properties: Properties,
 }
 
 /// What `analyze` produced.
@@ -209,6 +216,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     } else {
         None
     };
+    let properties = s.properties.resolve("-X ")?;
     let t = Instant::now();
     let (model, membership) = load_membership(&s.model, &s.subsets)?;
     let load_model_ms = ms(t);
@@ -224,7 +232,10 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
             let read = kafka::count_topic(
                 url,
                 &membership,
-                &KafkaOptions::default(),
+                &KafkaOptions {
+                    properties,
+                    ..KafkaOptions::default()
+                },
                 s.dead_letter.as_deref(),
             )?;
             info!(%url, offsets = ?read.offsets, "topic read to its end");
@@ -429,7 +440,7 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyE
 /// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
 /// the source ends (`until_end`, or a file) or a signal stops it.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
-    cfg.validate()?;
+    let cfg = &cfg.resolved()?;
     let subsets = cfg.subsets()?;
     let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
@@ -528,6 +539,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             trigger_records: cfg.trigger.records,
             trigger_interval: cfg.trigger_interval()?,
             http: cfg.http_listen()?,
+            http_token: cfg.http_token(),
             subsets,
             top: cfg.pipeline.top,
             durability,
@@ -559,9 +571,10 @@ pub fn record(
     from: &str,
     out: &Path,
     bound: crate::replay::Bound,
-    properties: std::collections::BTreeMap<String, String>,
+    properties: Properties,
 ) -> Result<crate::replay::Captured, TopologyError> {
     let url = KafkaUrl::parse(from)?;
+    let properties = properties.resolve("-X ")?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             TopologyError::Replay(ReplayError::Recording(RecordingError::Io {
@@ -587,9 +600,10 @@ pub fn replay(
     pace: crate::replay::Pace,
     partitions: Option<i32>,
     loops: u32,
-    properties: std::collections::BTreeMap<String, String>,
+    properties: Properties,
 ) -> Result<crate::replay::Produced, TopologyError> {
     let url = KafkaUrl::parse(to)?;
+    let properties = properties.resolve("-X ")?;
     if partitions.is_some_and(|p| p < 1) {
         return Err(TopologyError::Settings(
             "--partitions must be at least 1".into(),
@@ -630,6 +644,10 @@ pub fn loadtest(
             },
         )));
     }
+    let s = &crate::loadtest::LoadtestSettings {
+        consumer_properties: s.consumer_properties.resolve("-X ")?,
+        ..s.clone()
+    };
     let (_, membership) = load_membership(&s.model, &s.subsets)?;
     Ok(crate::loadtest::loadtest(s, membership)?)
 }
@@ -683,6 +701,7 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
         threads: 0,
         dead_letter: Some(out.join("analysis").join("dead_letter.tsv")),
         report: true,
+        properties: Properties::new(),
     })?;
     info!(
         "demo: streaming the stream views through an in-process Kafka (librdkafka's mock cluster)"

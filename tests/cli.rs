@@ -522,3 +522,118 @@ fn demo_runs_batch_and_stream_with_no_setup() {
     assert_eq!(covered, 200_000);
     assert_eq!(last["subsets"]["3"].as_array().unwrap().len(), 42);
 }
+
+/// Secret references (`${env:…}`, `${file:…}`) in `[kafka.properties]`, `-X` and
+/// `--http-token` are resolved before anything starts, a missing one is refused naming its
+/// key, and a resolved secret never shows in the logs, even at debug level.
+#[test]
+fn secret_references_are_resolved_or_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+    let views = golden.join("input/views_stream.csv");
+    let unset = "${env:VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET}";
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["run", "--model", s(&golden), "--source", s(&views)]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let args = run(&["--http-token", unset]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(
+        err.contains(
+            "http.token: environment variable VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET is not set"
+        ),
+        "{err}"
+    );
+    let config = dir.path().join("secret.toml");
+    let missing = dir.path().join("no-such-password-file");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.properties]\n\"sasl.password\" = \"${{file:{}}}\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let args = run(&["--config", s(&config)]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(
+        err.contains(&format!(
+            "kafka.properties.sasl.password: cannot read {}",
+            missing.display()
+        )),
+        "{err}"
+    );
+    let prop = format!("sasl.password={unset}");
+    for cmd in [
+        vec![
+            "record",
+            "--from",
+            "kafka://127.0.0.1:1/t",
+            "--out",
+            "x.vprec",
+        ],
+        vec![
+            "replay",
+            "--file",
+            s(&views),
+            "--to",
+            "kafka://127.0.0.1:1/t",
+        ],
+        vec![
+            "analyze",
+            "--model",
+            s(&golden),
+            "--views",
+            "kafka://127.0.0.1:1/t",
+            "--out",
+            s(dir.path()),
+        ],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["-X", &prop]);
+        let err = fails(&args, 2);
+        assert!(
+            err.contains("-X sasl.password: environment variable VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET is not set"),
+            "{cmd:?}: {err}"
+        );
+    }
+
+    // resolved secrets run, and neither debug logs nor --help show them
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "Hunter2-from-a-file\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.properties]\n\"sasl.password\" = \"${{file:{}}}\"\n[http]\ntoken = \"${{env:VP_TEST_TOKEN}}\"\nlisten = \"0\"\n",
+            pass.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(run(&["--config", s(&config), "--until-end", "--no-stdout"]))
+        .args(["--log", "debug"])
+        .env("VIEWPULSE_NO_PROGRESS", "1")
+        .env("VP_TEST_TOKEN", "T0ken-from-the-environment")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("http endpoint listening"), "{err}");
+    for secret in ["Hunter2", "T0ken"] {
+        assert!(!err.contains(secret), "{secret} in the logs: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(["run", "--help"])
+        .env("VIEWPULSE_HTTP_TOKEN", "T0ken-in-help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("VIEWPULSE_HTTP_TOKEN") && !help.contains("T0ken"),
+        "{help}"
+    );
+}

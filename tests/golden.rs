@@ -68,6 +68,7 @@ fn golden_ratings_equal_spark() {
             threads,
             dead_letter: None,
             report: true,
+            properties: Default::default(),
         })
         .unwrap();
         for f in ["popularity.csv", "genpop.csv", "diff_rank.csv"] {

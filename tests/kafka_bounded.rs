@@ -19,6 +19,7 @@ fn settings(views: String, out: &Path, dead: Option<&Path>) -> AnalyzeSettings {
         threads: 2,
         dead_letter: dead.map(Path::to_path_buf),
         report: false,
+        properties: Default::default(),
     }
 }
 

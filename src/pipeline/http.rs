@@ -1,16 +1,68 @@
 //! The daemon's HTTP endpoint (actix-web), for dashboards and monitoring: `GET /snapshot`
 //! (the latest snapshot, SPEC 6's JSON object), `GET /healthz` (liveness and progress) and
 //! `GET /metrics` (Prometheus text format). It only reads [`Metrics`]; it never touches the
-//! counting path. It binds where `http.listen` says; a bare port means 127.0.0.1.
+//! counting path. It binds where `http.listen` says; a bare port means 127.0.0.1. With
+//! `http.token` set, `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN`
+//! (compared in constant time) and say 401 with `WWW-Authenticate: Bearer` otherwise;
+//! `/healthz` stays open for liveness probes and tells nothing worth hiding.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use super::metrics::Metrics;
 use super::PipelineError;
+use crate::secret::Secret;
+
+/// The token `/snapshot` and `/metrics` require, if any.
+#[derive(Clone, Debug, Default)]
+pub struct Auth(Option<Secret>);
+
+impl Auth {
+    /// Require `token` (none: every request is let through).
+    pub fn new(token: Option<Secret>) -> Auth {
+        Auth(token)
+    }
+
+    /// `None` when `req` may be answered, else the 401 to send: no or another scheme gets a
+    /// bare challenge, a wrong token `error="invalid_token"` (RFC 6750 section 3).
+    fn check(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        let want = self.0.as_ref()?;
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let challenge = match given {
+            Some(token) if constant_time_eq(token.as_bytes(), want.expose().as_bytes()) => {
+                return None
+            }
+            Some(_) => r#"Bearer realm="viewpulse", error="invalid_token""#,
+            None => r#"Bearer realm="viewpulse""#,
+        };
+        Some(
+            HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, challenge))
+                .content_type("application/json")
+                .body(r#"{"error":"unauthorized"}"#),
+        )
+    }
+}
+
+/// Whether `given` equals `want`, in a time that depends only on `want`'s length, so that a
+/// client cannot find the token a byte at a time by timing the answers.
+fn constant_time_eq(given: &[u8], want: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != want.len());
+    for (i, &w) in want.iter().enumerate() {
+        diff |= w ^ given.get(i).copied().unwrap_or(!w);
+    }
+    std::hint::black_box(diff) == 0
+}
 
 /// Parse `http.listen`: `HOST:PORT`, or a bare `PORT` meaning 127.0.0.1; empty or `off` means
 /// no server.
@@ -27,7 +79,14 @@ pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port), a port or off"))
 }
 
-async fn snapshot(m: web::Data<Arc<Metrics>>) -> HttpResponse {
+async fn snapshot(
+    req: HttpRequest,
+    m: web::Data<Arc<Metrics>>,
+    auth: web::Data<Auth>,
+) -> HttpResponse {
+    if let Some(denied) = auth.check(&req) {
+        return denied;
+    }
     match m.latest() {
         Some(json) => HttpResponse::Ok()
             .content_type("application/json")
@@ -57,10 +116,31 @@ async fn healthz(m: web::Data<Arc<Metrics>>) -> HttpResponse {
         .body(body.to_string())
 }
 
-async fn metrics(m: web::Data<Arc<Metrics>>) -> HttpResponse {
+async fn metrics(
+    req: HttpRequest,
+    m: web::Data<Arc<Metrics>>,
+    auth: web::Data<Auth>,
+) -> HttpResponse {
+    if let Some(denied) = auth.check(&req) {
+        return denied;
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.prometheus())
+}
+
+/// The endpoint's routes over `m`, behind `auth`: what [`serve`] serves, and what tests call
+/// with `actix_web::test` (`App::new().configure(routes(m, auth))`).
+pub fn routes(m: Arc<Metrics>, auth: Auth) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    let data = web::Data::new(m);
+    let auth = web::Data::new(auth);
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(data.clone())
+            .app_data(auth.clone())
+            .route("/snapshot", web::get().to(snapshot))
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics));
+    }
 }
 
 /// Bind and start the server on the current actix system; the caller spawns the returned
@@ -68,23 +148,18 @@ async fn metrics(m: web::Data<Arc<Metrics>>) -> HttpResponse {
 pub fn serve(
     addr: SocketAddr,
     m: Arc<Metrics>,
+    token: Option<Secret>,
 ) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), PipelineError> {
-    let data = web::Data::new(m);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .route("/snapshot", web::get().to(snapshot))
-            .route("/healthz", web::get().to(healthz))
-            .route("/metrics", web::get().to(metrics))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .bind(addr)
-    .map_err(|e| PipelineError::Http {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    })?;
+    let routes = routes(m, Auth::new(token));
+    let server = HttpServer::new(move || App::new().configure(routes.clone()))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind(addr)
+        .map_err(|e| PipelineError::Http {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))
 }
@@ -92,6 +167,95 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode;
+    use actix_web::test as web_test;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(constant_time_eq(b"", b""));
+        for other in [&b"s3creT"[..], b"s3cre", b"s3cret!", b"", b"\xff3cret"] {
+            assert!(!constant_time_eq(other, b"s3cret"), "{other:?}");
+        }
+        // a byte equal to the complement of the token's cannot stand in for a missing one
+        assert!(!constant_time_eq(b"a", b"ab"));
+    }
+
+    /// Status, `WWW-Authenticate` and body of `GET path` with `authorization`.
+    async fn get(
+        token: Option<&str>,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, Option<String>, String) {
+        let m = Arc::new(Metrics::new(2));
+        m.records.store(42, Ordering::Relaxed);
+        let app = web_test::init_service(
+            App::new().configure(routes(m, Auth::new(token.map(Secret::new)))),
+        )
+        .await;
+        let mut req = web_test::TestRequest::get().uri(path);
+        if let Some(a) = authorization {
+            req = req.insert_header((header::AUTHORIZATION, a));
+        }
+        let resp = web_test::call_service(&app, req.to_request()).await;
+        let status = resp.status();
+        let challenge = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = web_test::read_body(resp).await;
+        (status, challenge, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[actix_web::test]
+    async fn the_right_token_is_let_through() {
+        let (status, challenge, body) = get(Some("t0k3n"), "/metrics", Some("Bearer t0k3n")).await;
+        assert_eq!((status, challenge), (StatusCode::OK, None));
+        assert!(body.contains("viewpulse_records_total 42"), "{body}");
+        // the scheme is case-insensitive (RFC 7235)
+        let (status, _, _) = get(Some("t0k3n"), "/metrics", Some("bearer  t0k3n")).await;
+        assert_eq!(status, StatusCode::OK);
+        // past the token, /snapshot answers as it does without one: none yet
+        let (status, _, body) = get(Some("t0k3n"), "/snapshot", Some("Bearer t0k3n")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("no snapshot yet"), "{body}");
+    }
+
+    #[actix_web::test]
+    async fn no_or_a_wrong_token_is_refused_with_a_challenge() {
+        for path in ["/snapshot", "/metrics"] {
+            for (authorization, error) in [
+                (None, false),
+                (Some("Bearer wrong"), true),
+                (Some("Bearer t0k3n-and-more"), true),
+                (Some("Bearer t0k3"), true),
+                (Some("Bearer "), false),
+                (Some("Basic dDBrM24="), false),
+                (Some("t0k3n"), false),
+            ] {
+                let (status, challenge, body) = get(Some("t0k3n"), path, authorization).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {authorization:?}");
+                let challenge = challenge.unwrap_or_default();
+                assert!(challenge.starts_with("Bearer"), "{challenge}");
+                assert_eq!(
+                    challenge.contains("invalid_token"),
+                    error,
+                    "{path} {authorization:?}: {challenge}"
+                );
+                assert!(!body.contains("42") && !body.contains("t0k3n"), "{body}");
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn healthz_stays_open_and_no_token_means_no_check() {
+        let (status, challenge, body) = get(Some("t0k3n"), "/healthz", None).await;
+        assert_eq!((status, challenge), (StatusCode::OK, None));
+        assert!(body.contains(r#""records":42"#), "{body}");
+        let (status, _, body) = get(None, "/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("viewpulse_records_total 42"), "{body}");
+    }
 
     #[test]
     fn listen_values() {

@@ -24,6 +24,7 @@ use actix::{Actor, Arbiter};
 use thiserror::Error;
 
 use crate::counters::{Membership, Subset};
+use crate::secret::Secret;
 use crate::source::kafka::{self, KafkaUrl, StreamOptions};
 pub use messages::{Snapshot, SnapshotRow};
 pub use metrics::Metrics;
@@ -118,6 +119,8 @@ pub struct PipelineSettings {
     pub trigger_interval: Option<Duration>,
     /// Serve `/snapshot`, `/healthz` and `/metrics` here.
     pub http: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on `/snapshot` and `/metrics`.
+    pub http_token: Option<Secret>,
     /// Subsets rated.
     pub subsets: Vec<Subset>,
     /// Top-K per cluster.
@@ -210,9 +213,14 @@ pub fn run_with(
         });
         let server = match s.http {
             Some(addr) => {
-                let (server, bound) = http::serve(addr, metrics.clone())?;
+                let auth = if s.http_token.is_some() {
+                    "bearer token on /snapshot and /metrics"
+                } else {
+                    "none"
+                };
+                let (server, bound) = http::serve(addr, metrics.clone(), s.http_token.clone())?;
                 for a in &bound {
-                    tracing::info!(addr = %a, "http endpoint listening (/snapshot, /healthz, /metrics)");
+                    tracing::info!(addr = %a, auth, "http endpoint listening (/snapshot, /healthz, /metrics)");
                 }
                 let handle = server.handle();
                 actix_rt::spawn(server);

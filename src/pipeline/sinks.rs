@@ -181,7 +181,12 @@ impl KafkaTopic {
         }
         let producer: FutureProducer<crate::source::kafka::Context> = cfg
             .create_with_context(crate::source::kafka::Context::default())
-            .map_err(|e| err(format!("cannot create a producer: {e}")))?;
+            .map_err(|e| {
+                err(format!(
+                    "cannot create a producer: {}",
+                    crate::secret::client_error(&e, &opts.properties)
+                ))
+            })?;
         let md = producer
             .client()
             .fetch_metadata(Some(&url.topic), opts.metadata_timeout)

@@ -28,6 +28,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::counters::household_hash;
+use crate::secret::{client_error, Properties};
 use crate::source::kafka::{Context, KafkaUrl};
 use crate::source::SourceError;
 use recording::{Entry, Header, RecordingError};
@@ -134,7 +135,7 @@ pub struct ReplaySettings {
     /// Play the input this many times.
     pub loops: u32,
     /// librdkafka properties for the producer.
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 impl Default for ReplaySettings {
@@ -143,7 +144,7 @@ impl Default for ReplaySettings {
             pace: Pace::Max,
             partitions: None,
             loops: 1,
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
         }
     }
 }
@@ -250,7 +251,7 @@ impl ProducerContext for Deliveries {
 pub fn ensure_topic(
     url: &KafkaUrl,
     create: Option<i32>,
-    properties: &BTreeMap<String, String>,
+    properties: &Properties,
 ) -> Result<Vec<i32>, ReplayError> {
     let kafka = |message: String| ReplayError::Kafka {
         url: url.to_string(),
@@ -261,9 +262,12 @@ pub fn ensure_topic(
     for (k, v) in properties {
         cfg.set(k, v);
     }
-    let admin: AdminClient<Context> = cfg
-        .create_with_context(Context::default())
-        .map_err(|e| kafka(format!("cannot create a client: {e}")))?;
+    let admin: AdminClient<Context> = cfg.create_with_context(Context::default()).map_err(|e| {
+        kafka(format!(
+            "cannot create a client: {}",
+            client_error(&e, properties)
+        ))
+    })?;
     let partitions = |admin: &AdminClient<Context>| -> Result<Option<Vec<i32>>, ReplayError> {
         let md = admin
             .inner()
@@ -434,9 +438,12 @@ pub fn replay(
         client: Context::default(),
     };
     ctx.client.started(false);
-    let producer: BaseProducer<Deliveries> = cfg
-        .create_with_context(ctx)
-        .map_err(|e| kafka(format!("cannot create a producer: {e}")))?;
+    let producer: BaseProducer<Deliveries> = cfg.create_with_context(ctx).map_err(|e| {
+        kafka(format!(
+            "cannot create a producer: {}",
+            client_error(&e, &s.properties)
+        ))
+    })?;
     let failed = |p: &BaseProducer<Deliveries>| p.context().failed.load(Ordering::Relaxed);
     let started = Instant::now();
     let mut sent = 0u64;
@@ -550,7 +557,7 @@ pub fn replay(
 pub fn produce_file(
     path: &Path,
     url: &KafkaUrl,
-    properties: &BTreeMap<String, String>,
+    properties: &Properties,
 ) -> Result<Produced, ReplayError> {
     replay(
         path,
@@ -596,7 +603,7 @@ pub fn capture(
     url: &KafkaUrl,
     out: &Path,
     bound: Bound,
-    properties: &BTreeMap<String, String>,
+    properties: &Properties,
     stop: &AtomicBool,
 ) -> Result<Captured, ReplayError> {
     let kafka = |message: String| ReplayError::Kafka {
@@ -619,9 +626,13 @@ pub fn capture(
     for (k, v) in properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer<Context> = cfg
-        .create_with_context(Context::default())
-        .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
+    let consumer: BaseConsumer<Context> =
+        cfg.create_with_context(Context::default()).map_err(|e| {
+            kafka(format!(
+                "cannot create a consumer: {}",
+                client_error(&e, properties)
+            ))
+        })?;
     consumer.context().started(false);
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {

@@ -28,6 +28,12 @@ pub const VERSION: u32 = 1;
 /// Largest entry accepted when reading (a corrupt length must not allocate gigabytes).
 pub const MAX_ENTRY: usize = 64 << 20;
 
+/// Largest header accepted when reading, and the most its decoding may allocate: a real
+/// header is a source name and a partition list, a few hundred bytes. Without the bound, a
+/// length prefix inside a corrupt header (a string or partition count of 2^40) made bincode
+/// allocate that much up front and abort the process.
+pub const MAX_HEADER: usize = 1 << 20;
+
 /// Errors reading or writing a recording.
 #[derive(Debug, Error)]
 pub enum RecordingError {
@@ -109,6 +115,13 @@ pub struct Entry<'a> {
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+/// [`config`] for decoding a header: the same encoding, allocating at most [`MAX_HEADER`]
+/// bytes whatever its length prefixes claim. (Entries need no limit: they borrow their bytes
+/// from the buffer, so a length beyond it is an error, not an allocation.)
+fn header_config() -> impl bincode::config::Config {
+    config().with_limit::<MAX_HEADER>()
 }
 
 /// Writes a recording.
@@ -268,7 +281,7 @@ impl Reader {
             return Err(bad("the file ends before the header".into()));
         }
         let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_ENTRY {
+        if len > MAX_HEADER {
             return Err(bad(format!("header length {len} is implausible")));
         }
         let mut head = vec![0u8; len];
@@ -276,7 +289,7 @@ impl Reader {
             return Err(bad("the file ends inside the header".into()));
         }
         let (header, _): (Header, usize) =
-            bincode::decode_from_slice(&head, config()).map_err(|e| bad(e.to_string()))?;
+            bincode::decode_from_slice(&head, header_config()).map_err(|e| bad(e.to_string()))?;
         if header.version != VERSION {
             return Err(bad(format!(
                 "format version {} (this build reads {VERSION})",
@@ -329,11 +342,16 @@ impl Reader {
         self.buf.resize(len, 0);
         match read_full(&mut self.r, &mut self.buf) {
             Ok(true) => {}
-            Ok(false) | Err(_) if len > 0 => {
+            Ok(false) if len > 0 => {
                 self.end = Some(End::Truncated);
                 return Ok(None);
             }
-            Ok(_) => {}
+            Ok(false) => {}
+            // only the file's end is a cut; a failing disk is an error, not a shorter file
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                self.end = Some(End::Truncated);
+                return Ok(None);
+            }
             Err(e) => return Err(io(e)),
         }
         let at = self.byte;
@@ -422,6 +440,37 @@ mod tests {
             let expect = if ends.iter().any(|&e| e as usize == cut) || cut == start { End::Clean } else { End::Truncated };
             prop_assert_eq!(r.end, Some(expect));
         }
+    }
+
+    /// Regression: a header whose source-name length (or partition count) claimed 2^40
+    /// bytes made bincode allocate that much before noticing the header is 10 bytes long, and
+    /// the reader aborted the process ("memory allocation of 1099511627776 bytes failed"), or
+    /// panicked with "capacity overflow" for 2^63 partitions. Found by tests/fuzz_corpus.rs.
+    #[test]
+    fn header_with_a_huge_length_prefix_is_refused_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.vprec");
+        // version 1, then a varint length (253 = a u64 follows) where the source name starts,
+        // or after an empty source where the partition list starts
+        for (prefix, len) in [
+            (&[1u8][..], 1u64 << 40),
+            (&[1u8][..], u64::MAX),
+            (&[1u8, 0][..], 1u64 << 40),
+            (&[1u8, 0][..], u64::MAX / 2),
+        ] {
+            let mut head = prefix.to_vec();
+            head.push(253);
+            head.extend_from_slice(&len.to_le_bytes());
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&(head.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&head);
+            std::fs::write(&path, &bytes).unwrap();
+            let e = Reader::open(&path).err().unwrap();
+            assert!(matches!(e, RecordingError::Header { .. }), "{e}");
+        }
+        // and a real header still reads back under the limit
+        Writer::create(&path, &header()).unwrap().finish().unwrap();
+        assert_eq!(Reader::open(&path).unwrap().header, header());
     }
 
     #[test]

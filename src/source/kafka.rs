@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::SourceError;
 use crate::counters::{Counters, Membership};
+use crate::secret::{client_error, Properties};
 use crate::sink::DeadLetter;
 
 /// The clients' context: librdkafka's errors and logs go to tracing, except the
@@ -219,8 +220,9 @@ impl std::fmt::Display for KafkaUrl {
 /// How to read a topic.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
-    /// Extra librdkafka properties (security, timeouts), applied last.
-    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties (security, timeouts), applied last; already resolved
+    /// (see [`crate::secret`]).
+    pub properties: Properties,
     /// How long to wait for the broker's metadata.
     pub metadata_timeout: Duration,
     /// Give up when nothing (no record, no end of partition) arrives for this long.
@@ -236,7 +238,7 @@ pub struct KafkaOptions {
 impl Default for KafkaOptions {
     fn default() -> Self {
         KafkaOptions {
-            properties: BTreeMap::new(),
+            properties: Properties::new(),
             metadata_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             batch: 8192,
@@ -319,9 +321,13 @@ pub fn count_topic(
     for (k, v) in &opts.properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer<Context> = cfg
-        .create_with_context(Context::default())
-        .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
+    let consumer: BaseConsumer<Context> =
+        cfg.create_with_context(Context::default()).map_err(|e| {
+            kafka(format!(
+                "cannot create a consumer: {}",
+                client_error(&e, &opts.properties)
+            ))
+        })?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
         .map_err(|e| {
@@ -532,9 +538,12 @@ pub fn stream_topic(
     if let Some(h) = &opts.highs {
         ctx.highs = h.clone();
     }
-    let consumer: BaseConsumer<Context> = cfg
-        .create_with_context(ctx)
-        .map_err(|e| kafka(format!("cannot create a consumer: {e}")))?;
+    let consumer: BaseConsumer<Context> = cfg.create_with_context(ctx).map_err(|e| {
+        kafka(format!(
+            "cannot create a consumer: {}",
+            client_error(&e, &opts.client.properties)
+        ))
+    })?;
     // At start the broker may not be up yet (a deploy starting everything at once): retry
     // for `startup_wait`, saying so once, then give up with the last reason.
     let began = Instant::now();

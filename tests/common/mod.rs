@@ -216,6 +216,7 @@ pub fn settings(
         trigger_records: trigger,
         trigger_interval: None,
         http: None,
+        http_token: None,
         subsets: subsets.to_vec(),
         top: 7,
         durability: Default::default(),
