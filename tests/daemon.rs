@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -24,30 +24,17 @@ use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 use viewpulse::topology;
 
 /// A generated data set and its model, made once for the whole file.
-struct Data {
-    _dir: tempfile::TempDir,
-    model: PathBuf,
-    stream: Vec<Vec<u8>>,
-}
-
-fn data() -> &'static Data {
-    static D: OnceLock<Data> = OnceLock::new();
+fn data() -> &'static common::Generated {
+    static D: OnceLock<common::Generated> = OnceLock::new();
     D.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = GenerateConfig {
+        common::generated(&GenerateConfig {
             households: 3_000,
             static_records: 1_000,
             stream_records: 24_000,
             stations: 120,
             seed: 11,
             ..GenerateConfig::default()
-        };
-        let (model, stream) = common::generated_model(dir.path(), &cfg);
-        Data {
-            model,
-            stream,
-            _dir: dir,
-        }
+        })
     })
 }
 

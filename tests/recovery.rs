@@ -22,17 +22,11 @@ use viewpulse::topology;
 
 const TRIGGER: u64 = 1000;
 
-struct Data {
-    _dir: tempfile::TempDir,
-    model: PathBuf,
-    stream: Vec<Vec<u8>>,
-}
-
-fn data() -> &'static Data {
-    static D: OnceLock<Data> = OnceLock::new();
+/// A generated data set and its model, made once for the whole file.
+fn data() -> &'static common::Generated {
+    static D: OnceLock<common::Generated> = OnceLock::new();
     D.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = GenerateConfig {
+        common::generated(&GenerateConfig {
             households: 3_000,
             static_records: 1_000,
             stream_records: 24_000,
@@ -40,14 +34,17 @@ fn data() -> &'static Data {
             seed: 21,
             malformed_fraction: 0.02,
             ..GenerateConfig::default()
-        };
-        let (model, stream) = common::generated_model(dir.path(), &cfg);
-        Data {
-            _dir: dir,
-            model,
-            stream,
-        }
+        })
     })
+}
+
+/// A broker holding the data set's stream in a one-partition topic, and its URL.
+fn broker_with_stream() -> (common::Broker, String) {
+    let broker = common::Broker::start();
+    broker.create_topic("views", 1);
+    broker.produce("views", &data().stream, common::household_key);
+    let url = broker.url("views");
+    (broker, url)
 }
 
 /// `viewpulse run` on `url` with checkpoints in `state` (none: no checkpoints).
@@ -192,10 +189,7 @@ fn reference(url: &str, dir: &Path) -> (Vec<serde_json::Value>, Vec<String>) {
 
 #[test]
 fn kill_nine_at_random_points_then_restart_equals_an_uninterrupted_run() {
-    let broker = common::Broker::start();
-    broker.create_topic("views", 1);
-    broker.produce("views", &data().stream, common::household_key);
-    let url = broker.url("views");
+    let (_broker, url) = broker_with_stream();
     let dir = tempfile::tempdir().unwrap();
     let (want, want_dead) = reference(&url, dir.path());
     let malformed = want.last().unwrap()["malformed"].as_u64().unwrap();
@@ -257,10 +251,7 @@ fn kill_nine_at_random_points_then_restart_equals_an_uninterrupted_run() {
 
 #[test]
 fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
-    let broker = common::Broker::start();
-    broker.create_topic("views", 1);
-    broker.produce("views", &data().stream, common::household_key);
-    let url = broker.url("views");
+    let (_broker, url) = broker_with_stream();
     let dir = tempfile::tempdir().unwrap();
     let (want, want_dead) = reference(&url, dir.path());
     let state = dir.path().join("state");

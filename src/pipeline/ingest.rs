@@ -321,24 +321,6 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
     let mut offset = 0i64;
     // a restored run goes on after the lines its checkpoint counted
     let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
-    while offset < resume_at {
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
-            .map_err(|e| PipelineError::Read {
-                source_name: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        if n == 0 {
-            return Err(PipelineError::Read {
-                source_name: path.display().to_string(),
-                message: format!(
-                    "the checkpoint counted {resume_at} lines but the file has only {offset}"
-                ),
-            });
-        }
-        offset += 1;
-    }
     loop {
         line.clear();
         let n = r
@@ -350,6 +332,10 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
         if n == 0 {
             break;
         }
+        if offset < resume_at {
+            offset += 1;
+            continue;
+        }
         let rec = line.strip_suffix(b"\n").unwrap_or(&line);
         router.push(rec, 0, offset)?;
         offset += 1;
@@ -359,6 +345,14 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             }
             router.tick()?;
         }
+    }
+    if offset < resume_at {
+        return Err(PipelineError::Read {
+            source_name: path.display().to_string(),
+            message: format!(
+                "the checkpoint counted {resume_at} lines but the file has only {offset}"
+            ),
+        });
     }
     router.finish()?;
     debug!(

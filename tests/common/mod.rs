@@ -316,3 +316,23 @@ pub fn generated_model(
     let stream = lines(&dir.join("data/views_stream.csv"));
     (model, stream)
 }
+
+/// A generated data set and its model, in a temporary folder that lives as long as it does.
+pub struct Generated {
+    _dir: tempfile::TempDir,
+    /// The model folder.
+    pub model: PathBuf,
+    /// The stream's records, one a line.
+    pub stream: Vec<Vec<u8>>,
+}
+
+/// [`generated_model`] in a fresh temporary folder.
+pub fn generated(cfg: &viewpulse::generate::GenerateConfig) -> Generated {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (model, stream) = generated_model(dir.path(), cfg);
+    Generated {
+        _dir: dir,
+        model,
+        stream,
+    }
+}
