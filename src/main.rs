@@ -336,6 +336,10 @@ struct RunArgs {
     /// sinks.dead_letter_topic: a dead-letter Kafka topic, kafka://HOST:PORT/TOPIC.
     #[arg(long, env = "VIEWPULSE_DEAD_LETTER_TOPIC")]
     dead_letter_topic: Option<String>,
+    /// kafka.properties: a librdkafka property KEY=VALUE (repeatable), over the config file's;
+    /// the value may be ${env:NAME} or ${file:PATH}, which keeps a secret out of `ps`.
+    #[arg(short = 'X', long = "property", value_parser = property)]
+    properties: Vec<(String, String)>,
 }
 
 impl RunArgs {
@@ -415,6 +419,9 @@ impl RunArgs {
         }
         if let Some(v) = self.dead_letter_topic {
             c.sinks.dead_letter_topic = Some(v);
+        }
+        for (k, v) in self.properties {
+            c.kafka.properties.insert(k, v);
         }
         Ok(c)
     }

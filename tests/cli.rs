@@ -601,6 +601,13 @@ fn secret_references_are_resolved_or_refused_naming_the_key() {
             "{cmd:?}: {err}"
         );
     }
+    // `run -X` lands in kafka.properties, over the config file, and is resolved the same way
+    let args = run(&["--config", s(&config), "-X", &prop]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    assert!(
+        err.contains("kafka.properties.sasl.password: environment variable VIEWPULSE_TEST_VARIABLE_THAT_IS_NEVER_SET is not set"),
+        "{err}"
+    );
 
     // resolved secrets run, and neither debug logs nor --help show them
     let pass = dir.path().join("pass");
