@@ -41,6 +41,9 @@ pub struct Context {
     starting: Arc<AtomicBool>,
     /// When the current outage began.
     down_since: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// librdkafka's last connection failure (a refused TLS certificate, a failed SASL
+    /// handshake), for the message of a start that gives up.
+    last_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Default for Context {
@@ -50,6 +53,7 @@ impl Default for Context {
             down: Arc::new(AtomicBool::new(false)),
             starting: Arc::new(AtomicBool::new(true)),
             down_since: Arc::default(),
+            last_failure: Arc::default(),
         }
     }
 }
@@ -107,6 +111,11 @@ impl Context {
         }
     }
 
+    /// librdkafka's last connection failure, if any.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok().and_then(|f| f.clone())
+    }
+
     /// How long the current outage has lasted, if the brokers are unreachable.
     pub fn outage_lasted(&self) -> Option<Duration> {
         self.down_since
@@ -121,6 +130,9 @@ impl ClientContext for Context {
         // connection failures come again through `error`, once per outage
         if fac == "FAIL" {
             debug!(facility = fac, "librdkafka: {log_message}");
+            if let Ok(mut f) = self.last_failure.lock() {
+                *f = Some(log_message.to_string());
+            }
             return;
         }
         match level {
@@ -331,8 +343,13 @@ pub fn count_topic(
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
         .map_err(|e| {
+            let failed = consumer
+                .context()
+                .last_failure()
+                .map(|f| format!("; the last connection failed: {f}"))
+                .unwrap_or_default();
             kafka(format!(
-                "no metadata within {:?} (is a broker listening at {}?): {e}",
+                "no metadata within {:?} (is a broker listening at {}?): {e}{failed}",
                 opts.metadata_timeout, url.brokers
             ))
         })?;
@@ -431,6 +448,79 @@ pub fn count_topic(
         dead_letters,
         offsets,
     })
+}
+
+/// The partitions of `url`'s topic, once a broker answers: at start the broker may not be up
+/// yet (a deploy starting everything at once), so this retries for `client.startup_wait`,
+/// saying so once, then gives up with the last reason (and librdkafka's last connection
+/// failure). Also says whether it had to wait.
+pub fn wait_for_topic<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    ctx: &Context,
+    url: &KafkaUrl,
+    client: &KafkaOptions,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(Vec<i32>, bool), SourceError> {
+    let kafka = |message: String| SourceError::Kafka {
+        url: url.to_string(),
+        message,
+    };
+    let began = Instant::now();
+    let mut warned = false;
+    let partitions: Vec<i32> = loop {
+        let attempt = consumer
+            .fetch_metadata(Some(&url.topic), client.metadata_timeout)
+            .map_err(|e| {
+                format!(
+                    "no metadata within {:?} (is a broker listening at {}?): {e}",
+                    client.metadata_timeout, url.brokers
+                )
+            })
+            .and_then(|md| {
+                let topic = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == url.topic)
+                    .ok_or_else(|| "the broker does not know the topic".to_string())?;
+                if let Some(err) = topic.error() {
+                    return Err(format!("topic error {err:?} (does the topic exist?)"));
+                }
+                let ps: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+                if ps.is_empty() {
+                    return Err("the topic has no partitions (does it exist?)".into());
+                }
+                Ok(ps)
+            });
+        match attempt {
+            Ok(ps) => break ps,
+            Err(why) => {
+                let waited = began.elapsed();
+                if waited >= client.startup_wait || stop.load(Ordering::Relaxed) {
+                    let why = match ctx.last_failure() {
+                        Some(f) => format!("{why}; the last connection failed: {f}"),
+                        None => why,
+                    };
+                    return Err(kafka(if client.startup_wait.is_zero() {
+                        why
+                    } else {
+                        format!("gave up after {:.0?}: {why}", waited)
+                    }));
+                }
+                if !warned {
+                    warn!(%url, reason = %why, wait = ?client.startup_wait, "source not ready; retrying");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    if warned {
+        tracing::info!(%url, waited = ?began.elapsed(), "source ready");
+    }
+    if warned {
+        tracing::info!(%url, waited = ?began.elapsed(), "source ready");
+    }
+    Ok((partitions, warned))
 }
 
 /// Where a daemon starts reading each partition.
@@ -544,56 +634,8 @@ pub fn stream_topic(
             client_error(&e, &opts.client.properties)
         ))
     })?;
-    // At start the broker may not be up yet (a deploy starting everything at once): retry
-    // for `startup_wait`, saying so once, then give up with the last reason.
-    let began = Instant::now();
-    let mut warned = false;
-    let partitions: Vec<i32> = loop {
-        let attempt = consumer
-            .fetch_metadata(Some(&url.topic), opts.client.metadata_timeout)
-            .map_err(|e| {
-                format!(
-                    "no metadata within {:?} (is a broker listening at {}?): {e}",
-                    opts.client.metadata_timeout, url.brokers
-                )
-            })
-            .and_then(|md| {
-                let topic = md
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == url.topic)
-                    .ok_or_else(|| "the broker does not know the topic".to_string())?;
-                if let Some(err) = topic.error() {
-                    return Err(format!("topic error {err:?} (does the topic exist?)"));
-                }
-                let ps: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
-                if ps.is_empty() {
-                    return Err("the topic has no partitions (does it exist?)".into());
-                }
-                Ok(ps)
-            });
-        match attempt {
-            Ok(ps) => break ps,
-            Err(why) => {
-                let waited = began.elapsed();
-                if waited >= opts.client.startup_wait || stop.load(Ordering::Relaxed) {
-                    return Err(kafka(if opts.client.startup_wait.is_zero() {
-                        why
-                    } else {
-                        format!("gave up after {:.0?}: {why}", waited)
-                    }));
-                }
-                if !warned {
-                    warn!(%url, reason = %why, wait = ?opts.client.startup_wait, "source not ready; retrying");
-                    warned = true;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    };
-    if warned {
-        tracing::info!(%url, waited = ?began.elapsed(), "source ready");
-    }
+    let (partitions, warned) =
+        wait_for_topic(&consumer, consumer.context(), url, &opts.client, stop)?;
     consumer.context().started(warned);
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
@@ -730,5 +772,37 @@ mod tests {
             e.contains(&format!("127.0.0.1:{port}")) && e.contains("metadata"),
             "{e}"
         );
+    }
+
+    /// TLS and SASL/SCRAM need librdkafka built with OpenSSL (rdkafka's `ssl` feature);
+    /// without it the client is refused at creation ("not supported by this build"). With it,
+    /// a SASL_SSL/SCRAM client is created and fails only for want of a broker.
+    #[test]
+    fn tls_and_scram_properties_make_a_client() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = KafkaUrl::parse(&format!("kafka://127.0.0.1:{port}/t")).unwrap();
+        let m = Membership::new(vec![crate::counters::Subset::All], vec![(1, 0, 1)]).unwrap();
+        let mut properties = Properties::new();
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "viewpulse"),
+            ("sasl.password", "not-logged"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ] {
+            properties.insert(k, v);
+        }
+        let opts = KafkaOptions {
+            metadata_timeout: Duration::from_secs(1),
+            properties,
+            ..KafkaOptions::default()
+        };
+        let e = count_topic(&url, &m, &opts, None).unwrap_err().to_string();
+        assert!(!e.contains("cannot create"), "{e}");
+        assert!(e.contains("metadata") && !e.contains("not-logged"), "{e}");
     }
 }
