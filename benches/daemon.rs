@@ -126,6 +126,64 @@ fn daemon_rss_kb(model: &std::path::Path, url: &str, records: u64) -> (u64, u64)
     (rss, hwm)
 }
 
+/// `pipeline::run` over the whole topic at the default trigger (50,000 records), with a
+/// checkpoint store in `state` (one checkpoint a trigger, as `state.dir` gives) or without;
+/// records a second, from client creation to the end of every partition.
+fn daemon(
+    broker: &common::Broker,
+    stream: &[Vec<u8>],
+    shards: usize,
+    membership: &Arc<viewpulse::counters::Membership>,
+    subsets: &[Subset],
+    state: Option<&std::path::Path>,
+) -> f64 {
+    let durability = match state {
+        Some(dir) => pipeline::Durability {
+            store: Some(viewpulse::checkpoint::Store::open(dir, 3).expect("checkpoint store")),
+            model: 1,
+            source: broker.url("bench"),
+            ..Default::default()
+        },
+        None => Default::default(),
+    };
+    let t = Instant::now();
+    let out = pipeline::run(
+        RunSource::Kafka {
+            url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
+            options: StreamOptions {
+                client: KafkaOptions::default(),
+                group_id: "bench".into(),
+                start: StartAt::Earliest,
+                until_end: true,
+                batch_records: 8192,
+                batch_wait: Duration::from_millis(50),
+                highs: None,
+                resume: Default::default(),
+            },
+        },
+        membership.clone(),
+        &PipelineSettings {
+            shards,
+            trigger_records: 50_000,
+            trigger_interval: None,
+            http: None,
+            http_token: None,
+            subsets: subsets.to_vec(),
+            top: 7,
+            durability,
+        },
+        vec![Box::new(MemorySink::default())],
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("daemon run");
+    assert_eq!(
+        out.records,
+        stream.len() as u64,
+        "the daemon read every record"
+    );
+    out.records as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let records = env_or(
@@ -162,7 +220,7 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let (mut best_bare, mut best_daemon) = (0f64, 0f64);
+    let (mut best_bare, mut best_daemon, mut best_checkpointed) = (0f64, 0f64, 0f64);
     for round in 1..=rounds {
         let t = Instant::now();
         let n = bare(&broker.addr, "bench", partitions);
@@ -173,48 +231,26 @@ fn main() {
             "the bare consumer read every record"
         );
 
-        let t = Instant::now();
-        let out = pipeline::run(
-            RunSource::Kafka {
-                url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
-                options: StreamOptions {
-                    client: KafkaOptions::default(),
-                    group_id: "bench".into(),
-                    start: StartAt::Earliest,
-                    until_end: true,
-                    batch_records: 8192,
-                    batch_wait: Duration::from_millis(50),
-                    highs: None,
-                    resume: Default::default(),
-                },
-            },
-            membership.clone(),
-            &PipelineSettings {
-                shards,
-                trigger_records: 50_000,
-                trigger_interval: None,
-                http: None,
-                http_token: None,
-                subsets: subsets.clone(),
-                top: 7,
-                durability: Default::default(),
-            },
-            vec![Box::new(MemorySink::default())],
-            Arc::new(AtomicBool::new(false)),
-        )
-        .expect("daemon run");
-        let daemon_rate = out.records as f64 / t.elapsed().as_secs_f64();
-        assert_eq!(
-            out.records,
-            stream.len() as u64,
-            "the daemon read every record"
+        let daemon_rate = daemon(&broker, &stream, shards, &membership, &subsets, None);
+        let state = tempfile::tempdir().expect("state dir");
+        let checkpointed = daemon(
+            &broker,
+            &stream,
+            shards,
+            &membership,
+            &subsets,
+            Some(state.path()),
         );
+        let written = std::fs::read_dir(state.path()).map_or(0, |d| d.count());
         println!(
-            "round {round}: bare consumer {:.0} records/s, daemon ({shards} shards) {:.0} records/s, ratio {:.2}",
+            "round {round}: bare consumer {:.0} records/s, daemon ({shards} shards) {:.0} records/s, ratio {:.2}; with a checkpoint at every trigger {:.0} records/s, cost {:.1} % ({written} checkpoint files kept)",
             bare_rate,
             daemon_rate,
-            daemon_rate / bare_rate
+            daemon_rate / bare_rate,
+            checkpointed,
+            (1.0 - checkpointed / daemon_rate) * 100.0
         );
+        best_checkpointed = best_checkpointed.max(checkpointed);
         best_bare = best_bare.max(bare_rate);
         best_daemon = best_daemon.max(daemon_rate);
     }
@@ -223,6 +259,12 @@ fn main() {
         best_bare,
         best_daemon,
         best_daemon / best_bare
+    );
+    println!(
+        "daemon_checkpoints/records={records}/partitions={partitions}/shards={shards}/trigger=50000: best without {:.0}/s, best with a checkpoint per trigger {:.0}/s, cost {:.1} % (target <= 10 %)",
+        best_daemon,
+        best_checkpointed,
+        (1.0 - best_checkpointed / best_daemon) * 100.0
     );
 
     let big = if bench { 1_000_000 } else { 20_000 };
