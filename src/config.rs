@@ -72,6 +72,41 @@ pub struct RunConfig {
     pub http: HttpConfig,
     /// Checkpoints and restore.
     pub state: StateConfig,
+    /// Scale-out: several processes sharing the input topic through a consumer group.
+    pub cluster: ClusterConfig,
+}
+
+/// Scale-out across processes: processes with the same `kafka.group_id` split the input
+/// topic's partitions through Kafka's consumer-group protocol and publish each owned
+/// partition's counters and next offset to a changelog topic; the process the group gave input
+/// partition 0 merges them into global snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The changelog topic, `kafka://HOST:PORT/TOPIC` (created, compacted, with as many
+    /// partitions as the input topic, when missing). Empty = one process owns every partition.
+    pub changelog: String,
+    /// The coordinator topic, `kafka://HOST:PORT/TOPIC` (created with one partition when
+    /// missing): the coordinator (the process that owns input partition 0) writes every global
+    /// snapshot to it (key = trigger number, value = the JSON line), and the next coordinator
+    /// continues the sequence from its last one. Required with `changelog`.
+    pub coordinator: String,
+    /// The consumer-group session timeout: how soon a dead process's partitions (and with
+    /// partition 0 the coordinator role) move to the others (`10s`).
+    pub session_timeout: String,
+    /// This process's name in logs, metrics and changelog entries (empty = `HOSTNAME-PID`).
+    pub member: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            changelog: String::new(),
+            coordinator: String::new(),
+            session_timeout: "10s".into(),
+            member: String::new(),
+        }
+    }
 }
 
 /// Checkpoints: the counters per input partition with their offsets, so that a restarted
@@ -202,6 +237,7 @@ impl Default for RunConfig {
             sinks: SinksConfig::default(),
             http: HttpConfig::default(),
             state: StateConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -443,6 +479,79 @@ impl RunConfig {
             if d.exists() && !d.is_dir() {
                 return invalid("state.dir", &format!("{} is not a folder", d.display()));
             }
+        }
+        self.validate_cluster()
+    }
+
+    /// Whether this process is one of several sharing the input topic (`cluster.changelog`).
+    pub fn clustered(&self) -> bool {
+        !self.cluster.changelog.trim().is_empty()
+    }
+
+    /// `cluster.session_timeout`, parsed.
+    pub fn session_timeout(&self) -> Result<Duration, ConfigError> {
+        let d = duration("cluster.session_timeout", &self.cluster.session_timeout)?;
+        if d < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.session_timeout",
+                message: "must be at least 1s".into(),
+            });
+        }
+        Ok(d)
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        self.session_timeout()?;
+        if !self.clustered() {
+            if !self.cluster.coordinator.trim().is_empty() {
+                return invalid("cluster.coordinator", "needs cluster.changelog");
+            }
+            return Ok(());
+        }
+        for (key, v) in [
+            ("cluster.changelog", &self.cluster.changelog),
+            ("cluster.coordinator", &self.cluster.coordinator),
+        ] {
+            if v.trim().is_empty() {
+                return invalid(key, "is required with cluster.changelog");
+            }
+            crate::source::kafka::KafkaUrl::parse(v).map_err(|e| ConfigError::Invalid {
+                key,
+                message: e.to_string(),
+            })?;
+        }
+        if !self.source.starts_with("kafka://") {
+            return invalid("cluster.changelog", "scale-out needs a kafka:// source");
+        }
+        if self.trigger_interval()?.is_none() {
+            return invalid(
+                "trigger.interval",
+                "is required with cluster.changelog: the coordinator emits a global snapshot every interval",
+            );
+        }
+        if self.start()? != StartAt::Earliest {
+            return invalid(
+                "kafka.start",
+                "must be earliest with cluster.changelog (a partition without changelog state is read from its start)",
+            );
+        }
+        if self.until_end {
+            return invalid(
+                "until_end",
+                "is not supported with cluster.changelog (the processes of a group run until stopped)",
+            );
+        }
+        if self.state.dir.is_some() {
+            return invalid(
+                "state.dir",
+                "give either state.dir (one process) or cluster.changelog (the changelog is the state)",
+            );
         }
         Ok(())
     }

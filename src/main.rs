@@ -340,6 +340,19 @@ struct RunArgs {
     /// the value may be ${env:NAME} or ${file:PATH}, which keeps a secret out of `ps`.
     #[arg(short = 'X', long = "property", value_parser = property)]
     properties: Vec<(String, String)>,
+    /// cluster.changelog: share the input topic with the group's other processes, publishing
+    /// partition state to this topic, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_CHANGELOG")]
+    changelog: Option<String>,
+    /// cluster.coordinator: the one-partition topic whose owner emits the global snapshots.
+    #[arg(long, env = "VIEWPULSE_COORDINATOR")]
+    coordinator: Option<String>,
+    /// cluster.session_timeout: how soon a dead process's partitions move (10s).
+    #[arg(long, env = "VIEWPULSE_SESSION_TIMEOUT")]
+    session_timeout: Option<String>,
+    /// cluster.member: this process's name (HOSTNAME-PID).
+    #[arg(long, env = "VIEWPULSE_MEMBER")]
+    member: Option<String>,
 }
 
 impl RunArgs {
@@ -422,6 +435,18 @@ impl RunArgs {
         }
         for (k, v) in self.properties {
             c.kafka.properties.insert(k, v);
+        }
+        if let Some(v) = self.changelog {
+            c.cluster.changelog = v;
+        }
+        if let Some(v) = self.coordinator {
+            c.cluster.coordinator = v;
+        }
+        if let Some(v) = self.session_timeout {
+            c.cluster.session_timeout = v;
+        }
+        if let Some(v) = self.member {
+            c.cluster.member = v;
         }
         Ok(c)
     }

@@ -514,7 +514,42 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             &client,
         )?));
     }
-    let source = if KafkaUrl::is_kafka(&cfg.source) {
+    let source = if cfg.clustered() {
+        let member = if cfg.cluster.member.is_empty() {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "viewpulse".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            cfg.cluster.member.clone()
+        };
+        let session_timeout = cfg.session_timeout()?;
+        info!(%member, group = %cfg.kafka.group_id, changelog = %cfg.cluster.changelog, coordinator = %cfg.cluster.coordinator, "scale-out member");
+        RunSource::Group {
+            url: KafkaUrl::parse(&cfg.source)?,
+            options: crate::source::group::GroupOptions {
+                client: client.clone(),
+                group_id: cfg.kafka.group_id.clone(),
+                member: member.clone(),
+                session_timeout,
+                batch_records: 8192,
+                batch_wait: std::time::Duration::from_millis(50),
+                highs: None,
+                owns_first: Default::default(),
+            },
+            cluster: pipeline::cluster::ClusterSettings {
+                changelog: KafkaUrl::parse(&cfg.cluster.changelog)?,
+                coordinator: KafkaUrl::parse(&cfg.cluster.coordinator)?,
+                group_id: cfg.kafka.group_id.clone(),
+                session_timeout,
+                member,
+                client,
+            },
+        }
+    } else if KafkaUrl::is_kafka(&cfg.source) {
         RunSource::Kafka {
             url: KafkaUrl::parse(&cfg.source)?,
             options: kafka::StreamOptions {

@@ -54,39 +54,7 @@ impl Coordinator {
         for p in it {
             all.merge(&p);
         }
-        let rows = ratings::top_diff_rank(&all, &self.subsets, self.top);
-        let mut subsets: std::collections::BTreeMap<String, Vec<SnapshotRow>> = self
-            .subsets
-            .iter()
-            .map(|s| (s.label(), Vec::new()))
-            .collect();
-        for r in rows {
-            if let Some(v) = subsets.get_mut(&r.subset) {
-                v.push(SnapshotRow {
-                    cluster: r.cluster,
-                    rank: r.rank,
-                    station_num: r.station_num,
-                    diff_rank: r.diff_rank,
-                    popularity_rating: r.popularity_rating,
-                    genpop_rating: r.genpop_rating,
-                });
-            }
-        }
-        let snap = Snapshot {
-            trigger: t.trigger,
-            records: all.records,
-            valid: all.valid,
-            malformed: all.malformed.total(),
-            malformed_by_kind: all
-                .malformed
-                .by_kind()
-                .filter(|&(_, n)| n > 0)
-                .map(|(k, n)| (k.to_string(), n))
-                .collect(),
-            offsets: t.offsets,
-            emitted_at: super::rfc3339_now(),
-            subsets,
-        };
+        let snap = snapshot(&all, &self.subsets, self.top, t.trigger, t.offsets);
         debug_assert_eq!(snap.records, t.records);
         let merge = started.elapsed().as_secs_f64();
         self.metrics.merged(merge);
@@ -109,6 +77,48 @@ impl Coordinator {
             "snapshot emitted"
         );
         Ok(snap)
+    }
+}
+
+/// The snapshot of merged counters (SPEC 4's top-K diff-rank per subset, SPEC 6's fields),
+/// stamped now: the one function both the local coordinator and the global one (scale-out)
+/// emit through.
+pub fn snapshot(
+    all: &Counters,
+    subsets: &[Subset],
+    top: usize,
+    trigger: u64,
+    offsets: std::collections::BTreeMap<String, i64>,
+) -> Snapshot {
+    let rows = ratings::top_diff_rank(all, subsets, top);
+    let mut by_subset: std::collections::BTreeMap<String, Vec<SnapshotRow>> =
+        subsets.iter().map(|s| (s.label(), Vec::new())).collect();
+    for r in rows {
+        if let Some(v) = by_subset.get_mut(&r.subset) {
+            v.push(SnapshotRow {
+                cluster: r.cluster,
+                rank: r.rank,
+                station_num: r.station_num,
+                diff_rank: r.diff_rank,
+                popularity_rating: r.popularity_rating,
+                genpop_rating: r.genpop_rating,
+            });
+        }
+    }
+    Snapshot {
+        trigger,
+        records: all.records,
+        valid: all.valid,
+        malformed: all.malformed.total(),
+        malformed_by_kind: all
+            .malformed
+            .by_kind()
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
+        offsets,
+        emitted_at: super::rfc3339_now(),
+        subsets: by_subset,
     }
 }
 

@@ -22,6 +22,7 @@ use super::shard::Shard;
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
 use crate::counters::{household_hash, Counters};
+use crate::source::group::GroupEvent;
 use crate::source::kafka::PolledBatch;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -68,13 +69,17 @@ pub struct Router {
     /// The last snapshot emitted.
     pub last: Option<Snapshot>,
     checkpoints: Option<Checkpoints>,
+    /// Scale-out: the changelog every checkpoint is published to, per partition.
+    changelog: Option<super::cluster::Changelog>,
+    /// Whether triggers emit snapshots here (not when a global coordinator does).
+    local_snapshots: bool,
 }
 
 /// When and how the router checkpoints.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
-    /// The persister.
-    pub tx: crossbeam_channel::Sender<Persist>,
+    /// The persister (none when the changelog is where the state goes).
+    pub tx: Option<crossbeam_channel::Sender<Persist>>,
     /// Also between triggers, this often.
     pub interval: Option<Duration>,
     /// Stamped on every checkpoint: model fingerprint, subset labels, source.
@@ -115,6 +120,8 @@ impl Router {
             offsets: BTreeMap::new(),
             last: None,
             checkpoints: None,
+            changelog: None,
+            local_snapshots: true,
         }
     }
 
@@ -189,8 +196,13 @@ impl Router {
             partitions,
             written_at: super::rfc3339_now(),
         };
-        k.tx.send(Persist::Checkpoint(Box::new(c)))
-            .map_err(|_| PipelineError::Checkpoint("the persister stopped".into()))?;
+        if let Some(changelog) = &mut self.changelog {
+            changelog.publish(&c)?;
+        }
+        if let Some(tx) = &k.tx {
+            tx.send(Persist::Checkpoint(Box::new(c)))
+                .map_err(|_| PipelineError::Checkpoint("the persister stopped".into()))?;
+        }
         k.last = Instant::now();
         k.records_at_last = self.records;
         Ok(())
@@ -200,6 +212,65 @@ impl Router {
         self.checkpoints.as_ref().is_some_and(|k| {
             self.records > k.records_at_last && k.interval.is_some_and(|iv| k.last.elapsed() >= iv)
         })
+    }
+
+    /// Scale-out: publish every checkpoint (each trigger's) to `changelog`, one entry per
+    /// input partition, and emit no snapshot here (the global coordinator does).
+    pub fn publish_to(&mut self, changelog: super::cluster::Changelog) {
+        self.changelog = Some(changelog);
+        self.local_snapshots = false;
+    }
+
+    /// The consumer group takes `partitions` away: count what is buffered, publish the state
+    /// of every partition owned, wait until the changelog has it, then forget `partitions`.
+    pub fn revoke(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
+        self.flush()?;
+        self.checkpoint()?;
+        if let Some(c) = &self.changelog {
+            c.sync(Duration::from_secs(30))?;
+        }
+        let asks: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| s.send(super::messages::Release(partitions.to_vec())))
+            .collect();
+        for r in futures_executor::block_on(join_all(asks)) {
+            r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
+        }
+        for p in partitions {
+            self.offsets.remove(p);
+            self.metrics.forget(*p);
+        }
+        Ok(())
+    }
+
+    /// The consumer group gives these partitions, with the state the changelog held for
+    /// them: their counters go to the shards (partition p to shard p mod shards) and their
+    /// offsets here.
+    pub fn adopt(
+        &mut self,
+        states: BTreeMap<i32, PartitionState>,
+        shape: (usize, usize),
+    ) -> Result<(), PipelineError> {
+        let n = self.shards.len();
+        let mut per_shard = vec![BTreeMap::new(); n];
+        for (p, st) in states {
+            let c = Counters::from_state(&st.counters, shape.0, shape.1)
+                .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
+            per_shard[p.rem_euclid(n as i32) as usize].insert(p, c);
+            self.offsets.insert(p, st.next_offset);
+            self.metrics.set_next(p, st.next_offset);
+        }
+        let asks: Vec<_> = per_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(i, m)| self.shards[i].send(super::messages::Adopt(m)))
+            .collect();
+        for r in futures_executor::block_on(join_all(asks)) {
+            r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Take one record at `(partition, offset)`.
@@ -275,6 +346,11 @@ impl Router {
     pub fn fire(&mut self, by_interval: bool) -> Result<(), PipelineError> {
         self.flush()?;
         self.triggers += 1;
+        if !self.local_snapshots {
+            self.last_fire = Instant::now();
+            self.records_at_fire = self.records;
+            return self.checkpoint();
+        }
         let t = Trigger {
             trigger: self.triggers,
             records: self.records,
@@ -390,6 +466,47 @@ pub fn kafka(
         records = router.records,
         triggers = router.triggers,
         "kafka source done"
+    );
+    Ok(())
+}
+
+/// Scale-out: feed what the group reader hands on ([`crate::source::group::stream_group`],
+/// on its own thread) through the router, in order: records, and the revocations and
+/// assignments of partitions, each answered once done.
+pub fn group(
+    rx: &crossbeam_channel::Receiver<GroupEvent>,
+    router: &mut Router,
+    shape: (usize, usize),
+) -> Result<(), PipelineError> {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(GroupEvent::Records(batch)) => {
+                let mut start = 0;
+                for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
+                    router.push(&batch.data[start..end], p, o)?;
+                    start = end;
+                }
+            }
+            Ok(GroupEvent::Revoke { partitions, done }) => {
+                let r = router.revoke(&partitions);
+                let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                r?;
+            }
+            Ok(GroupEvent::Assign { states, done, .. }) => {
+                let r = router.adopt(states, shape);
+                let _ = done.send(());
+                r?;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => router.flush()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        router.tick()?;
+    }
+    // the group reader published every owned partition's state when it left
+    debug!(
+        records = router.records,
+        triggers = router.triggers,
+        "group source done"
     );
     Ok(())
 }

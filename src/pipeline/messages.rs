@@ -102,6 +102,18 @@ pub struct Trigger {
 #[rtype(result = "std::collections::BTreeMap<i32, Counters>")]
 pub struct State;
 
+/// Take over these input partitions' counters (to a shard, when the consumer group assigns
+/// partitions whose state the changelog held).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Adopt(pub std::collections::BTreeMap<i32, Counters>);
+
+/// Forget these input partitions' counters (to every shard, once their state is published
+/// and the consumer group takes them away).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release(pub Vec<i32>);
+
 /// One row of a snapshot (SPEC 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotRow {

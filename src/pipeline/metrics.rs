@@ -179,6 +179,12 @@ impl Metrics {
         self.next.insert(partition, next);
     }
 
+    /// `partition` is no longer read here (scale-out: the group moved it).
+    pub fn forget(&self, partition: i32) {
+        self.next.remove(&partition);
+        self.high.remove(&partition);
+    }
+
     /// The broker reported `high` as the high watermark of `partition`.
     pub fn set_high(&self, partition: i32, high: i64) {
         self.high.insert(partition, high);

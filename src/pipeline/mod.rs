@@ -4,6 +4,7 @@
 //! snapshot to the sinks. However many shards count, the merge is the same sum, so the
 //! snapshots are identical for any shard count.
 
+pub mod cluster;
 pub mod coordinator;
 pub mod http;
 pub mod ingest;
@@ -160,6 +161,15 @@ pub enum RunSource {
         /// How to read it.
         options: StreamOptions,
     },
+    /// A Kafka topic shared with the other processes of a consumer group (scale-out).
+    Group {
+        /// The topic.
+        url: KafkaUrl,
+        /// How to read it.
+        options: crate::source::group::GroupOptions,
+        /// The changelog and the coordinator.
+        cluster: cluster::ClusterSettings,
+    },
 }
 
 /// What a run did.
@@ -266,6 +276,16 @@ pub fn run_with(
             arbiters.push(arb);
         }
         drop(dead_tx);
+        let shape = (membership.subsets().len(), membership.clusters() as usize);
+        let labels: Vec<String> = s.subsets.iter().map(|x| x.label()).collect();
+        // scale-out: the global coordinator, not this process's triggers, emits to the sinks
+        let (sinks, global_sinks, changelog) = match &source {
+            RunSource::Group { url, cluster, .. } => {
+                cluster::ensure_topics(url, cluster)?;
+                (Vec::new(), sinks, Some(cluster::Changelog::open(cluster)?))
+            }
+            _ => (sinks, Vec::new(), None),
+        };
         let coord = coordinator::Coordinator::new(
             shards.clone(),
             s.subsets.clone(),
@@ -281,10 +301,22 @@ pub fn run_with(
             s.trigger_interval,
             metrics.clone(),
         );
+        if let (Some(changelog), RunSource::Group { url, .. }) = (changelog, &source) {
+            router.publish_to(changelog);
+            router.checkpoint_with(ingest::Checkpoints {
+                tx: None,
+                interval: None,
+                model: d.model,
+                subsets: labels.clone(),
+                source: url.topic.clone(),
+                last: std::time::Instant::now(),
+                records_at_last: 0,
+            });
+        }
         if let Some(p) = &persister {
             if d.store.is_some() {
                 router.checkpoint_with(ingest::Checkpoints {
-                    tx: p.sender(),
+                    tx: Some(p.sender()),
                     interval: d.interval,
                     model: d.model,
                     subsets: s.subsets.iter().map(|x| x.label()).collect(),
@@ -329,6 +361,86 @@ pub fn run_with(
                     Err(_) => {
                         return Err(PipelineError::Runtime(
                             "the consumer thread panicked".into(),
+                        ))
+                    }
+                }
+                routed
+            }
+            RunSource::Group {
+                url,
+                mut options,
+                cluster,
+            } => {
+                options.highs = Some(metrics.highs());
+                let stamp = cluster::Stamp {
+                    model: d.model,
+                    subsets: labels.clone(),
+                    topic: url.topic.clone(),
+                };
+                let global = cluster::GlobalSettings {
+                    cluster: cluster.clone(),
+                    stamp: stamp.clone(),
+                    subsets: s.subsets.clone(),
+                    top: s.top,
+                    shape,
+                    interval: s.trigger_interval.unwrap_or(std::time::Duration::from_secs(10)),
+                };
+                let coordinating = Arc::new(AtomicBool::new(false));
+                let coordinator = {
+                    let (m, done, stop) = (metrics.clone(), coordinating.clone(), stop.clone());
+                    let elected = options.owns_first.clone();
+                    std::thread::Builder::new()
+                        .name("global-coordinator".into())
+                        .spawn(move || {
+                            let r = cluster::coordinate(global, elected, global_sinks, m, done);
+                            if r.is_err() {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            r
+                        })
+                        .map_err(|e| PipelineError::Runtime(e.to_string()))?
+                };
+                let (tx, rx) = crossbeam_channel::bounded(8);
+                let consumer_stop = stop.clone();
+                let restore_settings = cluster.clone();
+                let restore: Arc<crate::source::group::Restore> = Arc::new(move |ps: &[i32]| {
+                    cluster::read_states(&restore_settings, &stamp, ps)
+                });
+                let consumer = std::thread::Builder::new()
+                    .name("kafka-group-consumer".into())
+                    .spawn(move || {
+                        let r = crate::source::group::stream_group(
+                            &url,
+                            &options,
+                            restore,
+                            &consumer_stop,
+                            &tx,
+                        );
+                        drop(tx);
+                        r
+                    })
+                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                let routed = actix_rt::task::spawn_blocking(move || {
+                    ingest::group(&rx, &mut router, shape).map(|()| router)
+                })
+                .await;
+                coordinating.store(true, Ordering::Relaxed);
+                let consumed = consumer.join();
+                let coordinated = coordinator.join();
+                match consumed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the consumer thread panicked".into(),
+                        ))
+                    }
+                }
+                match coordinated {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the coordinator thread panicked".into(),
                         ))
                     }
                 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, MessageResult};
 
-use super::messages::{Collect, Count, State};
+use super::messages::{Adopt, Collect, Count, Release, State};
 use super::metrics::Metrics;
 use super::persist::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
@@ -133,6 +133,31 @@ impl Handler<State> for Shard {
 
     fn handle(&mut self, _msg: State, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.partitions.clone())
+    }
+}
+
+impl Handler<Adopt> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Adopt, _ctx: &mut Self::Context) {
+        for (p, c) in msg.0 {
+            match self.partitions.get_mut(&p) {
+                Some(mine) => mine.merge(&c),
+                None => {
+                    self.partitions.insert(p, c);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Release> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) {
+        for p in msg.0 {
+            self.partitions.remove(&p);
+        }
     }
 }
 

@@ -1,0 +1,768 @@
+//! Scale-out across processes through Kafka itself (`cluster.changelog`), the way Kafka
+//! Streams applications share work: no home-made cluster protocol.
+//!
+//! - **Partition ownership** is the consumer group's (see [`crate::source::group`]).
+//! - **The changelog**: at every local trigger, and before it lets a partition go, a process
+//!   publishes the state of each input partition it owns (the counters of that partition's
+//!   records and the next offset) to the changelog topic, key = the partition number, value =
+//!   a checkpoint of that one partition (bincode with a magic, a version and a CRC, as
+//!   [`crate::checkpoint`] writes files). A process given a partition reads the changelog and
+//!   goes on from the entry with the highest next offset. Counting is deterministic, so two
+//!   entries with the same offset hold the same counters, whoever wrote them: a process that
+//!   died between two entries costs a recount, never a double count.
+//! - **The coordinator** is the process the consumer group gave input partition 0 (Kafka
+//!   chooses it; when it dies, partition 0 and the role move together within the session
+//!   timeout). It reads the whole changelog, keeps the latest entry of every input partition, and every
+//!   `trigger.interval` merges them (the pure core) into a global snapshot that states the
+//!   offsets it covers. It writes the snapshot to its sinks and to the coordinator topic, from
+//!   which the next coordinator learns where the sequence stands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
+
+use super::coordinator;
+use super::messages::Snapshot;
+use super::metrics::Metrics;
+use super::{PipelineError, SnapshotSink};
+use crate::checkpoint::{self, Checkpoint, PartitionState};
+use crate::counters::{Counters, Subset};
+use crate::source::kafka::{Context, KafkaOptions, KafkaUrl};
+
+/// How a process takes part in a scaled-out deployment.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The changelog topic.
+    pub changelog: KafkaUrl,
+    /// The one-partition coordinator topic: the log of global snapshots.
+    pub coordinator: KafkaUrl,
+    /// The consumer group of the processes.
+    pub group_id: String,
+    /// Session timeout of both groups.
+    pub session_timeout: Duration,
+    /// This process's name.
+    pub member: String,
+    /// Client settings (security).
+    pub client: KafkaOptions,
+}
+
+/// What every changelog entry is stamped with, and checked against when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// Model fingerprint.
+    pub model: u64,
+    /// Subset labels.
+    pub subsets: Vec<String>,
+    /// The input topic's name.
+    pub topic: String,
+}
+
+impl Stamp {
+    fn check(&self, c: &Checkpoint, at: &str) -> Result<(), String> {
+        if c.model != self.model {
+            return Err(format!("{at}: made with another model (fingerprint {:016x}, this one {:016x}); use another changelog topic, or delete it, after a model change", c.model, self.model));
+        }
+        if c.subsets != self.subsets {
+            return Err(format!(
+                "{at}: made for subsets {:?}, this run rates {:?}",
+                c.subsets, self.subsets
+            ));
+        }
+        if c.source != self.topic {
+            return Err(format!(
+                "{at}: made for the input topic {:?}, this run reads {:?}",
+                c.source, self.topic
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn client_config(brokers: &str, client: &KafkaOptions) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in &client.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+fn kafka_err(url: &KafkaUrl, message: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Read {
+        source_name: url.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Partitions of a topic (none if it does not exist), from a metadata request.
+fn topic_partitions(
+    client: &rdkafka::client::Client<DefaultClientContext>,
+    url: &KafkaUrl,
+    timeout: Duration,
+) -> Result<Option<usize>, PipelineError> {
+    let md = client
+        .fetch_metadata(Some(&url.topic), timeout)
+        .map_err(|e| kafka_err(url, format!("no metadata within {timeout:?}: {e}")))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == url.topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+/// Create the changelog (as many partitions as the input topic, compacted) and the
+/// coordinator topic (one partition) when missing; returns the input topic's partitions.
+/// Several processes starting at once may race to create them: "already exists" is fine.
+pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, PipelineError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(&input.brokers, &s.client)
+        .create()
+        .map_err(|e| kafka_err(input, format!("cannot create an admin client: {e}")))?;
+    let timeout = s.client.metadata_timeout;
+    let began = Instant::now();
+    let partitions = loop {
+        match topic_partitions(admin.inner(), input, timeout) {
+            Ok(Some(n)) => break n,
+            Ok(None) if began.elapsed() >= s.client.startup_wait => {
+                return Err(kafka_err(input, "the topic does not exist"))
+            }
+            Err(e) if began.elapsed() >= s.client.startup_wait => return Err(e),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    for (url, n, compact) in [(&s.changelog, partitions, true), (&s.coordinator, 1, false)] {
+        if topic_partitions(admin.inner(), url, timeout)?.is_some() {
+            continue;
+        }
+        let mut t = NewTopic::new(&url.topic, n as i32, TopicReplication::Fixed(1));
+        if compact {
+            t = t.set("cleanup.policy", "compact");
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(timeout));
+        let created = futures_executor::block_on(admin.create_topics([&t], &opts))
+            .map_err(|e| kafka_err(url, format!("cannot create the topic: {e}")))?;
+        for r in created {
+            match r {
+                Ok(_) => info!(topic = %url.topic, partitions = n, "topic created"),
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, e)) => return Err(kafka_err(url, format!("cannot create the topic: {e}"))),
+            }
+        }
+    }
+    Ok(partitions)
+}
+
+struct Delivery {
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(error = %e, "a changelog entry could not be delivered");
+            }
+        }
+    }
+}
+
+/// The changelog writer.
+pub struct Changelog {
+    producer: BaseProducer<Delivery>,
+    url: KafkaUrl,
+    partitions: i32,
+    failed: Arc<AtomicU64>,
+    /// Entries published.
+    pub published: u64,
+    /// Bytes published.
+    pub bytes: u64,
+}
+
+impl Changelog {
+    /// A producer to the changelog topic (which must exist: see [`ensure_topics`]).
+    pub fn open(s: &ClusterSettings) -> Result<Changelog, PipelineError> {
+        let failed = Arc::new(AtomicU64::new(0));
+        let mut cfg = client_config(&s.changelog.brokers, &s.client);
+        cfg.set("linger.ms", "5")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", "100000000");
+        let producer: BaseProducer<Delivery> = cfg
+            .create_with_context(Delivery {
+                failed: failed.clone(),
+            })
+            .map_err(|e| kafka_err(&s.changelog, format!("cannot create a producer: {e}")))?;
+        let md = producer
+            .client()
+            .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
+            .map_err(|e| kafka_err(&s.changelog, format!("no metadata: {e}")))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == s.changelog.topic)
+            .map_or(0, |t| t.partitions().len()) as i32;
+        if partitions == 0 {
+            return Err(kafka_err(
+                &s.changelog,
+                "the changelog topic does not exist",
+            ));
+        }
+        Ok(Changelog {
+            producer,
+            url: s.changelog.clone(),
+            partitions,
+            failed,
+            published: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Publish one entry per partition of `c` (asynchronously; [`Changelog::sync`] waits).
+    pub fn publish(&mut self, c: &Checkpoint) -> Result<(), PipelineError> {
+        for (&p, state) in &c.partitions {
+            let entry = entry(c, p, state);
+            let bytes =
+                checkpoint::encode(&entry).map_err(|e| PipelineError::Checkpoint(e.to_string()))?;
+            let key = p.to_string();
+            let mut rec = BaseRecord::to(&self.url.topic)
+                .key(key.as_bytes())
+                .payload(&bytes[..])
+                .partition(p.rem_euclid(self.partitions));
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((e, back))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        self.producer.poll(Duration::from_millis(10));
+                        rec = back;
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_err(
+                            &self.url,
+                            format!("cannot publish partition {p}: {e}"),
+                        ))
+                    }
+                }
+            }
+            self.published += 1;
+            self.bytes += bytes.len() as u64;
+        }
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+
+    /// Wait until every entry published so far is acknowledged.
+    pub fn sync(&self, timeout: Duration) -> Result<(), PipelineError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| kafka_err(&self.url, format!("entries not acknowledged: {e}")))?;
+        match self.failed.swap(0, Ordering::Relaxed) {
+            0 => Ok(()),
+            n => Err(kafka_err(&self.url, format!("{n} entries not delivered"))),
+        }
+    }
+}
+
+/// The changelog entry of partition `p`: `c`'s stamps with that one partition.
+fn entry(c: &Checkpoint, p: i32, state: &PartitionState) -> Checkpoint {
+    Checkpoint {
+        model: c.model,
+        subsets: c.subsets.clone(),
+        source: c.source.clone(),
+        triggers: 0,
+        records: state.counters.records,
+        records_at_fire: 0,
+        partitions: BTreeMap::from([(p, state.clone())]),
+        written_at: c.written_at.clone(),
+    }
+}
+
+/// Decode a changelog message: `(input partition, its state)`.
+fn decode_entry(bytes: &[u8], at: &str, stamp: &Stamp) -> Result<(i32, PartitionState), String> {
+    let c = checkpoint::decode(bytes, Path::new(at)).map_err(|e| e.to_string())?;
+    stamp.check(&c, at)?;
+    let mut parts = c.partitions.into_iter();
+    match (parts.next(), parts.next()) {
+        (Some(one), None) => Ok(one),
+        _ => Err(format!("{at}: not one partition's entry")),
+    }
+}
+
+/// A consumer with the daemon's client context (partition ends are not errors, outages are
+/// logged once).
+type Reader = BaseConsumer<Context>;
+
+fn reader(brokers: &str, client: &KafkaOptions, group: &str) -> Result<Reader, String> {
+    let mut cfg = client_config(brokers, client);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.message.max.bytes", "100000000");
+    cfg.create_with_context(Context::default())
+        .map_err(|e| format!("cannot create a consumer: {e}"))
+}
+
+/// The newest state of each of `partitions` in the changelog (the entry with the highest
+/// next offset), read from the start of the changelog partitions that hold them to their end.
+pub fn read_states(
+    s: &ClusterSettings,
+    stamp: &Stamp,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, PartitionState>, String> {
+    let mut out: BTreeMap<i32, PartitionState> = BTreeMap::new();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
+    let consumer = reader(
+        &s.changelog.brokers,
+        &s.client,
+        &format!("{}.restore", s.group_id),
+    )?;
+    let md = consumer
+        .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
+        .map_err(|e| format!("{}: no metadata: {e}", s.changelog))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == s.changelog.topic)
+        .map_or(0, |t| t.partitions().len()) as i32;
+    if n == 0 {
+        return Err(format!(
+            "{}: the changelog topic does not exist",
+            s.changelog
+        ));
+    }
+    let mut wanted: Vec<i32> = partitions.iter().map(|p| p.rem_euclid(n)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut tpl = TopicPartitionList::new();
+    for &cp in &wanted {
+        tpl.add_partition_offset(&s.changelog.topic, cp, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut at_end = std::collections::BTreeSet::new();
+    let began = Instant::now();
+    let mut last = Instant::now();
+    while at_end.len() < wanted.len() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                let at = format!(
+                    "{} partition {} offset {}",
+                    s.changelog,
+                    m.partition(),
+                    m.offset()
+                );
+                let (p, state) = decode_entry(m.payload().unwrap_or(&[]), &at, stamp)?;
+                if !partitions.contains(&p) {
+                    continue;
+                }
+                if out
+                    .get(&p)
+                    .is_none_or(|o| state.next_offset > o.next_offset)
+                {
+                    out.insert(p, state);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(cp))) => {
+                at_end.insert(cp);
+            }
+            Some(Err(e)) => debug!(error = %e, "changelog read"),
+            None => {
+                if last.elapsed() > s.client.idle_timeout {
+                    return Err(format!(
+                        "{}: nothing arrived for {:?} while reading the changelog",
+                        s.changelog, s.client.idle_timeout
+                    ));
+                }
+            }
+        }
+    }
+    debug!(partitions = ?partitions, restored = out.len(), took_ms = began.elapsed().as_millis() as u64, "changelog read");
+    Ok(out)
+}
+
+/// What the global coordinator needs.
+pub struct GlobalSettings {
+    /// The deployment.
+    pub cluster: ClusterSettings,
+    /// Stamps to check entries against.
+    pub stamp: Stamp,
+    /// Subsets rated.
+    pub subsets: Vec<Subset>,
+    /// Rows per cluster.
+    pub top: usize,
+    /// Shape of the counters: subsets and clusters.
+    pub shape: (usize, usize),
+    /// A global snapshot every this much time (when something changed).
+    pub interval: Duration,
+}
+
+/// The coordinator's view while it leads.
+struct Leading {
+    changelog: Reader,
+    changelog_partitions: usize,
+    at_end: std::collections::BTreeSet<i32>,
+    latest: BTreeMap<i32, (i64, Counters)>,
+    last_trigger: u64,
+    last_offsets: BTreeMap<i32, i64>,
+    last_emit: Instant,
+}
+
+/// The last global snapshot written to the coordinator topic, if any.
+fn last_global(s: &ClusterSettings) -> Result<Option<Snapshot>, String> {
+    let consumer = reader(
+        &s.coordinator.brokers,
+        &s.client,
+        &format!("{}.coordinator-log", s.group_id),
+    )?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&s.coordinator.topic, 0, Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut last = None;
+    let mut heard = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                heard = Instant::now();
+                match serde_json::from_slice::<Snapshot>(m.payload().unwrap_or(&[])) {
+                    Ok(snap) => last = Some(snap),
+                    Err(e) => {
+                        warn!(topic = %s.coordinator, offset = m.offset(), error = %e, "not a snapshot in the coordinator topic; skipped")
+                    }
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
+            Some(Err(e)) => debug!(error = %e, "coordinator topic read"),
+            None if heard.elapsed() > s.client.idle_timeout => {
+                return Err(format!(
+                    "{}: nothing arrived for {:?}",
+                    s.coordinator, s.client.idle_timeout
+                ))
+            }
+            None => {}
+        }
+    }
+}
+
+/// The global coordinator: runs on its own thread in every process until `stop`, emitting
+/// global snapshots while `elected` is set (while the consumer group has given this process
+/// input partition 0).
+pub fn coordinate(
+    g: GlobalSettings,
+    elected: Arc<AtomicBool>,
+    mut sinks: Vec<Box<dyn SnapshotSink>>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), PipelineError> {
+    let s = &g.cluster;
+    let mut out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("message.max.bytes", "100000000")
+        .create()
+        .map_err(|e| kafka_err(&s.coordinator, format!("cannot create a producer: {e}")))?;
+    let mut leading: Option<Leading> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let owns = elected.load(Ordering::Relaxed);
+        if leading.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        match (owns, leading.is_some()) {
+            (true, false) => match lead(&g) {
+                Ok(l) => {
+                    info!(member = %s.member, last_trigger = l.last_trigger, "this process is the coordinator");
+                    metrics.triggers.store(l.last_trigger, Ordering::Relaxed);
+                    leading = Some(l);
+                }
+                Err(e) => {
+                    error!(member = %s.member, error = %e, "cannot take the coordinator role; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            },
+            (false, true) => {
+                info!(member = %s.member, "no longer the coordinator");
+                leading = None;
+            }
+            _ => {}
+        }
+        if let Some(l) = &mut leading {
+            follow(&g, l)?;
+            emit_if_due(&g, l, &mut sinks, &metrics, &mut out)?;
+        }
+    }
+    Ok(())
+}
+
+fn lead(g: &GlobalSettings) -> Result<Leading, String> {
+    let s = &g.cluster;
+    let last = last_global(s)?;
+    let changelog = reader(
+        &s.changelog.brokers,
+        &s.client,
+        &format!("{}.coordinator-changelog", s.group_id),
+    )?;
+    let md = changelog
+        .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
+        .map_err(|e| format!("{}: no metadata: {e}", s.changelog))?;
+    let n = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == s.changelog.topic)
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = TopicPartitionList::new();
+    for cp in 0..n as i32 {
+        tpl.add_partition_offset(&s.changelog.topic, cp, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    changelog.assign(&tpl).map_err(|e| e.to_string())?;
+    let (last_trigger, last_offsets) = match last {
+        Some(snap) => (
+            snap.trigger,
+            snap.offsets
+                .iter()
+                .filter_map(|(p, &o)| p.parse::<i32>().ok().map(|p| (p, o)))
+                .collect(),
+        ),
+        None => (0, BTreeMap::new()),
+    };
+    Ok(Leading {
+        changelog,
+        changelog_partitions: n,
+        at_end: Default::default(),
+        latest: BTreeMap::new(),
+        last_trigger,
+        last_offsets,
+        last_emit: Instant::now(),
+    })
+}
+
+/// Read what the changelog has for now (at most a few hundred entries a call, so that the
+/// role is checked often).
+fn follow(g: &GlobalSettings, l: &mut Leading) -> Result<(), PipelineError> {
+    let s = &g.cluster;
+    for _ in 0..256 {
+        match l.changelog.poll(Duration::from_millis(20)) {
+            None => return Ok(()),
+            Some(Err(KafkaError::PartitionEOF(cp))) => {
+                l.at_end.insert(cp);
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "changelog read");
+                return Ok(());
+            }
+            Some(Ok(m)) => {
+                let at = format!(
+                    "{} partition {} offset {}",
+                    s.changelog,
+                    m.partition(),
+                    m.offset()
+                );
+                let (p, state) = decode_entry(m.payload().unwrap_or(&[]), &at, &g.stamp)
+                    .map_err(PipelineError::Restore)?;
+                if l.latest
+                    .get(&p)
+                    .is_some_and(|(o, _)| *o >= state.next_offset)
+                {
+                    continue;
+                }
+                let counters = Counters::from_state(&state.counters, g.shape.0, g.shape.1)
+                    .map_err(|e| PipelineError::Restore(format!("{at}: {e}")))?;
+                l.latest.insert(p, (state.next_offset, counters));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The offsets the latest entries cover.
+fn covered(l: &Leading) -> BTreeMap<i32, i64> {
+    l.latest.iter().map(|(&p, (o, _))| (p, *o)).collect()
+}
+
+fn emit_if_due(
+    g: &GlobalSettings,
+    l: &mut Leading,
+    sinks: &mut [Box<dyn SnapshotSink>],
+    metrics: &Metrics,
+    out: &mut BaseProducer,
+) -> Result<(), PipelineError> {
+    if l.at_end.len() < l.changelog_partitions || l.last_emit.elapsed() < g.interval {
+        return Ok(());
+    }
+    let offsets = covered(l);
+    // nothing new, or behind what the previous coordinator already emitted
+    if offsets == l.last_offsets
+        || l.last_offsets
+            .iter()
+            .any(|(p, o)| offsets.get(p).is_none_or(|x| x < o))
+    {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut all = Counters::new(g.shape.0, g.shape.1);
+    for (_, c) in l.latest.values() {
+        all.merge(c);
+    }
+    let snap = coordinator::snapshot(
+        &all,
+        &g.subsets,
+        g.top,
+        l.last_trigger + 1,
+        offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+    );
+    let merge = started.elapsed().as_secs_f64();
+    metrics.merged(merge);
+    let json = serde_json::to_string(&snap)
+        .map_err(|e| PipelineError::Checkpoint(format!("cannot encode a snapshot: {e}")))?;
+    let key = snap.trigger.to_string();
+    let s = &g.cluster;
+    if let Err((e, _)) = out.send(
+        BaseRecord::to(&s.coordinator.topic)
+            .key(key.as_bytes())
+            .payload(json.as_bytes())
+            .partition(0),
+    ) {
+        warn!(topic = %s.coordinator, error = %e, "cannot write the global snapshot to the coordinator topic");
+    }
+    if let Err(e) = out.flush(s.session_timeout) {
+        warn!(topic = %s.coordinator, error = %e, "the global snapshot was not acknowledged");
+    }
+    for sink in sinks.iter_mut() {
+        sink.emit(&snap)?;
+    }
+    metrics.set_latest(json.into());
+    metrics.triggers.store(snap.trigger, Ordering::Relaxed);
+    info!(
+        trigger = snap.trigger,
+        records = snap.records,
+        partitions = offsets.len(),
+        merge_ms = merge * 1000.0,
+        "global snapshot emitted"
+    );
+    l.last_trigger = snap.trigger;
+    l.last_offsets = offsets;
+    l.last_emit = Instant::now();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::Membership;
+
+    fn state() -> (Checkpoint, Stamp) {
+        let m = Membership::new(vec![Subset::All], vec![(1, 0, 1), (2, 1, 2)]).unwrap();
+        let mut a = Counters::for_membership(&m);
+        let mut b = Counters::for_membership(&m);
+        for r in [&b"d,1,2,100,p,1"[..], b"d,1,2,200,p,2", b"junk"] {
+            a.count(r, &m);
+        }
+        b.count(b"d,1,2,100,p,2", &m);
+        let stamp = Stamp {
+            model: 7,
+            subsets: vec!["all".into()],
+            topic: "views".into(),
+        };
+        let c = Checkpoint {
+            model: 7,
+            subsets: vec!["all".into()],
+            source: "views".into(),
+            triggers: 3,
+            records: 4,
+            records_at_fire: 4,
+            partitions: BTreeMap::from([
+                (
+                    0,
+                    PartitionState {
+                        next_offset: 3,
+                        counters: a.to_state(),
+                    },
+                ),
+                (
+                    5,
+                    PartitionState {
+                        next_offset: 1,
+                        counters: b.to_state(),
+                    },
+                ),
+            ]),
+            written_at: "2026-11-26T00:00:00Z".into(),
+        };
+        (c, stamp)
+    }
+
+    #[test]
+    fn a_changelog_entry_holds_one_partition_and_round_trips() {
+        let (c, stamp) = state();
+        for (&p, st) in &c.partitions {
+            let e = entry(&c, p, st);
+            assert_eq!(e.records, st.counters.records);
+            let bytes = checkpoint::encode(&e).unwrap();
+            let (q, back) = decode_entry(&bytes, "here", &stamp).unwrap();
+            assert_eq!((q, &back), (p, st));
+        }
+        // a damaged entry is refused, naming where it was
+        let mut bytes = checkpoint::encode(&entry(&c, 0, &c.partitions[&0])).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let e = decode_entry(&bytes, "changelog partition 0 offset 9", &stamp).unwrap_err();
+        assert!(e.contains("changelog partition 0 offset 9"), "{e}");
+        // the whole checkpoint (two partitions) is not an entry
+        let e = decode_entry(&checkpoint::encode(&c).unwrap(), "x", &stamp).unwrap_err();
+        assert!(e.contains("not one partition"), "{e}");
+    }
+
+    #[test]
+    fn entries_of_another_model_subsets_or_topic_are_refused() {
+        let (c, stamp) = state();
+        let bytes = checkpoint::encode(&entry(&c, 0, &c.partitions[&0])).unwrap();
+        for (other, what) in [
+            (
+                Stamp {
+                    model: 8,
+                    ..stamp.clone()
+                },
+                "another model",
+            ),
+            (
+                Stamp {
+                    subsets: vec!["3".into()],
+                    ..stamp.clone()
+                },
+                "subsets",
+            ),
+            (
+                Stamp {
+                    topic: "other".into(),
+                    ..stamp.clone()
+                },
+                "input topic",
+            ),
+        ] {
+            let e = decode_entry(&bytes, "cl partition 0 offset 1", &other).unwrap_err();
+            assert!(e.contains(what) && e.contains("offset 1"), "{e}");
+        }
+    }
+}
