@@ -455,6 +455,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         source: cfg.source.clone(),
         ..Default::default()
     };
+    // the loaded model (a row of floats and strings per household) is not needed once the
+    // membership table and the fingerprint are made: keeping it cost about 40 bytes a
+    // household for the whole run (seen: 73 instead of 33 bytes a household resident)
+    drop(model);
     if let Some(dir) = &cfg.state.dir {
         let mut store = crate::checkpoint::Store::open(dir, cfg.state.keep)?;
         if cfg.state.reset {
