@@ -22,14 +22,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use viewpulse::generate::GenerateConfig;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Read on from `consumer`'s position to the end of the coordinator topic, keeping the record
 /// count of the last global snapshot in `last`.
@@ -76,21 +68,14 @@ fn script(dir: &Path, broker: &str, round: &str, config: &Path, args: &[&str]) {
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let records = env_or(
+    let records = common::env_or(
         "VIEWPULSE_BENCH_RECORDS",
         if bench { 2_000_000 } else { 20_000 },
     );
-    let most = env_or("VIEWPULSE_BENCH_PROCESSES", if bench { 3 } else { 1 });
-    let shards = env_or("VIEWPULSE_BENCH_SHARDS", 1);
+    let most = common::env_or("VIEWPULSE_BENCH_PROCESSES", if bench { 3 } else { 1 });
+    let shards = common::env_or("VIEWPULSE_BENCH_SHARDS", 1);
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = GenerateConfig {
-        households: 200_000,
-        static_records: 1_000,
-        stream_records: records,
-        stations: 2_000,
-        seed: 5,
-        ..GenerateConfig::default()
-    };
+    let cfg = common::bench_data(records);
     let (model, stream) = common::generated_model(dir.path(), &cfg);
     let broker = common::Broker::start();
     broker.create_topic("bench", 6);

@@ -28,17 +28,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use viewpulse::counters::Subset;
-use viewpulse::generate::GenerateConfig;
 use viewpulse::pipeline::{self, MemorySink, PipelineSettings, RunSource};
 use viewpulse::source::kafka::{KafkaOptions, KafkaUrl, StartAt, StreamOptions};
 use viewpulse::topology;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A bare consumer: assign every partition from the beginning, poll until each reports its
 /// end, touch each payload. Returns records read.
@@ -186,23 +178,16 @@ fn daemon(
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let records = env_or(
+    let records = common::env_or(
         "VIEWPULSE_BENCH_RECORDS",
         if bench { 2_000_000 } else { 20_000 },
     );
-    let partitions = env_or("VIEWPULSE_BENCH_PARTITIONS", 4) as i32;
-    let shards = env_or("VIEWPULSE_BENCH_SHARDS", 4) as usize;
-    let rounds = env_or("VIEWPULSE_BENCH_ROUNDS", if bench { 3 } else { 1 });
+    let partitions = common::env_or("VIEWPULSE_BENCH_PARTITIONS", 4) as i32;
+    let shards = common::env_or("VIEWPULSE_BENCH_SHARDS", 4) as usize;
+    let rounds = common::env_or("VIEWPULSE_BENCH_ROUNDS", if bench { 3 } else { 1 });
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = GenerateConfig {
-        households: 200_000,
-        static_records: 1_000,
-        stream_records: records,
-        stations: 2_000,
-        seed: 5,
-        ..GenerateConfig::default()
-    };
+    let cfg = common::bench_data(records);
     let (model, stream) = common::generated_model(dir.path(), &cfg);
     let subsets = vec![Subset::Every(3)];
     let membership = Arc::new(

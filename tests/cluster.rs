@@ -195,14 +195,7 @@ session_timeout = "6s"
             .env("VIEWPULSE_CLUSTER_DIR", self.dir.path().join("run"))
             .env("VIEWPULSE_BIN", env!("CARGO_BIN_EXE_viewpulse"))
             .env("CONFIG", self.dir.path().join("viewpulse.toml"))
-            .env(
-                "VIEWPULSE_LOG",
-                std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env(
-                "VIEWPULSE_ARGS",
-                std::env::var("CLUSTER_TEST_ARGS").unwrap_or_default(),
-            )
+            .env("VIEWPULSE_LOG", "info")
             .env("HTTP_PORT_BASE", "off")
             .output()
             .unwrap();
@@ -286,33 +279,35 @@ session_timeout = "6s"
         let addr = self.broker.addr.clone();
         let topic = self.topic.clone();
         std::thread::spawn(move || {
-            let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", &addr)
-                .set("linger.ms", "5")
-                .create()
-                .unwrap();
-            use rdkafka::producer::Producer;
             for chunk in records.chunks(1500) {
-                for v in chunk {
-                    let key = common::household_key(v);
-                    let mut rec = rdkafka::producer::BaseRecord::to(&topic)
-                        .payload(v.as_slice())
-                        .key(key.as_slice())
-                        .partition(partition_of(v));
-                    loop {
-                        match producer.send(rec) {
-                            Ok(()) => break,
-                            Err((_, back)) => {
-                                producer.poll(Duration::from_millis(10));
-                                rec = back;
-                            }
-                        }
-                    }
-                }
-                producer.flush(Duration::from_secs(30)).unwrap();
+                common::produce_at(&addr, &topic, chunk, common::household_key, |v| {
+                    Some(partition_of(v))
+                });
                 std::thread::sleep(Duration::from_millis(120));
             }
         })
+    }
+
+    /// A cluster on `topic` with the first third of the stream produced, three members
+    /// started and that third counted.
+    fn started(topic: &str) -> Cluster {
+        let c = Cluster::new(topic);
+        let third = third();
+        c.produce(&data().stream[..third]);
+        c.script(&["start", "3"]);
+        c.wait_covered(third as u64, 90);
+        c
+    }
+
+    /// Produce the rest of the stream in the background, call `disrupt` once 6,000 more
+    /// records are counted, and end with [`check_all`].
+    fn rest_with(&self, disrupt: impl FnOnce(&Cluster)) {
+        let all = &data().stream;
+        let producing = self.produce_slowly(all[third()..].to_vec());
+        self.wait_covered(third() as u64 + 6_000, 90);
+        disrupt(self);
+        producing.join().unwrap();
+        check_all(self, all);
     }
 
     fn produce(&self, records: &[Vec<u8>]) {
@@ -331,6 +326,11 @@ impl Drop for Cluster {
             .env("BROKER", &self.broker.addr)
             .output();
     }
+}
+
+/// The records produced before the members start.
+fn third() -> usize {
+    data().stream.len() / 3
 }
 
 fn script_path() -> PathBuf {
@@ -394,15 +394,8 @@ fn check_all(c: &Cluster, all: &[Vec<u8>]) {
 #[test]
 fn three_processes_share_six_partitions_and_match_one_process() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::new("views-three");
-    let all = &data().stream;
-    let third = all.len() / 3;
-    c.produce(&all[..third]);
-    c.script(&["start", "3"]);
-    c.wait_covered(third as u64, 90);
-    let producing = c.produce_slowly(all[third..].to_vec());
-    producing.join().unwrap();
-    check_all(&c, all);
+    let c = Cluster::started("views-three");
+    c.rest_with(|_| {});
     // every process owned some partitions
     for i in 1..=3 {
         assert!(
@@ -419,19 +412,12 @@ fn three_processes_share_six_partitions_and_match_one_process() {
 #[ignore = "tansu 0.6.0 never gives a kill -9ed member's partitions to the others (README, Scale-out): issue 6 is open on it"]
 fn a_worker_killed_mid_stream_loses_and_repeats_nothing() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::new("views-kill");
-    let all = &data().stream;
-    let third = all.len() / 3;
-    c.produce(&all[..third]);
-    c.script(&["start", "3"]);
-    c.wait_covered(third as u64, 90);
+    let c = Cluster::started("views-kill");
     let coordinator = c.coordinator(3, &[]);
     let victim = (1..=3).find(|&i| i != coordinator).unwrap();
-    let producing = c.produce_slowly(all[third..].to_vec());
-    c.wait_covered(third as u64 + 6_000, 90);
-    c.script(&["kill", &victim.to_string()]);
-    producing.join().unwrap();
-    check_all(&c, all);
+    c.rest_with(|c| {
+        c.script(&["kill", &victim.to_string()]);
+    });
     // the victim's partitions were read on by the others: a survivor was assigned again
     let survivors: Vec<usize> = (1..=3).filter(|&i| i != victim).collect();
     assert!(
@@ -441,9 +427,6 @@ fn a_worker_killed_mid_stream_loses_and_repeats_nothing() {
         "no survivor took partitions over\n{}",
         c.logs()
     );
-    if std::env::var("CLUSTER_TEST_LOGS").is_ok() {
-        eprintln!("{}", c.logs());
-    }
     let status = c.script(&["status"]);
     assert!(
         status.contains(&format!("member-{victim} stopped")),
@@ -455,19 +438,12 @@ fn a_worker_killed_mid_stream_loses_and_repeats_nothing() {
 #[ignore = "tansu 0.6.0 never gives a kill -9ed member's partitions to the others (README, Scale-out): issue 6 is open on it"]
 fn the_coordinator_killed_is_replaced_and_the_sequence_goes_on() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::new("views-coord");
-    let all = &data().stream;
-    let third = all.len() / 3;
-    c.produce(&all[..third]);
-    c.script(&["start", "3"]);
-    c.wait_covered(third as u64, 90);
+    let c = Cluster::started("views-coord");
     let first = c.coordinator(3, &[]);
     let before = c.snapshots().last().unwrap().trigger;
-    let producing = c.produce_slowly(all[third..].to_vec());
-    c.wait_covered(third as u64 + 6_000, 90);
-    c.script(&["kill", &first.to_string()]);
-    producing.join().unwrap();
-    check_all(&c, all);
+    c.rest_with(|c| {
+        c.script(&["kill", &first.to_string()]);
+    });
     let second = c.coordinator(3, &[first]);
     assert_ne!(first, second, "another process took over\n{}", c.logs());
     assert!(c.snapshots().last().unwrap().trigger > before + 1);
@@ -476,17 +452,10 @@ fn the_coordinator_killed_is_replaced_and_the_sequence_goes_on() {
 #[test]
 fn a_fourth_process_added_mid_stream_takes_partitions_and_nothing_is_lost() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let c = Cluster::new("views-add");
-    let all = &data().stream;
-    let third = all.len() / 3;
-    c.produce(&all[..third]);
-    c.script(&["start", "3"]);
-    c.wait_covered(third as u64, 90);
-    let producing = c.produce_slowly(all[third..].to_vec());
-    c.wait_covered(third as u64 + 6_000, 90);
-    c.script(&["add"]);
-    producing.join().unwrap();
-    check_all(&c, all);
+    let c = Cluster::started("views-add");
+    c.rest_with(|c| {
+        c.script(&["add"]);
+    });
     assert!(
         c.log(4).contains("partitions assigned"),
         "the fourth process was given no partition\n{}",

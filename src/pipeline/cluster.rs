@@ -29,13 +29,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 use super::coordinator;
 use super::messages::Snapshot;
 use super::metrics::Metrics;
+use super::persist::Delivery;
 use super::{PipelineError, SnapshotSink};
 use crate::checkpoint::{self, Checkpoint, PartitionState};
 use crate::counters::{Counters, Subset};
@@ -107,14 +108,14 @@ fn kafka_err(url: &KafkaUrl, message: impl std::fmt::Display) -> PipelineError {
 }
 
 /// Partitions of a topic (none if it does not exist), from a metadata request.
-fn topic_partitions(
-    client: &rdkafka::client::Client<DefaultClientContext>,
+fn topic_partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
     url: &KafkaUrl,
     timeout: Duration,
-) -> Result<Option<usize>, PipelineError> {
+) -> Result<Option<usize>, String> {
     let md = client
         .fetch_metadata(Some(&url.topic), timeout)
-        .map_err(|e| kafka_err(url, format!("no metadata within {timeout:?}: {e}")))?;
+        .map_err(|e| format!("no metadata within {timeout:?}: {e}"))?;
     Ok(md
         .topics()
         .iter()
@@ -133,7 +134,7 @@ pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, Pip
     let timeout = s.client.metadata_timeout;
     let began = Instant::now();
     let partitions = loop {
-        match topic_partitions(admin.inner(), input, timeout) {
+        match topic_partitions(admin.inner(), input, timeout).map_err(|e| kafka_err(input, e)) {
             Ok(Some(n)) => break n,
             Ok(None) if began.elapsed() >= s.client.startup_wait => {
                 return Err(kafka_err(input, "the topic does not exist"))
@@ -143,7 +144,10 @@ pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, Pip
         }
     };
     for (url, n, compact) in [(&s.changelog, partitions, true), (&s.coordinator, 1, false)] {
-        if topic_partitions(admin.inner(), url, timeout)?.is_some() {
+        if topic_partitions(admin.inner(), url, timeout)
+            .map_err(|e| kafka_err(url, e))?
+            .is_some()
+        {
             continue;
         }
         let mut t = NewTopic::new(&url.topic, n as i32, TopicReplication::Fixed(1));
@@ -164,34 +168,12 @@ pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, Pip
     Ok(partitions)
 }
 
-struct Delivery {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for Delivery {}
-
-impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                warn!(error = %e, "a changelog entry could not be delivered");
-            }
-        }
-    }
-}
-
 /// The changelog writer.
 pub struct Changelog {
     producer: BaseProducer<Delivery>,
     url: KafkaUrl,
     partitions: i32,
     failed: Arc<AtomicU64>,
-    /// Entries published.
-    pub published: u64,
-    /// Bytes published.
-    pub bytes: u64,
 }
 
 impl Changelog {
@@ -206,30 +188,19 @@ impl Changelog {
         let producer: BaseProducer<Delivery> = cfg
             .create_with_context(Delivery {
                 failed: failed.clone(),
+                what: "a changelog entry",
             })
             .map_err(|e| kafka_err(&s.changelog, format!("cannot create a producer: {e}")))?;
-        let md = producer
-            .client()
-            .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
-            .map_err(|e| kafka_err(&s.changelog, format!("no metadata: {e}")))?;
-        let partitions = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == s.changelog.topic)
-            .map_or(0, |t| t.partitions().len()) as i32;
-        if partitions == 0 {
-            return Err(kafka_err(
-                &s.changelog,
-                "the changelog topic does not exist",
-            ));
-        }
+        let partitions =
+            topic_partitions(producer.client(), &s.changelog, s.client.metadata_timeout)
+                .map_err(|e| kafka_err(&s.changelog, e))?
+                .ok_or_else(|| kafka_err(&s.changelog, "the changelog topic does not exist"))?
+                as i32;
         Ok(Changelog {
             producer,
             url: s.changelog.clone(),
             partitions,
             failed,
-            published: 0,
-            bytes: 0,
         })
     }
 
@@ -262,8 +233,6 @@ impl Changelog {
                     }
                 }
             }
-            self.published += 1;
-            self.bytes += bytes.len() as u64;
         }
         self.producer.poll(Duration::ZERO);
         Ok(())
@@ -337,20 +306,10 @@ pub fn read_states(
         &s.client,
         &format!("{}.restore", s.group_id),
     )?;
-    let md = consumer
-        .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
-        .map_err(|e| format!("{}: no metadata: {e}", s.changelog))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == s.changelog.topic)
-        .map_or(0, |t| t.partitions().len()) as i32;
-    if n == 0 {
-        return Err(format!(
-            "{}: the changelog topic does not exist",
-            s.changelog
-        ));
-    }
+    let n = topic_partitions(consumer.client(), &s.changelog, s.client.metadata_timeout)
+        .map_err(|e| format!("{}: {e}", s.changelog))?
+        .ok_or_else(|| format!("{}: the changelog topic does not exist", s.changelog))?
+        as i32;
     let mut wanted: Vec<i32> = partitions.iter().map(|p| p.rem_euclid(n)).collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -523,14 +482,10 @@ fn lead(g: &GlobalSettings) -> Result<Leading, String> {
         &s.client,
         &format!("{}.coordinator-changelog", s.group_id),
     )?;
-    let md = changelog
-        .fetch_metadata(Some(&s.changelog.topic), s.client.metadata_timeout)
-        .map_err(|e| format!("{}: no metadata: {e}", s.changelog))?;
-    let n = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == s.changelog.topic)
-        .map_or(0, |t| t.partitions().len());
+    // a changelog that went missing leaves nothing to follow (and nothing is emitted)
+    let n = topic_partitions(changelog.client(), &s.changelog, s.client.metadata_timeout)
+        .map_err(|e| format!("{}: {e}", s.changelog))?
+        .unwrap_or(0);
     let mut tpl = TopicPartitionList::new();
     for cp in 0..n as i32 {
         tpl.add_partition_offset(&s.changelog.topic, cp, Offset::Beginning)

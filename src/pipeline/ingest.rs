@@ -439,6 +439,16 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
     Ok(())
 }
 
+/// Push every record of a polled batch, at its position.
+fn push_polled(router: &mut Router, batch: &PolledBatch) -> Result<(), PipelineError> {
+    let mut start = 0;
+    for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
+        router.push(&batch.data[start..end], p, o)?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
 /// thread) through the router until the channel closes; interval triggers are checked
 /// between batches and while the topic is idle.
@@ -448,13 +458,7 @@ pub fn kafka(
 ) -> Result<(), PipelineError> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(batch) => {
-                let mut start = 0;
-                for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
-                    router.push(&batch.data[start..end], p, o)?;
-                    start = end;
-                }
-            }
+            Ok(batch) => push_polled(router, &batch)?,
             // a quiet topic: count what is buffered now rather than at the next batch
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => router.flush()?,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -480,13 +484,7 @@ pub fn group(
 ) -> Result<(), PipelineError> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(GroupEvent::Records(batch)) => {
-                let mut start = 0;
-                for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
-                    router.push(&batch.data[start..end], p, o)?;
-                    start = end;
-                }
-            }
+            Ok(GroupEvent::Records(batch)) => push_polled(router, &batch)?,
             Ok(GroupEvent::Revoke { partitions, done }) => {
                 let r = router.revoke(&partitions);
                 let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));

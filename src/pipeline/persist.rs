@@ -86,8 +86,12 @@ pub fn parse_position(p: &str) -> Option<(i32, i64)> {
     Some((part.parse().ok()?, off.parse().ok()?))
 }
 
-struct Delivery {
-    failed: Arc<AtomicU64>,
+/// A producer context that counts undelivered messages in `failed` and says so once.
+pub(crate) struct Delivery {
+    /// Messages not delivered so far.
+    pub failed: Arc<AtomicU64>,
+    /// What a message is, for the warning (`a dead letter`).
+    pub what: &'static str,
 }
 
 impl ClientContext for Delivery {}
@@ -98,7 +102,7 @@ impl ProducerContext for Delivery {
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = r {
             if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                warn!(error = %e, "a dead letter could not be delivered");
+                warn!(error = %e, "{} could not be delivered", self.what);
             }
         }
     }
@@ -154,6 +158,7 @@ impl Sink {
                 let producer = cfg
                     .create_with_context(Delivery {
                         failed: failed.clone(),
+                        what: "a dead letter",
                     })
                     .map_err(|e| PipelineError::Sink {
                         path: url.to_string(),

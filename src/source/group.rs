@@ -43,8 +43,6 @@ pub enum GroupEvent {
     Assign {
         /// The state of each assigned partition that has one.
         states: BTreeMap<i32, PartitionState>,
-        /// All assigned partitions.
-        partitions: Vec<i32>,
         /// The answer.
         done: Sender<()>,
     },
@@ -164,7 +162,6 @@ impl GroupContext {
         let (done, answer) = crossbeam_channel::bounded(1);
         let event = GroupEvent::Assign {
             states: states.clone(),
-            partitions: partitions.clone(),
             done,
         };
         if self.tx.send(event).is_err() || answer.recv().is_err() {

@@ -32,6 +32,27 @@ pub struct Broker {
     pub addr: String,
 }
 
+/// `name`'s value from the environment as a number, or `default` (bench parameters).
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The data set the Kafka benches stream: 200,000 households, 2,000 stations, seed 5, and
+/// `records` stream records.
+pub fn bench_data(records: u64) -> viewpulse::generate::GenerateConfig {
+    viewpulse::generate::GenerateConfig {
+        households: 200_000,
+        static_records: 1_000,
+        stream_records: records,
+        stations: 2_000,
+        seed: 5,
+        ..viewpulse::generate::GenerateConfig::default()
+    }
+}
+
 /// A loopback port nothing listens on (as of now).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -151,35 +172,46 @@ impl Broker {
         key: impl Fn(&[u8]) -> Vec<u8>,
         partition: impl Fn(&[u8]) -> Option<i32>,
     ) {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "false")
-            .create()
-            .unwrap();
-        for v in values {
-            let k = key(v);
-            let mut rec = BaseRecord::to(topic)
-                .payload(v.as_slice())
-                .key(k.as_slice());
-            if let Some(p) = partition(v) {
-                rec = rec.partition(p);
-            }
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        producer.poll(Duration::from_millis(10));
-                        rec = back;
-                    }
+        produce_at(&self.addr, topic, values, key, partition)
+    }
+}
+
+/// [`Broker::produce_to`] for a broker known by its address only (from another thread).
+pub fn produce_at(
+    addr: &str,
+    topic: &str,
+    values: &[Vec<u8>],
+    key: impl Fn(&[u8]) -> Vec<u8>,
+    partition: impl Fn(&[u8]) -> Option<i32>,
+) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "false")
+        .create()
+        .unwrap();
+    for v in values {
+        let k = key(v);
+        let mut rec = BaseRecord::to(topic)
+            .payload(v.as_slice())
+            .key(k.as_slice());
+        if let Some(p) = partition(v) {
+            rec = rec.partition(p);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    rec = back;
                 }
             }
-            producer.poll(Duration::ZERO);
         }
-        producer
-            .flush(Duration::from_secs(60))
-            .expect("every record delivered");
+        producer.poll(Duration::ZERO);
     }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("every record delivered");
 }
 
 impl Drop for Broker {
