@@ -343,11 +343,7 @@ pub fn count_topic(
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
         .map_err(|e| {
-            let failed = consumer
-                .context()
-                .last_failure()
-                .map(|f| format!("; the last connection failed: {f}"))
-                .unwrap_or_default();
+            let failed = failure_suffix(&consumer, consumer.context());
             kafka(format!(
                 "no metadata within {:?} (is a broker listening at {}?): {e}{failed}",
                 opts.metadata_timeout, url.brokers
@@ -450,6 +446,28 @@ pub fn count_topic(
     })
 }
 
+/// Serve the client's queued events (logs, errors: rdkafka routes them through the queue
+/// that `poll` serves) for `time`, on a consumer that is not reading yet.
+fn serve<C: ConsumerContext>(consumer: &BaseConsumer<C>, time: Duration) {
+    let until = Instant::now() + time;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        let _ = consumer.poll(left);
+    }
+}
+
+/// `; the last connection failed: …` with librdkafka's last connection failure, if any. The
+/// failure arrives as a queued event, so the queue is served first, or the failure of the
+/// attempt that just timed out may still sit in it.
+fn failure_suffix<C: ConsumerContext>(consumer: &BaseConsumer<C>, ctx: &Context) -> String {
+    serve(consumer, Duration::from_millis(100));
+    ctx.last_failure()
+        .map(|f| format!("; the last connection failed: {f}"))
+        .unwrap_or_default()
+}
+
 /// The partitions of `url`'s topic, once a broker answers: at start the broker may not be up
 /// yet (a deploy starting everything at once), so this retries for `client.startup_wait`,
 /// saying so once, then gives up with the last reason (and librdkafka's last connection
@@ -496,10 +514,7 @@ pub fn wait_for_topic<C: ConsumerContext>(
             Err(why) => {
                 let waited = began.elapsed();
                 if waited >= client.startup_wait || stop.load(Ordering::Relaxed) {
-                    let why = match ctx.last_failure() {
-                        Some(f) => format!("{why}; the last connection failed: {f}"),
-                        None => why,
-                    };
+                    let why = format!("{why}{}", failure_suffix(consumer, ctx));
                     return Err(kafka(if client.startup_wait.is_zero() {
                         why
                     } else {
@@ -510,7 +525,7 @@ pub fn wait_for_topic<C: ConsumerContext>(
                     warn!(%url, reason = %why, wait = ?client.startup_wait, "source not ready; retrying");
                     warned = true;
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                serve(consumer, Duration::from_millis(500));
             }
         }
     };
@@ -753,15 +768,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_broker_that_is_not_there_is_a_clear_error() {
-        // a port nothing listens on
+    /// A loopback port nothing listens on, and a topic URL there.
+    fn nowhere() -> (u16, KafkaUrl) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let url = KafkaUrl::parse(&format!("kafka://127.0.0.1:{port}/t")).unwrap();
+        (
+            port,
+            KafkaUrl::parse(&format!("kafka://127.0.0.1:{port}/t")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_broker_that_is_not_there_is_a_clear_error() {
+        let (port, url) = nowhere();
         let m = Membership::new(vec![crate::counters::Subset::All], vec![(1, 0, 1)]).unwrap();
         let opts = KafkaOptions {
             metadata_timeout: Duration::from_secs(2),
@@ -774,17 +796,31 @@ mod tests {
         );
     }
 
+    /// Regression: the failure that made a start give up sat, now and then, unread in the
+    /// client's event queue (nothing polled it), and the error said only "transport failure".
+    #[test]
+    fn regression_the_last_connection_failure_is_read_before_giving_up() {
+        let (port, url) = nowhere();
+        let m = Membership::new(vec![crate::counters::Subset::All], vec![(1, 0, 1)]).unwrap();
+        let opts = KafkaOptions {
+            metadata_timeout: Duration::from_secs(1),
+            ..KafkaOptions::default()
+        };
+        let e = count_topic(&url, &m, &opts, None).unwrap_err().to_string();
+        assert!(
+            e.contains("the last connection failed")
+                && e.contains(&format!("127.0.0.1:{port}"))
+                && e.contains("refused"),
+            "{e}"
+        );
+    }
+
     /// TLS and SASL/SCRAM need librdkafka built with OpenSSL (rdkafka's `ssl` feature);
     /// without it the client is refused at creation ("not supported by this build"). With it,
     /// a SASL_SSL/SCRAM client is created and fails only for want of a broker.
     #[test]
     fn tls_and_scram_properties_make_a_client() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = KafkaUrl::parse(&format!("kafka://127.0.0.1:{port}/t")).unwrap();
+        let (_, url) = nowhere();
         let m = Membership::new(vec![crate::counters::Subset::All], vec![(1, 0, 1)]).unwrap();
         let mut properties = Properties::new();
         for (k, v) in [
