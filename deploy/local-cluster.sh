@@ -13,13 +13,15 @@
 #
 # Environment:
 #   VIEWPULSE_CLUSTER_DIR  pid files and logs (default ./local-cluster): member-I.pid,
-#                          member-I.log, broker.pid, broker.log, broker.addr
+#                          member-I.log, broker.addr, and kafka/ (the broker's data and
+#                          kafka/broker.log, when this script started it)
 #   VIEWPULSE_BIN          the viewpulse binary (default: target/release/viewpulse, else
 #                          target/debug/viewpulse of this repository, else viewpulse on PATH)
 #   VIEWPULSE_ARGS         more arguments for every member's `viewpulse run`, split on blanks
 #                          (no quoting), e.g. "--model /data/model --shards 2"
-#   BROKER                 HOST:PORT of a running Kafka; unset: start tansu on 127.0.0.1
-#   TANSU_PORT             the port of that tansu (default 9092)
+#   BROKER                 HOST:PORT of a running Kafka; unset: start Apache Kafka on 127.0.0.1
+#                          with deploy/kafka/broker.sh (its jars fetched once from Maven Central)
+#   KAFKA_PORT             the port of that broker (default 9092)
 #   TOPIC                  the input topic (default viewstream)
 #   CONFIG                 a viewpulse configuration for every member (--config), optional;
 #                          a cluster one, e.g. deploy/systemd/viewpulse.toml with its paths
@@ -51,6 +53,7 @@ DIR=${VIEWPULSE_CLUSTER_DIR:-./local-cluster}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 HTTP_PORT_BASE=${HTTP_PORT_BASE:-9898}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KAFKA_FIXTURE=$ROOT/deploy/kafka/broker.sh
 
 die() {
   echo "local-cluster: $*" >&2
@@ -106,7 +109,7 @@ member_running() {
 }
 
 broker_running() {
-  pid_alive "$(read_value "$DIR/broker.pid")" broker
+  "$KAFKA_FIXTURE" status "$DIR/kafka" >/dev/null 2>&1
 }
 
 # port_open HOST PORT: whether HOST:PORT accepts a TCP connection.
@@ -180,34 +183,17 @@ launch() {
 }
 
 start_broker() {
-  local port=${TANSU_PORT:-9092} tansu url i
-  [[ $port =~ ^[0-9]+$ ]] || die "TANSU_PORT=$port is not a port"
-  if tansu=$(command -v tansu 2>/dev/null); then
-    :
-  elif [[ -x ${HOME:-}/.cargo/bin/tansu ]]; then
-    tansu=$HOME/.cargo/bin/tansu
-  else
-    die "tansu is not installed (cargo install tansu --version 0.6.0 --locked --features dynostore,libsql); or set BROKER=HOST:PORT of a running Kafka"
-  fi
+  local port=${KAFKA_PORT:-9092} addr
+  [[ $port =~ ^[0-9]+$ ]] || die "KAFKA_PORT=$port is not a port"
   if port_open 127.0.0.1 "$port"; then
-    die "127.0.0.1:$port already accepts connections: set BROKER=127.0.0.1:$port to use that broker, or TANSU_PORT to a free port"
+    die "127.0.0.1:$port already accepts connections: set BROKER=127.0.0.1:$port to use that broker, or KAFKA_PORT to a free port"
   fi
-  url=tcp://127.0.0.1:$port
-  launch "$DIR/broker.pid" "$DIR/broker.log" "$tansu" broker --storage-engine=memory://tansu/ \
-    --listener-url="$url" --advertised-listener-url="$url"
-  for ((i = 0; i < 60; i++)); do
-    if port_open 127.0.0.1 "$port"; then
-      echo "127.0.0.1:$port" >"$DIR/broker.addr"
-      say "broker (tansu) running pid $(read_value "$DIR/broker.pid") on 127.0.0.1:$port, log $DIR/broker.log"
-      return 0
-    fi
-    if ! broker_running; then
-      last_start "$DIR/broker.log" | tail -n 5 >&2 || true
-      die "tansu exited at once; see $DIR/broker.log"
-    fi
-    sleep 0.5
-  done
-  die "tansu did not listen on 127.0.0.1:$port within 30 s; see $DIR/broker.log"
+  rm -rf "$DIR/kafka"
+  if ! addr=$(PORT=$port "$KAFKA_FIXTURE" start "$DIR/kafka"); then
+    die "Apache Kafka did not start; see $DIR/kafka/broker.log"
+  fi
+  echo "$addr" >"$DIR/broker.addr"
+  say "broker (Apache Kafka) running pid $(read_value "$DIR/kafka/broker.pid") on $addr, log $DIR/kafka/broker.log"
 }
 
 # start_member I BROKER TOPIC
@@ -270,7 +256,7 @@ cmd_start() {
   fi
   resolve_bin
   # forget the previous run's pid files (its logs are appended to)
-  rm -f "$DIR"/member-*.pid "$DIR/broker.pid" "$DIR/broker.addr" "$DIR/topic"
+  rm -f "$DIR"/member-*.pid "$DIR/broker.addr" "$DIR/topic"
   topic=${TOPIC:-viewstream}
   if [[ -n ${BROKER:-} ]]; then
     broker=$BROKER
@@ -297,7 +283,7 @@ cmd_add() {
   else
     broker=$(read_value "$DIR/broker.addr")
     [[ -n $broker ]] || die "no broker known in $DIR: use start N first, or set BROKER"
-    if [[ -e $DIR/broker.pid ]] && ! broker_running; then
+    if [[ -e $DIR/kafka/broker.pid ]] && ! broker_running; then
       die "the broker this script started is not running: use stop, then start N"
     fi
   fi
@@ -366,9 +352,7 @@ cmd_stop() {
     stop_process "${names[$k]}" "${pids[$k]}" "${names[$k]}"
   done
   if broker_running; then
-    pid=$(read_value "$DIR/broker.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    stop_process broker "$pid" broker
+    "$KAFKA_FIXTURE" stop "$DIR/kafka" || die "the broker did not stop; see $DIR/kafka/broker.log"
   fi
   rm -f "$DIR/broker.addr" "$DIR/topic"
   ((${#pids[@]} > 0)) || say "no member was running"
@@ -387,8 +371,8 @@ cmd_status() {
   fi
   addr=$(read_value "$DIR/broker.addr")
   if broker_running; then
-    echo "broker running pid $(read_value "$DIR/broker.pid") $addr"
-  elif [[ -n $addr && ! -e $DIR/broker.pid ]]; then
+    echo "broker running pid $(read_value "$DIR/kafka/broker.pid") $addr"
+  elif [[ -n $addr && ! -e $DIR/kafka/broker.pid ]]; then
     echo "broker external $addr"
   else
     echo "broker stopped"

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod counters;
 pub mod generate;
+pub mod kafka_broker;
 pub mod loadtest;
 pub mod pipeline;
 pub mod progress;

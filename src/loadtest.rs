@@ -1,5 +1,5 @@
 //! `viewpulse loadtest`: size a deployment by replaying traffic. One command starts a broker
-//! (tansu, unless one is given), creates a fresh topic, runs the daemon in-process on it,
+//! (Apache Kafka from the fixture's cached jars, unless one is given), creates a fresh topic, runs the daemon in-process on it,
 //! replays a recording (or a views file) into it at the asked pace, and measures: records per
 //! second produced and counted, consumer lag over time, the staleness of snapshots (from a
 //! record's production, its Kafka timestamp, to the emission of the first snapshot that counts
@@ -7,9 +7,8 @@
 //! `loadtest.json`, `loadtest.png` (throughput and lag over time) and prints a short table.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +19,7 @@ use thiserror::Error;
 use tracing::info;
 
 use crate::counters::{Membership, Subset};
+use crate::kafka_broker::{BrokerError, BrokerOptions, LocalBroker};
 use crate::pipeline::{self, Metrics, PipelineError, PipelineSettings, RunSource, Snapshot};
 use crate::replay::{self, DeliveryLog, Pace, ReplayError, ReplaySettings};
 use crate::secret::Properties;
@@ -31,6 +31,9 @@ pub enum LoadtestError {
     /// The broker could not be started.
     #[error("cannot start a broker: {0}")]
     Broker(String),
+    /// The fixture's Apache Kafka could not be started (or its jars are not fetched).
+    #[error("cannot start Apache Kafka: {0}")]
+    Fixture(#[from] BrokerError),
     /// Replaying failed.
     #[error(transparent)]
     Replay(#[from] ReplayError),
@@ -64,10 +67,9 @@ pub struct LoadtestSettings {
     pub input: PathBuf,
     /// The model folder.
     pub model: PathBuf,
-    /// `HOST:PORT` of a broker to use; none starts tansu.
+    /// `HOST:PORT` of a broker to use; none starts Apache Kafka from the fixture's cached
+    /// jars ([`crate::kafka_broker`]).
     pub broker: Option<String>,
-    /// The tansu binary (when starting one).
-    pub tansu: PathBuf,
     /// Partitions of the test topic.
     pub partitions: i32,
     /// Shards of the daemon.
@@ -184,85 +186,23 @@ pub struct LoadtestResult {
     pub timeline: Vec<Sample>,
 }
 
-/// A tansu broker child process, killed on drop.
-struct Tansu(Child);
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu(bin: &Path) -> Result<(Tansu, String), LoadtestError> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| LoadtestError::Broker(format!("no free port: {e}")))?
-        .port();
-    let child = tansu_command(bin, port, "memory://tansu/")
-        .spawn()
-        .map_err(|e| {
-            LoadtestError::Broker(format!(
-                "{}: {e} (install it: cargo install tansu --version 0.6.0 --locked --features dynostore,libsql; or give --broker)",
-                bin.display()
-            ))
-        })?;
-    let t = Tansu(child);
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(&addr).is_err() {
-        if Instant::now() > deadline {
-            return Err(LoadtestError::Broker(format!(
-                "tansu did not listen on {addr} within 30 s"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((t, addr))
-}
-
-/// The command that starts tansu at `bin` on `127.0.0.1:port` with `storage`
-/// (`memory://tansu/`, or `sqlite://FILE` for data that survives a restart: an absolute
-/// FILE runs tansu in its folder), its output discarded.
-pub fn tansu_command(bin: &Path, port: u16, storage: &str) -> Command {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut c = Command::new(bin);
-    // tansu 0.6.0 opens a sqlite file relative to its working folder, even an absolute one
-    let mut storage = storage.to_string();
-    if let Some(file) = storage.strip_prefix("sqlite://").map(Path::new) {
-        if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
-            if file.is_absolute() {
-                c.current_dir(dir);
-                storage = format!("sqlite://{}", name.to_string_lossy());
-            }
-        }
-    }
-    c.args([
-        "broker",
-        &format!("--storage-engine={storage}"),
-        &format!("--listener-url={url}"),
-        &format!("--advertised-listener-url={url}"),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    c
-}
-
-/// The tansu binary: `$VIEWPULSE_TANSU`, `tansu` on the PATH, or `~/.cargo/bin/tansu`.
-pub fn find_tansu() -> PathBuf {
-    if let Some(p) = std::env::var_os("VIEWPULSE_TANSU") {
-        return PathBuf::from(p);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("tansu");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cargo/bin/tansu")
+/// Start the fixture's Apache Kafka broker in a fresh temporary folder (deleted when it
+/// ends), once its jars are in the cache.
+fn start_kafka() -> Result<LocalBroker, LoadtestError> {
+    let dir = std::env::temp_dir().join(format!(
+        "viewpulse-loadtest-kafka-{}-{}",
+        std::process::id(),
+        now_ms()
+    ));
+    let b = LocalBroker::start(
+        &dir,
+        &BrokerOptions {
+            cleanup: true,
+            ..Default::default()
+        },
+    )?;
+    info!(broker = %b.addr, log = %b.log().display(), "Apache Kafka started");
+    Ok(b)
 }
 
 fn now_ms() -> i64 {
@@ -361,11 +301,12 @@ pub fn loadtest(
         message: e,
     };
     std::fs::create_dir_all(&s.out).map_err(|e| out_err(&s.out, e.to_string()))?;
-    let (_tansu, addr, started_broker) = match &s.broker {
+    let (_kafka, addr, started_broker) = match &s.broker {
         Some(a) => (None, a.clone(), false),
         None => {
-            let (t, a) = start_tansu(&s.tansu)?;
-            (Some(t), a, true)
+            let b = start_kafka()?;
+            let a = b.addr.clone();
+            (Some(b), a, true)
         }
     };
     let topic = format!("viewpulse-loadtest-{}", now_ms());

@@ -188,14 +188,19 @@ enum Command {
     /// throughput, lag, snapshot staleness, merge time and memory.
     Loadtest {
         /// A recording, or a views file.
-        #[arg(long)]
-        file: PathBuf,
+        #[arg(long, required_unless_present = "fetch_broker")]
+        file: Option<PathBuf>,
         /// The model folder.
-        #[arg(long)]
-        model: PathBuf,
-        /// Use this broker (HOST:PORT) instead of starting tansu.
+        #[arg(long, required_unless_present = "fetch_broker")]
+        model: Option<PathBuf>,
+        /// Use this broker (HOST:PORT) instead of starting Apache Kafka.
         #[arg(long)]
         broker: Option<String>,
+        /// Fetch Apache Kafka's jars from Maven Central into the cache (once; needs Maven and
+        /// Java 17), so that a load test without --broker can start the broker; alone, only
+        /// that.
+        #[arg(long)]
+        fetch_broker: bool,
         /// Daemon shards.
         #[arg(long, default_value_t = 4)]
         shards: usize,
@@ -318,6 +323,10 @@ struct RunArgs {
     /// kafka.outage_limit: end the run cleanly after a broker outage this long (0s = never).
     #[arg(long, env = "VIEWPULSE_OUTAGE_LIMIT")]
     outage_limit: Option<String>,
+    /// kafka.resume_rewind: fetch a resumed partition this many records early (0 = exactly at
+    /// its stored offset, right for Apache Kafka).
+    #[arg(long, env = "VIEWPULSE_RESUME_REWIND")]
+    resume_rewind: Option<u64>,
     /// state.dir: the checkpoint folder (restored from at start).
     #[arg(long, env = "VIEWPULSE_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -414,6 +423,9 @@ impl RunArgs {
         }
         if let Some(v) = self.outage_limit {
             c.kafka.outage_limit = v;
+        }
+        if let Some(v) = self.resume_rewind {
+            c.kafka.resume_rewind = v;
         }
         if let Some(v) = self.state_dir {
             c.state.dir = Some(v);
@@ -649,6 +661,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             file,
             model,
             broker,
+            fetch_broker,
             shards,
             partitions,
             trigger_records,
@@ -658,13 +671,21 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             out,
             properties,
         } => {
+            if fetch_broker {
+                let libs = viewpulse::kafka_broker::fetch().map_err(|e| {
+                    TopologyError::Loadtest(viewpulse::loadtest::LoadtestError::Fixture(e))
+                })?;
+                eprintln!("Apache Kafka's jars are in {}", libs.display());
+            }
+            let (Some(file), Some(model)) = (file, model) else {
+                return Ok(());
+            };
             let loops = pace.loops;
             let pace = pace.pace()?;
             let settings = viewpulse::loadtest::LoadtestSettings {
                 input: file,
                 model,
                 broker,
-                tansu: viewpulse::loadtest::find_tansu(),
                 partitions,
                 shards,
                 trigger_records,

@@ -132,7 +132,8 @@ impl TopologyError {
             | TopologyError::Loadtest(crate::loadtest::LoadtestError::Replay(
                 ReplayError::Kafka { .. },
             ))
-            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Broker(_)) => {
+            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Broker(_))
+            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Fixture(_)) => {
                 EXIT_UNAVAILABLE
             }
             TopologyError::Loadtest(crate::loadtest::LoadtestError::Output { .. }) => EXIT_IO,
@@ -502,6 +503,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         metadata_timeout: cfg.connect_timeout()?,
         startup_wait: cfg.startup_wait()?,
         outage_limit: cfg.outage_limit()?,
+        resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         ..KafkaOptions::default()
     };
     durability.dead_letter = match (&cfg.sinks.dead_letter, &cfg.sinks.dead_letter_topic) {

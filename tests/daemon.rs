@@ -1,4 +1,4 @@
-//! The daemon against a real broker (tansu): SPEC 5's identity on a generated stream (every
+//! The daemon against Apache Kafka (the test fixture's broker): SPEC 5's identity on a generated stream (every
 //! snapshot equals a brute-force recomputation over exactly the records its offsets cover,
 //! for 1 and 4 partitions and 1, 4 and 16 shards), interval triggers, the Kafka output topic,
 //! and a broker that is not there at start.
@@ -269,7 +269,7 @@ fn kafka_output_topic_carries_every_snapshot() {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("out", 0, Offset::Beginning)
+    tpl.add_partition_offset(&broker.topic("out"), 0, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut got = Vec::new();
@@ -330,7 +330,8 @@ fn broker_not_there_at_start_fails_clearly_or_is_waited_for() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let broker = common::Broker::start_on(port);
+    let _broker = common::Broker::dedicated_on(port);
+    let broker = &_broker;
     broker.create_topic("late", 1);
     broker.produce("late", &d.stream[..2_500], common::household_key);
     let lines = || {

@@ -1,4 +1,4 @@
-//! `analyze kafka://` against a real broker (tansu): the bounded read of a topic gives the same
+//! `analyze kafka://` against Apache Kafka (the test fixture's broker): the bounded read of a topic gives the same
 //! files as `analyze FILE` over the same records, on one partition and on four.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The daemon's pipeline reading Kafka on a real broker (tansu): the golden stream from a
+//! The daemon's pipeline reading Apache Kafka (the test fixture's broker): the golden stream from a
 //! one-partition topic equals Spark's snapshots; from four partitions with 1 and 4 shards, every
 //! snapshot covers exactly its trigger's records and the last equals a brute-force count.
 

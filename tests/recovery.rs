@@ -1,4 +1,4 @@
-//! Reliability against a real broker (tansu): `kill -9` at random points (one of them in the
+//! Reliability against Apache Kafka (the test fixture's broker): `kill -9` at random points (one of them in the
 //! middle of a checkpoint write) and restarts give exactly the snapshots and dead letters of
 //! an uninterrupted run; a damaged newest checkpoint falls back to the one before with the
 //! same result; a model change is refused unless `--reset-state`; a broker restarted on its
@@ -363,10 +363,7 @@ fn run_in_process(
 
 #[test]
 fn a_broker_restarted_on_its_storage_loses_and_repeats_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = format!("sqlite://{}", dir.path().join("tansu.db").display());
-    let port = common::free_port();
-    let mut broker = common::Broker::start_with(port, &storage);
+    let mut broker = common::Broker::dedicated();
     broker.create_topic("views", 1);
     let stream = &data().stream;
     let half = stream.len() / 2;
@@ -378,9 +375,10 @@ fn a_broker_restarted_on_its_storage_loses_and_repeats_nothing() {
         move || m.records.load(Ordering::Relaxed) >= n as u64
     };
     common::wait_for(60, "the first half counted", counted(half));
-    drop(broker);
+    // kill -9 the broker mid-stream and start it again on the same data folder and port
+    broker.kill();
     std::thread::sleep(Duration::from_secs(3));
-    broker = common::Broker::start_with(port, &storage);
+    broker.restart();
     broker.produce("views", &stream[half..], common::household_key);
     common::wait_for(120, "the second half counted", counted(stream.len()));
     stop.store(true, Ordering::Relaxed);
@@ -409,7 +407,7 @@ fn a_broker_restarted_on_its_storage_loses_and_repeats_nothing() {
 
 #[test]
 fn a_long_outage_ends_the_run_cleanly_with_a_last_checkpoint() {
-    let broker = common::Broker::start();
+    let broker = common::Broker::dedicated();
     broker.create_topic("views", 1);
     let n = 5_000;
     broker.produce("views", &data().stream[..n], common::household_key);

@@ -1,4 +1,4 @@
-//! Recording and replaying against a real broker (tansu): a record-then-replay round trip keeps
+//! Recording and replaying against Apache Kafka (the test fixture's broker): a record-then-replay round trip keeps
 //! every byte of keys and values, partitions and order within a partition; a paced replay lands
 //! near its rate; a load test's JSON has every field and agrees with the daemon's counters;
 //! bad input (not a recording, a cut recording, a missing topic, a broker that goes away) gets
@@ -90,7 +90,7 @@ fn record_then_replay_round_trips_keys_values_partitions_and_order() {
         },
         |v| Some((v.len() % 3) as i32),
     );
-    let want = read_topic(&broker.addr, "orig", 3);
+    let want = read_topic(&broker.addr, &broker.topic("orig"), 3);
     assert_eq!(want.values().map(Vec::len).sum::<usize>(), 2_000);
 
     let dir = tempfile::tempdir().unwrap();
@@ -148,7 +148,7 @@ fn record_then_replay_round_trips_keys_values_partitions_and_order() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("replayed 2000 records"));
-    assert_eq!(read_topic(&broker.addr, "copy", 3), want);
+    assert_eq!(read_topic(&broker.addr, &broker.topic("copy"), 3), want);
 
     // --loop 2 plays it twice, in the same order
     let out = viewpulse(&[
@@ -165,7 +165,7 @@ fn record_then_replay_round_trips_keys_values_partitions_and_order() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let twice = read_topic(&broker.addr, "twice", 3);
+    let twice = read_topic(&broker.addr, &broker.topic("twice"), 3);
     for (p, recs) in &want {
         let mut doubled = recs.clone();
         doubled.extend(recs.iter().cloned());
@@ -211,7 +211,7 @@ fn a_paced_replay_lands_within_ten_percent_of_its_rate() {
     );
     // keyed by household: every record of a household is in one partition, the one of its
     // stable hash
-    let got = read_topic(&broker.addr, "paced", 2);
+    let got = read_topic(&broker.addr, &broker.topic("paced"), 2);
     for (p, recs) in &got {
         for (k, v) in recs {
             assert_eq!(k.as_deref(), Some(replay::household_key(v)));
@@ -428,7 +428,7 @@ fn bad_input_gets_one_clear_message() {
 /// saying how many records were not delivered, and exit code 69.
 #[test]
 fn a_broker_that_goes_away_mid_replay_is_a_clear_error() {
-    let broker = common::Broker::start();
+    let broker = common::Broker::dedicated();
     broker.create_topic("gone", 1);
     let views = golden().join("input/views_stream.csv");
     let child = Command::new(env!("CARGO_BIN_EXE_viewpulse"))

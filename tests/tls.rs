@@ -1,133 +1,50 @@
-//! Kafka over TLS, end to end against the test suite's real broker. tansu 0.6.0 speaks only
-//! plaintext, so the test puts a TLS-terminating proxy (OpenSSL, a certificate made here for
-//! 127.0.0.1) in front of it and has tansu advertise the proxy's port: every connection the
-//! clients make, bootstrap and fetch alike, then goes through TLS. `viewpulse replay` writes
-//! the golden stream through it and `viewpulse run` reads it back through it, both configured
-//! only with `-X security.protocol=SSL -X ssl.ca.location=…`; the final snapshot must equal a
-//! run over the same file. A client that does not trust the certificate is refused with a
-//! message, not served.
+//! Kafka over TLS and SASL/SCRAM, end to end against Apache Kafka itself: the fixture starts a
+//! broker of this test's own with an SSL and a SASL_SSL listener (a CA and a certificate for
+//! 127.0.0.1 made by the fixture) and a SCRAM-SHA-512 user created by Kafka's own StorageTool.
+//! `viewpulse replay` writes the golden stream over SASL_SSL, `viewpulse record` captures it
+//! back over SASL_SSL, and `viewpulse run` reads it over SASL_SSL: the recording holds every
+//! record and the final snapshot equals a run over the same file. A wrong password and an
+//! untrusted certificate each end with one clear message naming the broker and the reason,
+//! and the password appears in no log line or error.
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Output};
 
-use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod, SslStream};
+use viewpulse::kafka_broker::BrokerOptions;
 
-/// Kills the broker when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A self-signed certificate and key for 127.0.0.1 in `dir`, made by the openssl command.
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        out.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
-/// Copies bytes both ways between a TLS client and the plaintext broker until either closes.
-/// Both sockets wait at most 2 ms for a read, so one thread serves both directions.
-fn pump(mut tls: SslStream<TcpStream>, mut plain: TcpStream) {
-    let tick = Some(Duration::from_millis(2));
-    if tls.get_ref().set_read_timeout(tick).is_err() || plain.set_read_timeout(tick).is_err() {
-        return;
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    let idle = |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
-    loop {
-        match tls.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if plain.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if idle(&e) => {}
-            Err(_) => return,
-        }
-        match plain.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if tls.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if idle(&e) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// A TLS proxy on `listener` to the broker at `backend`, a thread per connection.
-fn proxy(listener: TcpListener, backend: String, cert: &Path, key: &Path) {
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("acceptor");
-    b.set_certificate_chain_file(cert).expect("certificate");
-    b.set_private_key_file(key, SslFiletype::PEM).expect("key");
-    let acceptor = b.build();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let acceptor = acceptor.clone();
-            let backend = backend.clone();
-            std::thread::spawn(move || {
-                // a client that refuses the certificate ends its handshake here
-                let Ok(tls) = acceptor.accept(conn) else {
-                    return;
-                };
-                if let Ok(plain) = TcpStream::connect(&backend) {
-                    pump(tls, plain);
-                }
-            });
-        }
-    });
-}
+const USER: &str = "alice";
+/// Long and unusual, so that a grep for it cannot match anything else.
+const PASSWORD: &str = "pw-7f3a9c1e-never-logged";
 
 fn viewpulse(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_viewpulse"))
         .args(args)
         .env("VIEWPULSE_NO_PROGRESS", "1")
+        .env("VIEWPULSE_TEST_SASL_PASSWORD", PASSWORD)
         .output()
         .expect("viewpulse runs")
 }
 
-fn ok(args: &[&str]) {
+/// Runs `args`, asserts success and that the password is not in what it printed; its
+/// standard error.
+fn ok(args: &[&str]) -> String {
     let out = viewpulse(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {err}");
+    assert_no_password(&out);
+    err
+}
+
+fn assert_no_password(out: &Output) {
+    for text in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(text).contains(PASSWORD),
+            "the password was printed: {}",
+            String::from_utf8_lossy(text)
+        );
+    }
 }
 
 /// The last snapshot of a JSON-lines file, without its time.
@@ -142,61 +59,99 @@ fn last_snapshot(path: &Path) -> serde_json::Value {
     v
 }
 
+fn golden() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden")
+}
+
 #[test]
-fn replay_and_run_over_tls_give_the_file_run_s_snapshot_and_an_untrusted_certificate_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path(), "broker");
-    let (other, _) = certificate(dir.path(), "other");
-    let (broker_port, tls_port) = (common::free_port(), common::free_port());
-    let _broker = Killed(
-        Command::new(common::tansu())
-            .args([
-                "broker",
-                "--storage-engine=memory://tansu/",
-                &format!("--listener-url=tcp://127.0.0.1:{broker_port}"),
-                &format!("--advertised-listener-url=tcp://127.0.0.1:{tls_port}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu starts"),
+fn sasl_ssl_replay_record_and_run_end_to_end_and_bad_credentials_are_named() {
+    let broker = common::Broker::dedicated_with(&BrokerOptions {
+        tls: true,
+        scram_users: vec![(USER.into(), PASSWORD.into())],
+        ..Default::default()
+    });
+    let local = broker.local();
+    let sasl = local.sasl_ssl_addr().expect("a SASL_SSL listener");
+    let ssl = local.ssl_addr().expect("an SSL listener");
+    let ca = format!("ssl.ca.location={}", local.ca().display());
+    let dir = tempfile::tempdir().unwrap();
+    let views = golden().join("input/views_stream.csv");
+    let (model, views) = (
+        golden().to_str().unwrap().to_string(),
+        views.to_str().unwrap().to_string(),
     );
-    let backend = format!("127.0.0.1:{broker_port}");
-    common::wait_for(30, "tansu listens", || TcpStream::connect(&backend).is_ok());
-    let listener = TcpListener::bind(("127.0.0.1", tls_port)).expect("the TLS port");
-    proxy(listener, backend, &cert, &key);
+    let url = format!("kafka://{sasl}/views");
+    let user = format!("sasl.username={USER}");
+    // the password from the environment, as a deployment passes it
+    let secure: Vec<&str> = vec![
+        "-X",
+        "security.protocol=SASL_SSL",
+        "-X",
+        "sasl.mechanism=SCRAM-SHA-512",
+        "-X",
+        &user,
+        "-X",
+        "sasl.password=${env:VIEWPULSE_TEST_SASL_PASSWORD}",
+        "-X",
+        &ca,
+    ];
 
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
-    let views = golden.join("input/views_stream.csv");
-    let (model, views) = (golden.to_str().unwrap(), views.to_str().unwrap());
-    let url = format!("kafka://127.0.0.1:{tls_port}/views");
-    let ca = format!("ssl.ca.location={}", cert.display());
-    let tls = ["-X", "security.protocol=SSL", "-X", &ca];
-
-    let mut args = vec!["replay", "--file", views, "--to", &url, "--partitions", "2"];
-    args.extend(tls);
+    let mut args = vec![
+        "--log",
+        "debug",
+        "replay",
+        "--file",
+        &views,
+        "--to",
+        &url,
+        "--partitions",
+        "2",
+    ];
+    args.extend(&secure);
     ok(&args);
+
+    let rec = dir.path().join("views.vprec");
+    let mut args = vec![
+        "--log",
+        "debug",
+        "record",
+        "--from",
+        &url,
+        "--out",
+        rec.to_str().unwrap(),
+        "--until-end",
+    ];
+    args.extend(&secure);
+    let err = ok(&args);
+    let lines = common::lines(Path::new(&views)).len();
+    assert!(
+        err.contains(&format!("recorded {lines} records")),
+        "the recording holds every record: {err}"
+    );
 
     let (over_tls, from_file) = (dir.path().join("tls.jsonl"), dir.path().join("file.jsonl"));
     let run = |source: &str, out: &Path, extra: &[&str]| -> Output {
-        let mut a = vec!["run", "--model", model, "--source", source, "--until-end"];
-        a.extend(["--no-stdout", "--startup-wait", "5s", "--snapshots"]);
-        a.push(out.to_str().unwrap());
+        let mut a = vec![
+            "--log", "debug", "run", "--model", &model, "--source", source,
+        ];
+        a.extend(["--until-end", "--no-stdout", "--startup-wait", "5s"]);
+        a.extend(["--snapshots", out.to_str().unwrap()]);
         a.extend(extra);
         viewpulse(&a)
     };
-    let out = run(&url, &over_tls, &tls);
+    let out = run(&url, &over_tls, &secure);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_no_password(&out);
     ok(&[
         "run",
         "--model",
-        model,
+        &model,
         "--source",
-        views,
+        &views,
         "--until-end",
         "--no-stdout",
         "--snapshots",
@@ -204,20 +159,52 @@ fn replay_and_run_over_tls_give_the_file_run_s_snapshot_and_an_untrusted_certifi
     ]);
     let (got, want) = (last_snapshot(&over_tls), last_snapshot(&from_file));
     assert!(want["records"].as_u64().unwrap_or(0) > 0, "{want}");
-    assert_eq!(got, want, "the snapshot read over TLS");
+    assert_eq!(got, want, "the snapshot read over SASL_SSL");
 
-    // the same broker with a certificate the client does not trust: refused, named
+    // a wrong password: refused, with the broker and the reason, and no password printed
+    let mut wrong = secure.clone();
+    wrong[7] = "sasl.password=not-the-password-either";
+    let out = run(&url, &dir.path().join("wrong.jsonl"), &wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert_no_password(&out);
+    assert!(!err.contains("not-the-password-either"), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains(&sasl) && l.contains("Authentication failed")),
+        "an error line names the broker and the reason: {err}"
+    );
+
+    // a certificate the client does not trust (its CA is another one): refused, named
+    let other = dir.path().join("other-ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=not the broker's CA", "-keyout"])
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("the openssl command runs");
+    assert!(made.status.success());
     let untrusted = format!("ssl.ca.location={}", other.display());
     let out = run(
-        &url,
+        &format!("kafka://{ssl}/views"),
         &dir.path().join("refused.jsonl"),
         &["-X", "security.protocol=SSL", "-X", &untrusted],
     );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an untrusted broker was read: {err}");
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "an untrusted broker was read: {err}"
+    );
     assert!(
-        err.lines().any(|l| l.contains("error:")
-            && l.contains(&format!("127.0.0.1:{tls_port}"))
+        err.lines().any(|l| l.contains("error")
+            && l.contains(&ssl)
             && l.contains("certificate verify failed")),
         "one error line names the broker and the reason: {err}"
     );

@@ -379,6 +379,7 @@ pub struct GlobalSettings {
 
 /// The coordinator's view while it leads.
 struct Leading {
+    out: BaseProducer,
     changelog: Reader,
     changelog_partitions: usize,
     at_end: std::collections::BTreeSet<i32>,
@@ -427,7 +428,10 @@ fn last_global(s: &ClusterSettings) -> Result<Option<Snapshot>, String> {
 
 /// The global coordinator: runs on its own thread in every process until `stop`, emitting
 /// global snapshots while `elected` is set (while the consumer group has given this process
-/// input partition 0).
+/// input partition 0). Each leadership writes through a transactional producer with one
+/// `transactional.id` per group: taking the role fences the previous holder's producer, so a
+/// zombie (a process that was paused past its session timeout and still believes it leads)
+/// cannot commit a global snapshot, and a snapshot reaches the sinks only once committed.
 pub fn coordinate(
     g: GlobalSettings,
     elected: Arc<AtomicBool>,
@@ -436,15 +440,12 @@ pub fn coordinate(
     stop: Arc<AtomicBool>,
 ) -> Result<(), PipelineError> {
     let s = &g.cluster;
-    let mut out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
-        .set("acks", "all")
-        .set("linger.ms", "0")
-        .set("message.max.bytes", "100000000")
-        .create()
-        .map_err(|e| kafka_err(&s.coordinator, format!("cannot create a producer: {e}")))?;
     let mut leading: Option<Leading> = None;
+    // after being fenced, wait for the group to take partition 0 away before leading again
+    let mut fenced_at: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
-        let owns = elected.load(Ordering::Relaxed);
+        let owns = elected.load(Ordering::Relaxed)
+            && fenced_at.is_none_or(|t| t.elapsed() >= s.session_timeout);
         if leading.is_none() {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -454,6 +455,7 @@ pub fn coordinate(
                     info!(member = %s.member, last_trigger = l.last_trigger, "this process is the coordinator");
                     metrics.triggers.store(l.last_trigger, Ordering::Relaxed);
                     leading = Some(l);
+                    fenced_at = None;
                 }
                 Err(e) => {
                     error!(member = %s.member, error = %e, "cannot take the coordinator role; retrying");
@@ -468,14 +470,40 @@ pub fn coordinate(
         }
         if let Some(l) = &mut leading {
             follow(&g, l)?;
-            emit_if_due(&g, l, &mut sinks, &metrics, &mut out)?;
+            if let Emitted::Fenced = emit_if_due(&g, l, &mut sinks, &metrics)? {
+                info!(member = %s.member, "no longer the coordinator: another process took the role (this one was fenced)");
+                leading = None;
+                fenced_at = Some(Instant::now());
+            }
         }
     }
     Ok(())
 }
 
+/// The coordinator topic's producer of one leadership: transactional, so that
+/// `init_transactions` fences every earlier producer of the group's coordinator.
+fn coordinator_producer(s: &ClusterSettings) -> Result<BaseProducer, String> {
+    let out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
+        .set("transactional.id", format!("{}.coordinator", s.group_id))
+        .set("linger.ms", "0")
+        .set("message.max.bytes", "100000000")
+        .create()
+        .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
+    out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
+        .map_err(|e| {
+            format!(
+                "{}: cannot fence the previous coordinator: {e}",
+                s.coordinator
+            )
+        })?;
+    Ok(out)
+}
+
 fn lead(g: &GlobalSettings) -> Result<Leading, String> {
     let s = &g.cluster;
+    // fence first, then read: whatever an earlier coordinator still had in flight is either
+    // committed before this read or never
+    let out = coordinator_producer(s)?;
     let last = last_global(s)?;
     let changelog = reader(
         &s.changelog.brokers,
@@ -503,6 +531,7 @@ fn lead(g: &GlobalSettings) -> Result<Leading, String> {
         None => (0, BTreeMap::new()),
     };
     Ok(Leading {
+        out,
         changelog,
         changelog_partitions: n,
         at_end: Default::default(),
@@ -556,15 +585,60 @@ fn covered(l: &Leading) -> BTreeMap<i32, i64> {
     l.latest.iter().map(|(&p, (o, _))| (p, *o)).collect()
 }
 
+/// What [`emit_if_due`] did.
+enum Emitted {
+    /// A snapshot was committed and written to the sinks, or none was due.
+    Done,
+    /// Another process has taken the role: nothing was written.
+    Fenced,
+}
+
+/// Write `snap` to the coordinator topic in a transaction of its own: `Ok(false)` when this
+/// process was fenced by a newer coordinator (a fatal transaction error).
+fn commit_global(
+    out: &BaseProducer,
+    s: &ClusterSettings,
+    snap: &Snapshot,
+    json: &str,
+) -> Result<bool, PipelineError> {
+    let timeout = s.session_timeout.max(Duration::from_secs(10));
+    let fatal = |e: &KafkaError| matches!(e, KafkaError::Transaction(t) if t.is_fatal());
+    let attempt = || -> Result<(), KafkaError> {
+        out.begin_transaction()?;
+        let key = snap.trigger.to_string();
+        out.send(
+            BaseRecord::to(&s.coordinator.topic)
+                .key(key.as_bytes())
+                .payload(json.as_bytes())
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)?;
+        out.commit_transaction(timeout)
+    };
+    match attempt() {
+        Ok(()) => Ok(true),
+        Err(e) if fatal(&e) => {
+            warn!(topic = %s.coordinator, error = %e, trigger = snap.trigger, "the global snapshot was not committed: this coordinator was fenced");
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = out.abort_transaction(timeout);
+            Err(kafka_err(
+                &s.coordinator,
+                format!("cannot commit global snapshot {}: {e}", snap.trigger),
+            ))
+        }
+    }
+}
+
 fn emit_if_due(
     g: &GlobalSettings,
     l: &mut Leading,
     sinks: &mut [Box<dyn SnapshotSink>],
     metrics: &Metrics,
-    out: &mut BaseProducer,
-) -> Result<(), PipelineError> {
+) -> Result<Emitted, PipelineError> {
     if l.at_end.len() < l.changelog_partitions || l.last_emit.elapsed() < g.interval {
-        return Ok(());
+        return Ok(Emitted::Done);
     }
     let offsets = covered(l);
     // nothing new, or behind what the previous coordinator already emitted
@@ -573,7 +647,7 @@ fn emit_if_due(
             .iter()
             .any(|(p, o)| offsets.get(p).is_none_or(|x| x < o))
     {
-        return Ok(());
+        return Ok(Emitted::Done);
     }
     let started = Instant::now();
     let mut all = Counters::new(g.shape.0, g.shape.1);
@@ -591,18 +665,16 @@ fn emit_if_due(
     metrics.merged(merge);
     let json = serde_json::to_string(&snap)
         .map_err(|e| PipelineError::Checkpoint(format!("cannot encode a snapshot: {e}")))?;
-    let key = snap.trigger.to_string();
     let s = &g.cluster;
-    if let Err((e, _)) = out.send(
-        BaseRecord::to(&s.coordinator.topic)
-            .key(key.as_bytes())
-            .payload(json.as_bytes())
-            .partition(0),
-    ) {
-        warn!(topic = %s.coordinator, error = %e, "cannot write the global snapshot to the coordinator topic");
-    }
-    if let Err(e) = out.flush(s.session_timeout) {
-        warn!(topic = %s.coordinator, error = %e, "the global snapshot was not acknowledged");
+    match commit_global(&l.out, s, &snap, &json) {
+        Ok(true) => {}
+        Ok(false) => return Ok(Emitted::Fenced),
+        Err(e) => {
+            // not committed, not fenced (the broker away, say): try again next interval
+            warn!(error = %e, "global snapshot not written; retrying");
+            l.last_emit = Instant::now();
+            return Ok(Emitted::Done);
+        }
     }
     for sink in sinks.iter_mut() {
         sink.emit(&snap)?;
@@ -619,7 +691,7 @@ fn emit_if_due(
     l.last_trigger = snap.trigger;
     l.last_offsets = offsets;
     l.last_emit = Instant::now();
-    Ok(())
+    Ok(Emitted::Done)
 }
 
 #[cfg(test)]

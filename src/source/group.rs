@@ -18,10 +18,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
 
-use super::kafka::{Context, KafkaOptions, KafkaUrl, PolledBatch, RESUME_REWIND};
+use super::kafka::{resume_at, Context, KafkaOptions, KafkaUrl, PolledBatch};
 use super::SourceError;
 use crate::checkpoint::PartitionState;
 
@@ -84,6 +84,7 @@ struct GroupContext {
     fatal: Arc<Mutex<Option<String>>>,
     member: String,
     owns_first: Arc<AtomicBool>,
+    resume_rewind: i64,
 }
 
 impl GroupContext {
@@ -171,13 +172,8 @@ impl GroupContext {
         for &p in &partitions {
             let next = states.get(&p).map_or(0, |s| s.next_offset);
             resume.insert(p, next);
-            // tansu 0.6.0 skips the rest of a record batch when a fetch starts inside it
-            // (see `stream_topic`): fetch from earlier and drop what is before `next`
-            let at = if next > 0 {
-                Offset::Offset((next - RESUME_REWIND).max(0))
-            } else {
-                Offset::Beginning
-            };
+            // at `next` exactly, or `resume_rewind` earlier (see `stream_topic`)
+            let at = resume_at(next, self.resume_rewind);
             if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
                 return self.fail(format!("cannot assign partition {p} at {next}: {e}"));
             }
@@ -279,6 +275,7 @@ pub fn stream_group(
         fatal: fatal.clone(),
         member: opts.member.clone(),
         owns_first: opts.owns_first.clone(),
+        resume_rewind: opts.client.resume_rewind,
     };
     let consumer: BaseConsumer<GroupContext> = cfg.create_with_context(ctx).map_err(|e| {
         kafka(format!(

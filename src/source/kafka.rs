@@ -1,9 +1,9 @@
 //! Kafka as a bounded source (SPEC 6: `kafka://HOST:PORT/TOPIC`): every record the topic holds
 //! when the read starts, from the beginning of each partition. The consumer is a `BaseConsumer`
 //! polled on the calling thread with partitions assigned by hand (no group rebalances), and
-//! the end of each partition is found with partition EOF events, which carry the fetch
-//! response's high watermark (some brokers under-report ListOffsets, so watermarks alone are
-//! not trusted). Records are copied into a batch arena and counted with the batched core.
+//! the end of each partition is its high watermark when the read starts (ListOffsets), with
+//! the partition EOF event as the fallback where the broker gives no watermark. Records are
+//! copied into a batch arena and counted with the batched core.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -245,6 +245,11 @@ pub struct KafkaOptions {
     pub startup_wait: Duration,
     /// A daemon ends its read (an error) after a mid-stream outage this long; none = never.
     pub outage_limit: Option<Duration>,
+    /// A resumed partition is fetched from this many records before its stored offset (the
+    /// records before it are dropped here): 0 on a broker that starts a fetch where it is
+    /// asked, as Apache Kafka does. tansu 0.6.0 needs about 20,000: it answers a fetch that
+    /// starts inside a record batch with the batches after it.
+    pub resume_rewind: i64,
 }
 
 impl Default for KafkaOptions {
@@ -256,6 +261,7 @@ impl Default for KafkaOptions {
             batch: 8192,
             startup_wait: Duration::ZERO,
             outage_limit: None,
+            resume_rewind: 0,
         }
     }
 }
@@ -309,6 +315,77 @@ impl Batch {
         self.ends.clear();
         self.positions.clear();
         Ok(())
+    }
+}
+
+/// Where a bounded read ends: each partition's high watermark as the read starts (Apache
+/// Kafka reports it right, through ListOffsets), with the partition EOF event as the fallback
+/// for a partition whose watermark the broker did not give (or whose last offsets hold no
+/// record, as after a transaction marker).
+#[derive(Debug, Default)]
+struct Ends {
+    high: BTreeMap<i32, i64>,
+    done: BTreeSet<i32>,
+}
+
+impl Ends {
+    /// Ask for every partition's watermarks; `start[p]`, where known, is the first offset
+    /// the read takes (a partition that starts at or past its end is done at once).
+    fn query<C: ConsumerContext>(
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partitions: &[i32],
+        start: impl Fn(i32, i64) -> Option<i64>,
+        timeout: Duration,
+    ) -> Ends {
+        let mut ends = Ends::default();
+        for &p in partitions {
+            match consumer.fetch_watermarks(topic, p, timeout) {
+                Ok((low, high)) if high >= low && high >= 0 => {
+                    ends.high.insert(p, high);
+                    if start(p, low).is_some_and(|s| s >= high) {
+                        ends.done.insert(p);
+                    }
+                }
+                Ok((low, high)) => {
+                    warn!(topic, partition = p, low, high, "the broker's watermarks make no sense; reading this partition to its end of partition event")
+                }
+                Err(e) => {
+                    warn!(topic, partition = p, error = %e, "no high watermark; reading this partition to its end of partition event")
+                }
+            }
+        }
+        ends
+    }
+
+    /// Whether a record at `offset` of `p` belongs to the read (it was there when the read
+    /// started); marks `p` done when it is the last one.
+    fn take(&mut self, p: i32, offset: i64) -> bool {
+        if self.done.contains(&p) {
+            return false;
+        }
+        match self.high.get(&p) {
+            Some(&high) if offset >= high => {
+                self.done.insert(p);
+                false
+            }
+            Some(&high) => {
+                if offset + 1 >= high {
+                    self.done.insert(p);
+                }
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The end of `p` was reached (EOF event).
+    fn eof(&mut self, p: i32) {
+        self.done.insert(p);
+    }
+
+    fn all(&self, partitions: usize) -> bool {
+        self.done.len() >= partitions
     }
 }
 
@@ -380,7 +457,13 @@ pub fn count_topic(
     };
     let mut counters = Counters::for_membership(membership);
     let mut offsets: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
-    let mut done: BTreeSet<i32> = BTreeSet::new();
+    let mut ends = Ends::query(
+        &consumer,
+        &url.topic,
+        &partitions,
+        |_, low| Some(low),
+        opts.metadata_timeout,
+    );
     let mut batch = Batch {
         data: Vec::with_capacity(opts.batch * 64),
         ends: Vec::with_capacity(opts.batch),
@@ -389,14 +472,14 @@ pub fn count_topic(
     let mut bytes = 0u64;
     let mut last_progress = Instant::now();
     let bar = crate::progress::spinner(&format!("reading {url}"));
-    while done.len() < partitions.len() {
+    while !ends.all(partitions.len()) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {
                 if last_progress.elapsed() > opts.idle_timeout {
                     let waiting: Vec<i32> = partitions
                         .iter()
                         .copied()
-                        .filter(|p| !done.contains(p))
+                        .filter(|p| !ends.done.contains(p))
                         .collect();
                     return Err(kafka(format!(
                         "nothing arrived for {:?}; partitions {waiting:?} never reached their end",
@@ -405,7 +488,7 @@ pub fn count_topic(
                 }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                done.insert(p);
+                ends.eof(p);
                 last_progress = Instant::now();
             }
             Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
@@ -416,8 +499,8 @@ pub fn count_topic(
                 consumer.context().reachable();
                 last_progress = Instant::now();
                 let p = m.partition();
-                if done.contains(&p) {
-                    continue; // written after this partition's end was reached
+                if !ends.take(p, m.offset()) {
+                    continue; // written after the read started
                 }
                 let value = m.payload().unwrap_or(&[]);
                 bytes += value.len() as u64;
@@ -532,9 +615,6 @@ pub fn wait_for_topic<C: ConsumerContext>(
     if warned {
         tracing::info!(%url, waited = ?began.elapsed(), "source ready");
     }
-    if warned {
-        tracing::info!(%url, waited = ?began.elapsed(), "source ready");
-    }
     Ok((partitions, warned))
 }
 
@@ -569,8 +649,15 @@ impl StartAt {
     }
 }
 
-/// How far before a stored offset a resumed partition is fetched from (see `stream_topic`).
-pub const RESUME_REWIND: i64 = 20_000;
+/// Where to fetch a partition resumed at `next` from: `rewind` records earlier (see
+/// [`KafkaOptions::resume_rewind`]), the beginning for a partition never read.
+pub fn resume_at(next: i64, rewind: i64) -> Offset {
+    if next <= 0 {
+        Offset::Beginning
+    } else {
+        Offset::Offset((next - rewind.max(0)).max(0))
+    }
+}
 
 /// Records of one poll round with their `(partition, offset)`.
 #[derive(Debug, Default, Clone)]
@@ -654,13 +741,11 @@ pub fn stream_topic(
     consumer.context().started(warned);
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        // tansu 0.6.0 answers a fetch that starts inside a record batch with the batches
-        // after it, skipping the rest of that batch (seen: 15 records lost on a resume at
-        // offset 1,500). So a resumed partition is fetched from up to RESUME_REWIND records
-        // earlier (more than a producer batch holds) and the records before the stored offset
-        // are dropped here; a broker that still starts after it is reported.
+        // a resumed partition starts at its stored offset exactly (or `resume_rewind` records
+        // earlier, for a broker that needs it; what is before the offset is dropped below,
+        // and a broker that starts after it is reported)
         let at = match opts.resume.get(&p) {
-            Some(&o) => Offset::Offset((o - RESUME_REWIND).max(0)),
+            Some(&o) => resume_at(o, opts.client.resume_rewind),
             None => opts.start.offset(),
         };
         tpl.add_partition_offset(&url.topic, p, at)
@@ -670,7 +755,22 @@ pub fn stream_topic(
         .assign(&tpl)
         .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut done: BTreeSet<i32> = BTreeSet::new();
+    let mut ends = if opts.until_end {
+        Ends::query(
+            &consumer,
+            &url.topic,
+            &partitions,
+            |p, low| match (opts.resume.get(&p), opts.start) {
+                (Some(&next), _) => Some(next),
+                (None, StartAt::Earliest) => Some(low),
+                // latest and stored: the end of partition event tells
+                (None, _) => None,
+            },
+            opts.client.metadata_timeout,
+        )
+    } else {
+        Ends::default()
+    };
     let mut batch = PolledBatch::default();
     let mut since = Instant::now();
     let send = |b: &mut PolledBatch| -> bool {
@@ -680,7 +780,7 @@ pub fn stream_topic(
         tx.send(std::mem::take(b)).is_ok()
     };
     loop {
-        if stop.load(Ordering::Relaxed) || (opts.until_end && done.len() == partitions.len()) {
+        if stop.load(Ordering::Relaxed) || (opts.until_end && ends.all(partitions.len())) {
             break;
         }
         if let (Some(limit), Some(lasted)) =
@@ -699,16 +799,13 @@ pub fn stream_topic(
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 consumer.context().reachable();
-                done.insert(p);
+                ends.eof(p);
             }
             Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
             Some(Err(e)) => warn!(%url, error = %e, "consumer error; retrying"),
             Some(Ok(m)) => {
                 consumer.context().reachable();
                 let p = m.partition();
-                if opts.until_end && done.contains(&p) {
-                    continue;
-                }
                 if let Some(&from) = opts.resume.get(&p) {
                     if m.offset() < from {
                         continue;
@@ -716,6 +813,9 @@ pub fn stream_topic(
                     if !offsets.contains_key(&p) && m.offset() > from {
                         tracing::error!(%url, partition = p, expected = from, got = m.offset(), "the broker skipped records on resume: offsets {from}..{} are missing", m.offset());
                     }
+                }
+                if opts.until_end && !ends.take(p, m.offset()) {
+                    continue;
                 }
                 batch.data.extend_from_slice(m.payload().unwrap_or(&[]));
                 batch.ends.push(batch.data.len());

@@ -1,12 +1,13 @@
-//! Shared helpers of the integration tests: a real Kafka-protocol broker (tansu 0.6.0) started
-//! on a free loopback port and stopped when dropped, small producer/admin helpers, and the
-//! pipeline run and snapshot comparison that several test files share.
+//! Shared helpers of the integration tests: the Apache Kafka broker (one per test binary,
+//! started by the fixture `deploy/kafka/broker.sh` on free loopback ports, topics unique per
+//! test; or a broker of a test's own that it can kill and restart; or the cluster that
+//! `VIEWPULSE_TEST_BOOTSTRAP=HOST:PORT` names), small producer/admin helpers, and the pipeline
+//! run and snapshot comparison that several test files share.
 
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -14,22 +15,40 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-/// Where the tansu binary is (the library's own lookup: `$VIEWPULSE_TANSU`, `tansu` on the
-/// PATH, or `~/.cargo/bin/tansu`); fails the test with the install command when it is missing.
-pub fn tansu() -> PathBuf {
-    let p = viewpulse::loadtest::find_tansu();
-    assert!(
-        p.is_file(),
-        "tansu is not installed: run .ci/run, or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`"
-    );
-    p
-}
-
-/// A tansu broker process on a free loopback port, killed on drop.
+/// The broker of a test: Apache Kafka, started by the fixture (`deploy/kafka/broker.sh`) on
+/// free loopback ports, or the cluster `VIEWPULSE_TEST_BOOTSTRAP=HOST:PORT` names. Every
+/// handle has topic names of its own (a prefix), so tests can share one broker.
 pub struct Broker {
-    child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    prefix: String,
+    /// A broker of this handle's own (restartable); none for the shared one.
+    own: Option<viewpulse::kafka_broker::LocalBroker>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The shared broker of this test binary: (address, log), or why it could not start.
+static SHARED: std::sync::OnceLock<Result<(String, String), String>> = std::sync::OnceLock::new();
+static HANDLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn unique_prefix() -> String {
+    let n = HANDLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}-", std::process::id())
+}
+
+/// Start a broker of our own in `dir` by the fixture, panicking with the fixture's message
+/// (which names the broker's log) when it cannot.
+fn start_local(
+    dir: &std::path::Path,
+    opts: &viewpulse::kafka_broker::BrokerOptions,
+) -> viewpulse::kafka_broker::LocalBroker {
+    match viewpulse::kafka_broker::LocalBroker::start(dir, opts) {
+        Ok(b) => {
+            eprintln!("kafka broker {} (log: {})", b.addr, b.log().display());
+            b
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// `name`'s value from the environment as a number, or `default` (bench parameters).
@@ -111,37 +130,92 @@ pub fn wait_for(secs: u64, what: &str, mut until: impl FnMut() -> bool) {
 }
 
 impl Broker {
-    /// Start a broker with in-memory storage and wait until it accepts connections.
+    /// A handle on this test binary's shared broker (started at the first call, ended by the
+    /// fixture's watchdog when the binary exits), or on `VIEWPULSE_TEST_BOOTSTRAP`'s cluster.
     pub fn start() -> Broker {
-        Broker::start_on(free_port())
-    }
-
-    /// Start a broker with in-memory storage on `port`.
-    pub fn start_on(port: u16) -> Broker {
-        Broker::start_with(port, "memory://tansu/")
-    }
-
-    /// Start a broker on `port` with `storage` (`sqlite://FILE` keeps the data across a
-    /// restart on the same port and file).
-    pub fn start_with(port: u16, storage: &str) -> Broker {
-        let child = viewpulse::loadtest::tansu_command(&tansu(), port, storage)
-            .spawn()
-            .expect("tansu starts");
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {addr} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        let shared = SHARED.get_or_init(|| {
+            if let Ok(addr) = std::env::var("VIEWPULSE_TEST_BOOTSTRAP") {
+                return Ok((addr, "(the cluster of VIEWPULSE_TEST_BOOTSTRAP)".into()));
+            }
+            let dir =
+                std::env::temp_dir().join(format!("viewpulse-kafka-test-{}", std::process::id()));
+            let opts = viewpulse::kafka_broker::BrokerOptions {
+                cleanup: true,
+                ..Default::default()
+            };
+            let b = viewpulse::kafka_broker::LocalBroker::start(&dir, &opts)
+                .map_err(|e| e.to_string())?;
+            let out = (b.addr.clone(), b.log().display().to_string());
+            // the watchdog ends it (and deletes its folder) once this process has ended
+            std::mem::forget(b);
+            Ok(out)
+        });
+        let (addr, log) = match shared {
+            Ok(x) => x.clone(),
+            Err(e) => panic!("{e}"),
+        };
+        let prefix = unique_prefix();
+        eprintln!("kafka broker {addr}, topics {prefix}* (log: {log})");
+        Broker {
+            addr,
+            prefix,
+            own: None,
+            _dir: None,
         }
-        Broker { child, addr }
+    }
+
+    /// A broker of this test's own (always started by the fixture, even with
+    /// `VIEWPULSE_TEST_BOOTSTRAP`), which it can kill and restart.
+    pub fn dedicated() -> Broker {
+        Broker::dedicated_with(&viewpulse::kafka_broker::BrokerOptions::default())
+    }
+
+    /// [`Broker::dedicated`] on `port`.
+    pub fn dedicated_on(port: u16) -> Broker {
+        Broker::dedicated_with(&viewpulse::kafka_broker::BrokerOptions {
+            port: Some(port),
+            ..Default::default()
+        })
+    }
+
+    /// [`Broker::dedicated`] with TLS/SASL listeners or users.
+    pub fn dedicated_with(opts: &viewpulse::kafka_broker::BrokerOptions) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let b = start_local(dir.path(), opts);
+        Broker {
+            addr: b.addr.clone(),
+            // the broker is the test's alone: topics keep their names
+            prefix: String::new(),
+            own: Some(b),
+            _dir: Some(dir),
+        }
+    }
+
+    /// The fixture's broker behind a dedicated handle.
+    pub fn local(&self) -> &viewpulse::kafka_broker::LocalBroker {
+        self.own.as_ref().expect("a dedicated broker")
+    }
+
+    /// `kill -9` the dedicated broker (its data stays).
+    pub fn kill(&mut self) {
+        let b = self.own.as_mut().expect("a dedicated broker");
+        b.kill().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Start the dedicated broker again on its data folder and ports.
+    pub fn restart(&mut self) {
+        let b = self.own.as_mut().expect("a dedicated broker");
+        b.restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// This handle's name for `topic` on the broker.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
     }
 
     /// `kafka://ADDR/TOPIC`.
     pub fn url(&self, topic: &str) -> String {
-        format!("kafka://{}/{topic}", self.addr)
+        format!("kafka://{}/{}", self.addr, self.topic(topic))
     }
 
     /// Create a topic with `partitions` partitions.
@@ -150,7 +224,8 @@ impl Broker {
             .set("bootstrap.servers", &self.addr)
             .create()
             .unwrap();
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let name = self.topic(topic);
+        let new = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
         let res = futures_executor::block_on(admin.create_topics(&[new], &AdminOptions::new()))
             .expect("create_topics answered");
         for r in res {
@@ -172,7 +247,7 @@ impl Broker {
         key: impl Fn(&[u8]) -> Vec<u8>,
         partition: impl Fn(&[u8]) -> Option<i32>,
     ) {
-        produce_at(&self.addr, topic, values, key, partition)
+        produce_at(&self.addr, &self.topic(topic), values, key, partition)
     }
 }
 
@@ -212,13 +287,6 @@ pub fn produce_at(
     producer
         .flush(Duration::from_secs(60))
         .expect("every record delivered");
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The household id field of a record (its key, so that a household's records share a
