@@ -200,6 +200,7 @@ EOF
 format() {
   local dir=$1 libs=$2 id args=() u
   [[ -f $dir/data/meta.properties ]] && return
+  # (base64url of 16 random bytes may begin with "-": hence --cluster-id=ID, not -t ID)
   id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   if [[ -n ${SCRAM_USERS:-} ]]; then
     IFS=',' read -r -a users <<<"$SCRAM_USERS"
@@ -207,7 +208,7 @@ format() {
       args+=(--add-scram "SCRAM-SHA-512=[name=${u%%:*},password=${u#*:}]")
     done
   fi
-  if ! java_cmd "$libs" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
+  if ! java_cmd "$libs" kafka.tools.StorageTool format --cluster-id="$id" -c "$dir/server.properties" \
     "${args[@]}" >"$dir/format.log" 2>&1; then
     cat "$dir/format.log" >&2
     die "formatting $dir/data failed (log: $dir/format.log)"

@@ -258,7 +258,10 @@ pub fn ensure_topic(
         message,
     };
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers);
+    cfg.set("bootstrap.servers", &url.brokers)
+        // a look-up must not create the topic (with the broker's default partition count)
+        // on a broker with auto.create.topics.enable, Kafka's default
+        .set("allow.auto.create.topics", "false");
     for (k, v) in properties {
         cfg.set(k, v);
     }
@@ -286,6 +289,13 @@ pub fn ensure_topic(
             .filter(|p| !p.is_empty()))
     };
     if let Some(p) = partitions(&admin)? {
+        if let Some(n) = create.filter(|&n| (p.len() as i32) < n) {
+            return Err(kafka(format!(
+                "the topic exists with {} partitions, fewer than --partitions {n} routes to (give --partitions {}, or add partitions to the topic)",
+                p.len(),
+                p.len()
+            )));
+        }
         return Ok(p);
     }
     let Some(n) = create else {
