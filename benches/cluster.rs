@@ -1,5 +1,5 @@
 //! Scale-out throughput: 1, 2 and 3 `viewpulse run` processes (release binary, through
-//! `deploy/local-cluster.sh`) sharing one 6-partition topic of a local tansu broker, with a
+//! `deploy/local-cluster.sh`) sharing one 6-partition topic of a local Apache Kafka broker (the test fixture's), with a
 //! changelog and a coordinator topic per round. The topic is filled before anything is timed;
 //! a round is timed from the members' start until a global snapshot on the coordinator topic
 //! covers every record (the group forming and the first assignment included, which is why the
@@ -39,11 +39,11 @@ fn last_records(consumer: &BaseConsumer, last: &mut u64) {
     }
 }
 
-fn script(dir: &Path, broker: &str, round: &str, config: &Path, args: &[&str]) {
+fn script(dir: &Path, broker: &str, topic: &str, round: &str, config: &Path, args: &[&str]) {
     let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh"))
         .args(args)
         .env("BROKER", broker)
-        .env("TOPIC", "bench")
+        .env("TOPIC", topic)
         .env("VIEWPULSE_GROUP_ID", round)
         .env("VIEWPULSE_CLUSTER_DIR", dir)
         .env("VIEWPULSE_BIN", env!("CARGO_BIN_EXE_viewpulse"))
@@ -80,6 +80,7 @@ fn main() {
     let broker = common::Broker::start();
     broker.create_topic("bench", 6);
     broker.produce("bench", &stream, common::household_key);
+    let topic = broker.topic("bench");
     let config = dir.path().join("viewpulse.toml");
     std::fs::write(
         &config,
@@ -91,12 +92,13 @@ fn main() {
     .expect("config");
     for processes in 1..=most {
         let run = dir.path().join(format!("run{processes}"));
-        let round = format!("bench{processes}");
+        let round = broker.topic(&format!("bench{processes}"));
         let coordinator = format!("{round}-coordinator");
         let t = Instant::now();
         script(
             &run,
             &broker.addr,
+            &topic,
             &round,
             &config,
             &["start", &processes.to_string()],
@@ -129,7 +131,7 @@ fn main() {
         }
         let whole = t.elapsed().as_secs_f64();
         let steady = first_at.map_or(0.0, |f| f.elapsed().as_secs_f64());
-        script(&run, &broker.addr, &round, &config, &["stop"]);
+        script(&run, &broker.addr, &topic, &round, &config, &["stop"]);
         let steady_rate = if steady > 0.0 {
             (records - first_records) as f64 / steady
         } else {

@@ -4,7 +4,7 @@
 //!    reading them back allocate nothing per record (the counts over 200,000 records are
 //!    printed; they are the buffers' first growth only). Criterion times both loops.
 //! 2. `replay --max` against a bare rdkafka `BaseProducer` loop sending the same records
-//!    (pre-loaded in memory) into the same local tansu broker in the same run; the target is
+//!    (pre-loaded in memory) into the same local Apache Kafka broker (the test fixture's) in the same run; the target is
 //!    at least 80 %.
 //!
 //! `cargo bench --bench replay`; under `cargo test` it runs small as a smoke test.
@@ -199,7 +199,7 @@ fn main() {
     for round in 1..=rounds {
         let bare_topic = format!("bare{round}");
         broker.create_topic(&bare_topic, partitions);
-        let bare = bare_producer(&broker.addr, &bare_topic, &recs, partitions);
+        let bare = bare_producer(&broker.addr, &broker.topic(&bare_topic), &recs, partitions);
         let topic = format!("replay{round}");
         let url = KafkaUrl::parse(&broker.url(&topic)).expect("url");
         let p = replay::replay(

@@ -440,9 +440,11 @@ fn a_worker_killed_mid_stream_loses_and_repeats_nothing() {
         let before = assigned(c);
         c.script(&["kill", &victim.to_string()]);
         // the victim's partitions go to the survivors once its session (6 s) expires
-        common::wait_for(60, "the survivors were given the victim's partitions", || {
-            assigned(c) >= before + 2
-        });
+        common::wait_for(
+            60,
+            "the survivors were given the victim's partitions",
+            || assigned(c) >= before + 2,
+        );
     });
     let status = c.script(&["status"]);
     assert!(
@@ -480,7 +482,9 @@ fn a_zombie_member_continued_after_its_session_timeout_moves_nothing_backwards()
         // the session timeout is 6 s: the others take its partitions and the role meanwhile
         let others: Vec<usize> = (1..=3).filter(|&i| i != zombie).collect();
         common::wait_for(60, "another member took the coordinator role", || {
-            others.iter().any(|&i| c.log(i).contains("this process is the coordinator"))
+            others
+                .iter()
+                .any(|&i| c.log(i).contains("this process is the coordinator"))
         });
         std::thread::sleep(Duration::from_secs(2));
         c.script(&["kill", &zombie.to_string(), "CONT"]);

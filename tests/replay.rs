@@ -450,3 +450,64 @@ fn a_broker_that_goes_away_mid_replay_is_a_clear_error() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `loadtest` without `--broker` starts Apache Kafka itself from the fixture's cached jars
+/// (`.ci/run` fetched them) and stops it at the end; with an empty cache it says, in one
+/// line, which command fetches them.
+#[test]
+fn loadtest_without_a_broker_starts_apache_kafka_or_names_the_fetch_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let views = golden().join("input/views_stream.csv");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "loadtest",
+            "--file",
+            views.to_str().unwrap(),
+            "--model",
+            golden().to_str().unwrap(),
+            "--partitions",
+            "2",
+            "--shards",
+            "2",
+            "--trigger-records",
+            "500",
+            "--trigger-interval",
+            "300ms",
+            "--rate",
+            "10000/s",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let empty = dir.path().join("no-jars");
+    let out = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(["--log", "warn"])
+        .args(args(&dir.path().join("lt0")))
+        .env("VIEWPULSE_KAFKA_CACHE", &empty)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("viewpulse loadtest --fetch-broker") && err.contains(empty.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let out_dir = dir.path().join("lt");
+    let a = args(&out_dir);
+    let out = viewpulse(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("loadtest.json")).unwrap())
+            .unwrap();
+    assert_eq!(j["broker_started"], true, "{j}");
+    let records = common::lines(&views).len() as u64;
+    assert_eq!(j["records_counted"], records, "{j}");
+}
