@@ -189,7 +189,8 @@ start_broker() {
     die "127.0.0.1:$port already accepts connections: set BROKER=127.0.0.1:$port to use that broker, or KAFKA_PORT to a free port"
   fi
   rm -rf "$DIR/kafka"
-  if ! addr=$(PORT=$port "$KAFKA_FIXTURE" start "$DIR/kafka"); then
+  # (fd 9, the folder lock, is not handed to the broker: it would hold the lock for its life)
+  if ! addr=$(PORT=$port "$KAFKA_FIXTURE" start "$DIR/kafka" 9>&-); then
     die "Apache Kafka did not start; see $DIR/kafka/broker.log"
   fi
   echo "$addr" >"$DIR/broker.addr"

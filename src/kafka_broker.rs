@@ -270,16 +270,4 @@ mod tests {
             dir.display()
         );
     }
-
-    #[test]
-    fn a_missing_cache_is_named_with_the_command_that_fills_it() {
-        let e = BrokerError::NotFetched {
-            cache: PathBuf::from("/nowhere/libs"),
-        }
-        .to_string();
-        assert!(
-            e.contains("/nowhere/libs") && e.contains("--fetch-broker"),
-            "{e}"
-        );
-    }
 }

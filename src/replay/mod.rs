@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::counters::household_hash;
 use crate::secret::{client_error, Properties};
-use crate::source::kafka::{Context, KafkaUrl};
+use crate::source::kafka::{Context, Ends, KafkaUrl};
 use crate::source::SourceError;
 use recording::{Entry, Header, RecordingError};
 
@@ -668,27 +668,36 @@ pub fn capture(
     )?;
     let bar = crate::progress::spinner(&format!("recording {url}"));
     let started = Instant::now();
-    let mut done: BTreeSet<i32> = BTreeSet::new();
+    // --until-end: each partition's high watermark as the capture starts (EOF the fallback)
+    let mut ends = if bound == Bound::UntilEnd {
+        Ends::query(
+            &consumer,
+            &url.topic,
+            &partitions,
+            |_, low| Some(low),
+            Duration::from_secs(10),
+        )
+    } else {
+        Ends::default()
+    };
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         match bound {
-            Bound::UntilEnd if done.len() == partitions.len() => break,
+            Bound::UntilEnd if ends.all(partitions.len()) => break,
             Bound::Duration(d) if started.elapsed() >= d => break,
             Bound::MaxRecords(n) if w.records >= n => break,
             _ => {}
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                done.insert(p);
-            }
+            Some(Err(KafkaError::PartitionEOF(p))) => ends.eof(p),
             Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
             Some(Err(e)) => warn!(%url, error = %e, "consumer error while recording; retrying"),
             Some(Ok(m)) => {
                 consumer.context().reachable();
-                if bound == Bound::UntilEnd && done.contains(&m.partition()) {
+                if bound == Bound::UntilEnd && !ends.take(m.partition(), m.offset()) {
                     continue;
                 }
                 w.write(&Entry {

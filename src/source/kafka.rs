@@ -15,10 +15,10 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
+use super::batch::{BatchQueue, Polled};
 use super::SourceError;
 use crate::counters::{Counters, Membership};
 use crate::secret::{client_error, Properties};
@@ -323,7 +323,7 @@ impl Batch {
 /// for a partition whose watermark the broker did not give (or whose last offsets hold no
 /// record, as after a transaction marker).
 #[derive(Debug, Default)]
-struct Ends {
+pub struct Ends {
     high: BTreeMap<i32, i64>,
     done: BTreeSet<i32>,
 }
@@ -331,7 +331,7 @@ struct Ends {
 impl Ends {
     /// Ask for every partition's watermarks; `start[p]`, where known, is the first offset
     /// the read takes (a partition that starts at or past its end is done at once).
-    fn query<C: ConsumerContext>(
+    pub fn query<C: ConsumerContext>(
         consumer: &BaseConsumer<C>,
         topic: &str,
         partitions: &[i32],
@@ -360,7 +360,7 @@ impl Ends {
 
     /// Whether a record at `offset` of `p` belongs to the read (it was there when the read
     /// started); marks `p` done when it is the last one.
-    fn take(&mut self, p: i32, offset: i64) -> bool {
+    pub fn take(&mut self, p: i32, offset: i64) -> bool {
         if self.done.contains(&p) {
             return false;
         }
@@ -380,11 +380,12 @@ impl Ends {
     }
 
     /// The end of `p` was reached (EOF event).
-    fn eof(&mut self, p: i32) {
+    pub fn eof(&mut self, p: i32) {
         self.done.insert(p);
     }
 
-    fn all(&self, partitions: usize) -> bool {
+    /// Whether all of `partitions` partitions are done.
+    pub fn all(&self, partitions: usize) -> bool {
         self.done.len() >= partitions
     }
 }
@@ -445,6 +446,8 @@ pub fn count_topic(
         tpl.add_partition_offset(&url.topic, p, Offset::Beginning)
             .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
     }
+    let mut queue =
+        BatchQueue::split(&consumer, &url.topic, &partitions, opts.batch).map_err(kafka)?;
     consumer
         .assign(&tpl)
         .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
@@ -473,46 +476,48 @@ pub fn count_topic(
     let mut last_progress = Instant::now();
     let bar = crate::progress::spinner(&format!("reading {url}"));
     while !ends.all(partitions.len()) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {
-                if last_progress.elapsed() > opts.idle_timeout {
-                    let waiting: Vec<i32> = partitions
-                        .iter()
-                        .copied()
-                        .filter(|p| !ends.done.contains(p))
-                        .collect();
-                    return Err(kafka(format!(
-                        "nothing arrived for {:?}; partitions {waiting:?} never reached their end",
-                        opts.idle_timeout
-                    )));
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
+        let ctx = consumer.context();
+        let mut heard = false;
+        queue.poll(Duration::from_millis(100), |polled| match polled {
+            Polled::End(p) => {
                 ends.eof(p);
-                last_progress = Instant::now();
+                heard = true;
             }
-            Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
-            Some(Err(e)) => {
-                warn!(%url, error = %e, "consumer error while reading; retrying");
-            }
-            Some(Ok(m)) => {
-                consumer.context().reachable();
-                last_progress = Instant::now();
-                let p = m.partition();
-                if !ends.take(p, m.offset()) {
-                    continue; // written after the read started
+            Polled::Error(e) if Context::is_transport(&e) => ctx.outage(&e, "poll"),
+            Polled::Error(e) => warn!(%url, error = %e, "consumer error while reading; retrying"),
+            Polled::Record {
+                partition: p,
+                offset,
+                payload,
+            } => {
+                ctx.reachable();
+                heard = true;
+                if !ends.take(p, offset) {
+                    return; // written after the read started
                 }
-                let value = m.payload().unwrap_or(&[]);
-                bytes += value.len() as u64;
-                batch.data.extend_from_slice(value);
+                bytes += payload.len() as u64;
+                batch.data.extend_from_slice(payload);
                 batch.ends.push(batch.data.len());
-                batch.positions.push((p, m.offset()));
-                offsets.insert(p, m.offset() + 1);
-                if batch.ends.len() >= opts.batch {
-                    batch.flush(&mut counters, membership, &mut dead)?;
-                    bar.set_message(format!("reading {url}: {} records", counters.records));
-                }
+                batch.positions.push((p, offset));
+                offsets.insert(p, offset + 1);
             }
+        });
+        if heard {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > opts.idle_timeout {
+            let waiting: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|p| !ends.done.contains(p))
+                .collect();
+            return Err(kafka(format!(
+                "nothing arrived for {:?}; partitions {waiting:?} never reached their end",
+                opts.idle_timeout
+            )));
+        }
+        if batch.ends.len() >= opts.batch {
+            batch.flush(&mut counters, membership, &mut dead)?;
+            bar.set_message(format!("reading {url}: {} records", counters.records));
         }
     }
     batch.flush(&mut counters, membership, &mut dead)?;
@@ -717,8 +722,9 @@ pub fn stream_topic(
         )
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "1000")
-        // a snapshot daemon wants fresh records more than full fetches: librdkafka's 500 ms
-        // default (tansu waits it out) made snapshots half a second stale at low rates
+        // a snapshot daemon wants fresh records more than full fetches: Apache Kafka answers a
+        // fetch as soon as a byte is there, but a broker that holds each fetch until the wait
+        // runs out (tansu 0.6.0 did) made snapshots half a second stale at the 500 ms default
         .set("fetch.wait.max.ms", "100")
         // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
         // producer should hold less (the broker keeps the rest)
@@ -751,6 +757,8 @@ pub fn stream_topic(
         tpl.add_partition_offset(&url.topic, p, at)
             .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
     }
+    let mut queue =
+        BatchQueue::split(&consumer, &url.topic, &partitions, opts.batch_records).map_err(kafka)?;
     consumer
         .assign(&tpl)
         .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
@@ -795,34 +803,37 @@ pub fn stream_topic(
                 });
             }
         }
-        match consumer.poll(Duration::from_millis(20)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                consumer.context().reachable();
+        let ctx = consumer.context();
+        queue.poll(Duration::from_millis(20), |polled| match polled {
+            Polled::End(p) => {
+                ctx.reachable();
                 ends.eof(p);
             }
-            Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
-            Some(Err(e)) => warn!(%url, error = %e, "consumer error; retrying"),
-            Some(Ok(m)) => {
-                consumer.context().reachable();
-                let p = m.partition();
+            Polled::Error(e) if Context::is_transport(&e) => ctx.outage(&e, "poll"),
+            Polled::Error(e) => warn!(%url, error = %e, "consumer error; retrying"),
+            Polled::Record {
+                partition: p,
+                offset,
+                payload,
+            } => {
+                ctx.reachable();
                 if let Some(&from) = opts.resume.get(&p) {
-                    if m.offset() < from {
-                        continue;
+                    if offset < from {
+                        return;
                     }
-                    if !offsets.contains_key(&p) && m.offset() > from {
-                        tracing::error!(%url, partition = p, expected = from, got = m.offset(), "the broker skipped records on resume: offsets {from}..{} are missing", m.offset());
+                    if !offsets.contains_key(&p) && offset > from {
+                        tracing::error!(%url, partition = p, expected = from, got = offset, "the broker skipped records on resume: offsets {from}..{offset} are missing");
                     }
                 }
-                if opts.until_end && !ends.take(p, m.offset()) {
-                    continue;
+                if opts.until_end && !ends.take(p, offset) {
+                    return;
                 }
-                batch.data.extend_from_slice(m.payload().unwrap_or(&[]));
+                batch.data.extend_from_slice(payload);
                 batch.ends.push(batch.data.len());
-                batch.positions.push((p, m.offset()));
-                offsets.insert(p, m.offset() + 1);
+                batch.positions.push((p, offset));
+                offsets.insert(p, offset + 1);
             }
-        }
+        });
         if batch.ends.len() >= opts.batch_records
             || (!batch.ends.is_empty() && since.elapsed() >= opts.batch_wait)
         {
@@ -866,6 +877,36 @@ mod tests {
             let e = KafkaUrl::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    /// The end of a bounded read: at the high watermark where one is known (a record at or
+    /// past it is refused and ends the partition), at the EOF event where none is.
+    #[test]
+    fn ends_stop_at_the_high_watermark_and_fall_back_to_eof() {
+        let mut e = Ends {
+            high: BTreeMap::from([(0, 3), (1, 0)]),
+            done: BTreeSet::from([1]),
+        };
+        // partition 2: no watermark
+        assert!(e.take(0, 0) && e.take(0, 1) && !e.all(3));
+        assert!(
+            e.take(0, 2),
+            "the last record before the watermark is taken"
+        );
+        assert!(e.done.contains(&0));
+        assert!(!e.take(0, 3), "written after the read started");
+        assert!(!e.take(1, 0), "an empty partition is done at once");
+        assert!(e.take(2, 1_000_000) && !e.all(3));
+        e.eof(2);
+        assert!(e.all(3) && !e.take(2, 1_000_001));
+        // a partition whose last offsets hold no record (a transaction marker) ends at EOF
+        let mut e = Ends {
+            high: BTreeMap::from([(0, 10)]),
+            done: BTreeSet::new(),
+        };
+        assert!(e.take(0, 8) && !e.all(1));
+        e.eof(0);
+        assert!(e.all(1));
     }
 
     /// A loopback port nothing listens on, and a topic URL there.

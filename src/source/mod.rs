@@ -18,6 +18,7 @@ use crate::counters::{Counters, Membership};
 use crate::progress::{self, Unit};
 use crate::sink::{DeadLetter, SinkError};
 
+pub mod batch;
 pub mod group;
 pub mod kafka;
 
