@@ -42,8 +42,12 @@ fn bare(addr: &str, topic: &str, partitions: i32) -> u64 {
         .set("group.id", "bare")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        // the daemon's own fetch setting, so both read the broker the same way
+        // the daemon's own fetch settings, so both read the broker the same way
         .set("fetch.wait.max.ms", "100")
+        .set(
+            "fetch.queue.backoff.ms",
+            viewpulse::source::kafka::FETCH_QUEUE_BACKOFF_MS,
+        )
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();

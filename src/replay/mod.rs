@@ -626,6 +626,10 @@ pub fn capture(
         .set("group.id", "viewpulse-record")
         .set("enable.auto.commit", "false")
         .set(
+            "fetch.queue.backoff.ms",
+            crate::source::kafka::FETCH_QUEUE_BACKOFF_MS,
+        )
+        .set(
             "enable.partition.eof",
             if bound == Bound::UntilEnd {
                 "true"

@@ -254,7 +254,11 @@ pub fn stream_group(
         .set("heartbeat.interval.ms", (session / 4).max(250).to_string())
         .set("statistics.interval.ms", "1000")
         .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        .set(
+            "fetch.queue.backoff.ms",
+            super::kafka::FETCH_QUEUE_BACKOFF_MS,
+        );
     for (k, v) in &opts.client.properties {
         cfg.set(k, v);
     }
