@@ -478,17 +478,33 @@ fn a_zombie_member_continued_after_its_session_timeout_moves_nothing_backwards()
     // the coordinator is the zombie: the strongest case, it also writes global snapshots
     let zombie = c.coordinator(3, &[]);
     c.rest_with(|c| {
-        c.script(&["kill", &zombie.to_string(), "STOP"]);
-        // the session timeout is 6 s: the others take its partitions and the role meanwhile
         let others: Vec<usize> = (1..=3).filter(|&i| i != zombie).collect();
+        let took = |i: usize| c.log(i).matches("this process is the coordinator").count();
+        let before: Vec<usize> = others.iter().map(|&i| took(i)).collect();
+        c.script(&["kill", &zombie.to_string(), "STOP"]);
+        // the session timeout is 6 s: another member takes its partitions and the role
+        // meanwhile (a new line in its log: one from before the pause does not count)
         common::wait_for(60, "another member took the coordinator role", || {
-            others
-                .iter()
-                .any(|&i| c.log(i).contains("this process is the coordinator"))
+            others.iter().zip(&before).any(|(&i, &b)| took(i) > b)
         });
         std::thread::sleep(Duration::from_secs(2));
         c.script(&["kill", &zombie.to_string(), "CONT"]);
+        // continued, it steps down: told by the group, or fenced when it tries to write
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !c.log(zombie).contains("no longer the coordinator") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the zombie, member-{zombie}, kept the coordinator role for 60 s\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     });
+    for line in c.log(zombie).lines() {
+        if line.contains("no longer the coordinator") || line.contains("fenced") {
+            eprintln!("zombie member-{zombie}: {line}");
+        }
+    }
     let status = c.script(&["status"]);
     assert!(
         status.contains(&format!("member-{zombie} running")),
@@ -508,4 +524,50 @@ fn a_fourth_process_added_mid_stream_takes_partitions_and_nothing_is_lost() {
         "the fourth process was given no partition\n{}",
         c.logs()
     );
+}
+
+/// The fence itself, without waiting for a race: a coordinator's log writer opened after
+/// another one's fences it, so the older one's next snapshot is refused (`Ok(false)`, nothing
+/// written) while the newer one's is committed; a reader sees exactly the committed ones.
+#[test]
+fn a_newer_coordinator_fences_the_older_one_s_writes() {
+    use viewpulse::pipeline::cluster::{ClusterSettings, GlobalLog};
+    let broker = common::Broker::start();
+    broker.create_topic("fence-coordinator", 1);
+    let topic = broker.topic("fence-coordinator");
+    let s = ClusterSettings {
+        changelog: KafkaUrl::parse(&broker.url("fence-changelog")).unwrap(),
+        coordinator: KafkaUrl::parse(&broker.url("fence-coordinator")).unwrap(),
+        group_id: broker.topic("fence-group"),
+        session_timeout: Duration::from_secs(6),
+        member: "test".into(),
+        client: KafkaOptions::default(),
+    };
+    let snap = |trigger: u64, records: u64| Snapshot {
+        trigger,
+        records,
+        valid: records,
+        malformed: 0,
+        malformed_by_kind: Default::default(),
+        offsets: BTreeMap::from([("0".to_string(), records as i64)]),
+        emitted_at: String::new(),
+        subsets: Default::default(),
+    };
+    let json = |s: &Snapshot| serde_json::to_string(s).unwrap();
+    let old = GlobalLog::open(&s).expect("the first writer");
+    let one = snap(1, 10);
+    assert!(old.commit(&s, &one, &json(&one)).unwrap(), "committed");
+    let new = GlobalLog::open(&s).expect("the second writer fences the first");
+    let stale = snap(2, 15);
+    assert!(
+        !old.commit(&s, &stale, &json(&stale)).unwrap(),
+        "the fenced writer's snapshot is refused"
+    );
+    let two = snap(2, 20);
+    assert!(new.commit(&s, &two, &json(&two)).unwrap(), "committed");
+    let got: Vec<(u64, u64)> = global_snapshots(&broker.addr, &topic)
+        .iter()
+        .map(|s| (s.trigger, s.records))
+        .collect();
+    assert_eq!(got, vec![(1, 10), (2, 20)]);
 }

@@ -379,7 +379,7 @@ pub struct GlobalSettings {
 
 /// The coordinator's view while it leads.
 struct Leading {
-    out: BaseProducer,
+    out: GlobalLog,
     changelog: Reader,
     changelog_partitions: usize,
     at_end: std::collections::BTreeSet<i32>,
@@ -480,30 +480,76 @@ pub fn coordinate(
     Ok(())
 }
 
-/// The coordinator topic's producer of one leadership: transactional, so that
-/// `init_transactions` fences every earlier producer of the group's coordinator.
-fn coordinator_producer(s: &ClusterSettings) -> Result<BaseProducer, String> {
-    let out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
-        .set("transactional.id", format!("{}.coordinator", s.group_id))
-        .set("linger.ms", "0")
-        .set("message.max.bytes", "100000000")
-        .create()
-        .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
-    out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
-        .map_err(|e| {
-            format!(
-                "{}: cannot fence the previous coordinator: {e}",
-                s.coordinator
+/// The coordinator topic as one leadership writes it: a transactional producer whose
+/// `transactional.id` is the group's, so that opening it fences every earlier holder's.
+pub struct GlobalLog {
+    out: BaseProducer,
+}
+
+impl GlobalLog {
+    /// Open the producer and fence the previous coordinator (`init_transactions`).
+    pub fn open(s: &ClusterSettings) -> Result<GlobalLog, String> {
+        let out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
+            .set("transactional.id", format!("{}.coordinator", s.group_id))
+            .set("linger.ms", "0")
+            .set("message.max.bytes", "100000000")
+            .create()
+            .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
+        out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
+            .map_err(|e| {
+                format!(
+                    "{}: cannot fence the previous coordinator: {e}",
+                    s.coordinator
+                )
+            })?;
+        Ok(GlobalLog { out })
+    }
+
+    /// Write `snap` (its JSON, `json`) in a transaction of its own: `Ok(false)` when a newer
+    /// coordinator has fenced this one (a fatal transaction error; nothing was written).
+    pub fn commit(
+        &self,
+        s: &ClusterSettings,
+        snap: &Snapshot,
+        json: &str,
+    ) -> Result<bool, PipelineError> {
+        let out = &self.out;
+        let timeout = s.session_timeout.max(Duration::from_secs(10));
+        let fatal = |e: &KafkaError| matches!(e, KafkaError::Transaction(t) if t.is_fatal());
+        let attempt = || -> Result<(), KafkaError> {
+            out.begin_transaction()?;
+            let key = snap.trigger.to_string();
+            out.send(
+                BaseRecord::to(&s.coordinator.topic)
+                    .key(key.as_bytes())
+                    .payload(json.as_bytes())
+                    .partition(0),
             )
-        })?;
-    Ok(out)
+            .map_err(|(e, _)| e)?;
+            out.commit_transaction(timeout)
+        };
+        match attempt() {
+            Ok(()) => Ok(true),
+            Err(e) if fatal(&e) => {
+                warn!(topic = %s.coordinator, error = %e, trigger = snap.trigger, "the global snapshot was not committed: this coordinator was fenced");
+                Ok(false)
+            }
+            Err(e) => {
+                let _ = out.abort_transaction(timeout);
+                Err(kafka_err(
+                    &s.coordinator,
+                    format!("cannot commit global snapshot {}: {e}", snap.trigger),
+                ))
+            }
+        }
+    }
 }
 
 fn lead(g: &GlobalSettings) -> Result<Leading, String> {
     let s = &g.cluster;
     // fence first, then read: whatever an earlier coordinator still had in flight is either
     // committed before this read or never
-    let out = coordinator_producer(s)?;
+    let out = GlobalLog::open(s)?;
     let last = last_global(s)?;
     let changelog = reader(
         &s.changelog.brokers,
@@ -593,44 +639,6 @@ enum Emitted {
     Fenced,
 }
 
-/// Write `snap` to the coordinator topic in a transaction of its own: `Ok(false)` when this
-/// process was fenced by a newer coordinator (a fatal transaction error).
-fn commit_global(
-    out: &BaseProducer,
-    s: &ClusterSettings,
-    snap: &Snapshot,
-    json: &str,
-) -> Result<bool, PipelineError> {
-    let timeout = s.session_timeout.max(Duration::from_secs(10));
-    let fatal = |e: &KafkaError| matches!(e, KafkaError::Transaction(t) if t.is_fatal());
-    let attempt = || -> Result<(), KafkaError> {
-        out.begin_transaction()?;
-        let key = snap.trigger.to_string();
-        out.send(
-            BaseRecord::to(&s.coordinator.topic)
-                .key(key.as_bytes())
-                .payload(json.as_bytes())
-                .partition(0),
-        )
-        .map_err(|(e, _)| e)?;
-        out.commit_transaction(timeout)
-    };
-    match attempt() {
-        Ok(()) => Ok(true),
-        Err(e) if fatal(&e) => {
-            warn!(topic = %s.coordinator, error = %e, trigger = snap.trigger, "the global snapshot was not committed: this coordinator was fenced");
-            Ok(false)
-        }
-        Err(e) => {
-            let _ = out.abort_transaction(timeout);
-            Err(kafka_err(
-                &s.coordinator,
-                format!("cannot commit global snapshot {}: {e}", snap.trigger),
-            ))
-        }
-    }
-}
-
 fn emit_if_due(
     g: &GlobalSettings,
     l: &mut Leading,
@@ -666,7 +674,7 @@ fn emit_if_due(
     let json = serde_json::to_string(&snap)
         .map_err(|e| PipelineError::Checkpoint(format!("cannot encode a snapshot: {e}")))?;
     let s = &g.cluster;
-    match commit_global(&l.out, s, &snap, &json) {
+    match l.out.commit(s, &snap, &json) {
         Ok(true) => {}
         Ok(false) => return Ok(Emitted::Fenced),
         Err(e) => {
