@@ -697,8 +697,7 @@ pub fn capture(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => ends.eof(p),
-            Some(Err(e)) if Context::is_transport(&e) => consumer.context().outage(&e, "poll"),
-            Some(Err(e)) => warn!(%url, error = %e, "consumer error while recording; retrying"),
+            Some(Err(e)) => consumer.context().consumer_error(url, &e),
             Some(Ok(m)) => {
                 consumer.context().reachable();
                 if bound == Bound::UntilEnd && !ends.take(m.partition(), m.offset()) {

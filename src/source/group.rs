@@ -326,10 +326,7 @@ pub fn stream_group(
         match consumer.poll(Duration::from_millis(20)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => consumer.context().inner.reachable(),
-            Some(Err(e)) if Context::is_transport(&e) => {
-                consumer.context().inner.outage(&e, "poll")
-            }
-            Some(Err(e)) => warn!(%url, error = %e, "consumer error; retrying"),
+            Some(Err(e)) => consumer.context().inner.consumer_error(url, &e),
             Some(Ok(m)) => {
                 consumer.context().inner.reachable();
                 let p = m.partition();

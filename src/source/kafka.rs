@@ -59,6 +59,16 @@ impl Default for Context {
 }
 
 impl Context {
+    /// A consumer's error while reading `url`: the start or continuation of an outage when
+    /// the brokers cannot be reached, otherwise a warning; librdkafka retries either way.
+    pub fn consumer_error(&self, url: &dyn std::fmt::Display, e: &KafkaError) {
+        if Context::is_transport(e) {
+            self.outage(e, "poll");
+        } else {
+            warn!(%url, error = %e, "consumer error; retrying");
+        }
+    }
+
     /// Whether `e` means the brokers cannot be reached (rather than a bad request).
     pub fn is_transport(e: &KafkaError) -> bool {
         matches!(
@@ -484,8 +494,7 @@ pub fn count_topic(
                 ends.eof(p);
                 heard = true;
             }
-            Polled::Error(e) if Context::is_transport(&e) => ctx.outage(&e, "poll"),
-            Polled::Error(e) => warn!(%url, error = %e, "consumer error while reading; retrying"),
+            Polled::Error(e) => ctx.consumer_error(url, &e),
             Polled::Record {
                 partition: p,
                 offset,
@@ -817,8 +826,7 @@ pub fn stream_topic(
                 ctx.reachable();
                 ends.eof(p);
             }
-            Polled::Error(e) if Context::is_transport(&e) => ctx.outage(&e, "poll"),
-            Polled::Error(e) => warn!(%url, error = %e, "consumer error; retrying"),
+            Polled::Error(e) => ctx.consumer_error(url, &e),
             Polled::Record {
                 partition: p,
                 offset,
