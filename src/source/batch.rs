@@ -16,6 +16,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
 
 /// One thing a poll found.
 #[derive(Debug)]
@@ -43,10 +44,26 @@ pub struct BatchQueue<'c, C: ConsumerContext> {
 }
 
 impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
+    /// Assign `tpl` (partitions of `topic` with their start offsets) to the consumer, their
+    /// messages taken off its queue first ([`BatchQueue::split`]) so that none lands there.
+    pub fn assign(
+        consumer: &'c BaseConsumer<C>,
+        topic: &str,
+        tpl: &TopicPartitionList,
+        batch: usize,
+    ) -> Result<BatchQueue<'c, C>, String> {
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let q = BatchQueue::split(consumer, topic, &partitions, batch)?;
+        consumer
+            .assign(tpl)
+            .map_err(|e| format!("cannot assign partitions: {e}"))?;
+        Ok(q)
+    }
+
     /// Move `partitions` of `topic` off the consumer's queue into a new one, consumed `batch`
     /// messages at a time at the most. Call before assigning them, so that no message lands
     /// on the consumer's queue first.
-    pub fn split(
+    fn split(
         consumer: &'c BaseConsumer<C>,
         topic: &str,
         partitions: &[i32],

@@ -457,11 +457,7 @@ pub fn count_topic(
         tpl.add_partition_offset(&url.topic, p, Offset::Beginning)
             .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
     }
-    let mut queue =
-        BatchQueue::split(&consumer, &url.topic, &partitions, opts.batch).map_err(kafka)?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+    let mut queue = BatchQueue::assign(&consumer, &url.topic, &tpl, opts.batch).map_err(kafka)?;
     consumer.context().started(false);
     debug!(%url, partitions = partitions.len(), "bounded read started");
 
@@ -775,10 +771,7 @@ pub fn stream_topic(
             .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
     }
     let mut queue =
-        BatchQueue::split(&consumer, &url.topic, &partitions, opts.batch_records).map_err(kafka)?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+        BatchQueue::assign(&consumer, &url.topic, &tpl, opts.batch_records).map_err(kafka)?;
     let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut ends = if opts.until_end {
         Ends::query(
