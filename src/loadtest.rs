@@ -3,8 +3,9 @@
 //! runs the daemon in-process on it, replays a recording (or a views file) into it at the
 //! asked pace, and measures: records per second produced and counted, consumer lag over time,
 //! the staleness of snapshots (from a record's production, its Kafka timestamp, to the
-//! emission of the first snapshot that counts it) in an HDR histogram, trigger merge times, and peak resident memory. It writes
-//! `loadtest.json`, `loadtest.png` (throughput and lag over time) and prints a short table.
+//! emission of the first snapshot that counts it) in an HDR histogram, trigger merge times,
+//! and peak resident memory. It writes `loadtest.json`, `loadtest.png` (throughput and lag
+//! over time) and prints a short table.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
