@@ -35,6 +35,14 @@ pub enum CheckpointError {
         /// What happened.
         message: String,
     },
+    /// A checkpoint cannot be written (a full disk, a read-only folder).
+    #[error("cannot write the checkpoint {}: {source}", path.display())]
+    Write {
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A checkpoint file is not whole or not one.
     #[error("checkpoint {path}: {message}")]
     Invalid {
@@ -53,6 +61,17 @@ pub enum CheckpointError {
         /// What differs.
         message: String,
     },
+}
+
+impl CheckpointError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CheckpointError::Io { .. } | CheckpointError::Write { .. } => crate::exit::IO,
+            CheckpointError::Invalid { .. } => crate::exit::DATA,
+            CheckpointError::Mismatch { .. } => crate::exit::USAGE,
+        }
+    }
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
@@ -242,15 +261,20 @@ impl Store {
         let name = format!("{PREFIX}{:012}{SUFFIX}", self.next);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
             let half = bytes.len() / 2;
-            f.write_all(&bytes[..half]).map_err(|e| io(&tmp, e))?;
+            f.write_all(&bytes[..half])?;
             fault_pause();
-            f.write_all(&bytes[half..]).map_err(|e| io(&tmp, e))?;
-            f.sync_all().map_err(|e| io(&tmp, e))?;
+            f.write_all(&bytes[half..])?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(source) = written {
+            // a full disk must not leave a torn temporary file behind
+            let _ = fs::remove_file(&tmp);
+            return Err(CheckpointError::Write { path, source });
         }
-        fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
         if let Ok(d) = File::open(&self.dir) {
             // the rename itself is durable only once the folder is
             let _ = d.sync_all();

@@ -48,6 +48,27 @@ pub enum ConfigError {
     /// A `${env:...}` or `${file:...}` reference cannot be resolved.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A file or folder a key names does not exist.
+    #[error("{key}: {message}")]
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// What is missing.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The process exit code this error means: a config file or an input it names that is
+    /// not there is [`crate::exit::NO_INPUT`], anything else a setting ([`crate::exit::USAGE`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Io { source, .. } => crate::exit::reading(source),
+            ConfigError::Missing { .. } => crate::exit::NO_INPUT,
+            ConfigError::Parse { .. } | ConfigError::Invalid { .. } => crate::exit::USAGE,
+            ConfigError::Secret(e) => e.exit_code(),
+        }
+    }
 }
 
 /// Everything `viewpulse run` needs.
@@ -426,16 +447,24 @@ impl RunConfig {
                 }
             })?;
         } else if !Path::new(&self.source).is_file() {
-            return invalid("source", &format!("{} is not a file", self.source));
+            return Err(ConfigError::Missing {
+                key: "source",
+                message: format!("{} is not a file", self.source),
+            });
+        } else if self.start()? == StartAt::Latest {
+            return invalid(
+                "kafka.start",
+                "latest applies to a kafka:// source; a file is always read from its first line",
+            );
         }
         if !self.model.is_dir() {
-            return invalid(
-                "model",
-                &format!(
+            return Err(ConfigError::Missing {
+                key: "model",
+                message: format!(
                     "{} is not a model folder; run viewpulse segment",
                     self.model.display()
                 ),
-            );
+            });
         }
         if self.trigger.records == 0 {
             return invalid("trigger.records", "must be at least 1");

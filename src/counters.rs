@@ -43,6 +43,22 @@ pub enum CountersError {
     State(String),
 }
 
+impl CountersError {
+    /// The process exit code this error means: a bad subset is a setting, a model the
+    /// counters cannot hold is data.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CountersError::BadSubset(_)
+            | CountersError::TooManySubsets { .. }
+            | CountersError::DuplicateSubset(_)
+            | CountersError::NoSubset => crate::exit::USAGE,
+            CountersError::ClusterTooLarge { .. }
+            | CountersError::ZeroRank { .. }
+            | CountersError::State(_) => crate::exit::DATA,
+        }
+    }
+}
+
 /// A subset of households (SPEC 3): every clustered household, or those whose rank is a
 /// multiple of `n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -155,6 +155,17 @@ pub enum GenerateError {
     },
 }
 
+impl GenerateError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            GenerateError::Settings(_) => crate::exit::USAGE,
+            GenerateError::Io { .. } | GenerateError::Parquet { .. } => crate::exit::IO,
+            GenerateError::Worker { .. } => crate::exit::SOFTWARE,
+        }
+    }
+}
+
 /// One planted archetype, as written to `archetypes.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchetypeTruth {

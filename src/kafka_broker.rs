@@ -43,6 +43,13 @@ pub enum BrokerError {
     },
 }
 
+impl BrokerError {
+    /// The process exit code this error means: the broker is a service that is not there.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::UNAVAILABLE
+    }
+}
+
 /// How to start a broker.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerOptions {

@@ -61,6 +61,19 @@ pub enum LoadtestError {
     },
 }
 
+impl LoadtestError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LoadtestError::Broker(_) | LoadtestError::Behind { .. } => crate::exit::UNAVAILABLE,
+            LoadtestError::Fixture(e) => e.exit_code(),
+            LoadtestError::Replay(e) => e.exit_code(),
+            LoadtestError::Pipeline(e) => e.exit_code(),
+            LoadtestError::Output { .. } => crate::exit::IO,
+        }
+    }
+}
+
 /// A load test's parameters.
 #[derive(Debug, Clone)]
 pub struct LoadtestSettings {

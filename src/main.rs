@@ -472,6 +472,38 @@ fn property(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Write to stdout; a failure (a closed pipe, a full disk) is the command's error.
+fn emit(text: &str) -> Result<(), TopologyError> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.flush())
+        .map_err(TopologyError::Stdout)
+}
+
+/// `print!` that returns the command's error instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { emit(&format!($($t)*))? };
+}
+
+/// `println!` that returns the command's error instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => { emit(&format!("{}\n", format_args!($($t)*)))? };
+}
+
+/// `eprintln!` that cannot panic: a closed stderr loses the line, nothing more.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `n thing` or `n things`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn init_tracing(log: &LogArgs) {
     let filter = match &log.log {
         Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new("info")),
@@ -513,7 +545,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 threads,
             };
             let g = topology::generate(&cfg, &out)?;
-            println!(
+            outln!(
                 "wrote {} households, {} static and {} stream records ({} malformed) to {} in {:.1} s",
                 g.households,
                 g.static_records,
@@ -546,7 +578,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 strict,
             };
             let seg = topology::segment(&s, !no_charts)?;
-            println!(
+            outln!(
                 "clustered {} households into {} clusters (sizes {:?}, inertia {:.6}); skipped {}, duplicates {}; model in {}",
                 seg.info.households,
                 seg.info.k,
@@ -582,8 +614,8 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 properties: properties.into_iter().collect(),
             })?;
             let s = &a.summary;
-            print!("{}", topology::side_by_side(&a.ratings, &subsets, top));
-            println!(
+            out!("{}", topology::side_by_side(&a.ratings, &subsets, top));
+            outln!(
                 "{} records: {} valid, {} malformed, {} from unknown households; {:.1} M records/s; outputs in {}",
                 s.records,
                 s.valid,
@@ -596,9 +628,10 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
         Command::Run(args) => {
             let cfg = args.config()?;
             let out = topology::run(&cfg)?;
-            eprintln!(
-                "viewpulse: {} records, {} snapshots",
-                out.records, out.triggers
+            note!(
+                "viewpulse: {}, {}",
+                count(out.records, "record", "records"),
+                count(out.triggers, "snapshot", "snapshots")
             );
         }
         Command::Record {
@@ -619,7 +652,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 viewpulse::replay::Bound::Never
             };
             let c = topology::record(&from, &out, bound, properties.into_iter().collect())?;
-            eprintln!(
+            note!(
                 "viewpulse: recorded {} records ({} bytes) from {} partitions in {:.1} s into {}",
                 c.records,
                 c.bytes,
@@ -652,9 +685,11 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             } else {
                 String::new()
             };
-            eprintln!(
+            note!(
                 "viewpulse: replayed {} records in {:.2} s: {:.0} records/s{cut}",
-                p.records, p.seconds, p.rate
+                p.records,
+                p.seconds,
+                p.rate
             );
         }
         Command::Loadtest {
@@ -675,7 +710,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 let libs = viewpulse::kafka_broker::fetch().map_err(|e| {
                     TopologyError::Loadtest(viewpulse::loadtest::LoadtestError::Fixture(e))
                 })?;
-                eprintln!("Apache Kafka's jars are in {}", libs.display());
+                note!("Apache Kafka's jars are in {}", libs.display());
             }
             let (Some(file), Some(model)) = (file, model) else {
                 return Ok(());
@@ -701,8 +736,8 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 consumer_properties: properties.into_iter().collect(),
             };
             let r = topology::loadtest(&settings)?;
-            print!("{}", viewpulse::loadtest::table(&r));
-            println!(
+            out!("{}", viewpulse::loadtest::table(&r));
+            outln!(
                 "results: {} and {}",
                 settings.out.join("loadtest.json").display(),
                 settings.out.join("loadtest.png").display()
@@ -711,12 +746,12 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
         Command::Demo { out, seed } => {
             let d = topology::demo(&out, seed)?;
             let subsets = vec![Subset::All, Subset::Every(17), Subset::Every(3)];
-            print!(
+            out!(
                 "{}",
                 topology::side_by_side(&d.analyzed.ratings, &subsets, 7)
             );
             let s = &d.analyzed.summary;
-            println!(
+            outln!(
                 "demo: {} households in {} clusters; {} view records ({} malformed, {} unknown households)",
                 d.segmented.info.households,
                 d.segmented.info.k,
@@ -724,14 +759,14 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 s.malformed,
                 s.unknown_household
             );
-            println!(
+            outln!(
                 "stream: {} records through an in-process Kafka, {} snapshots in {}",
                 d.streamed.records,
                 d.streamed.triggers,
                 d.out.join("snapshots.jsonl").display()
             );
             if let Some(r) = &d.analyzed.report {
-                println!("report: {}", r.display());
+                outln!("report: {}", r.display());
             }
         }
     }
@@ -741,11 +776,19 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    let json = matches!(cli.log.log_format, LogFormat::Json);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader of stdout is gone (`| head`): end quietly, as grep and rg do
+        Err(e) if e.is_closed_stdout() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("viewpulse: error: {e}");
-            ExitCode::from(e.exit_code() as u8)
+            let code = e.exit_code();
+            if json {
+                tracing::error!(exit_code = code, error = %e, "viewpulse failed");
+            } else {
+                note!("viewpulse: error: {e}");
+            }
+            ExitCode::from(code as u8)
         }
     }
 }

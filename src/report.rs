@@ -64,6 +64,16 @@ pub enum ReportError {
     },
 }
 
+impl ReportError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReportError::Draw { .. } | ReportError::Io { .. } => crate::exit::IO,
+            ReportError::Font { .. } => crate::exit::SOFTWARE,
+        }
+    }
+}
+
 /// Register the embedded font once; every chart calls this first.
 fn font(path: &Path) -> Result<(), ReportError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
@@ -77,10 +87,27 @@ fn font(path: &Path) -> Result<(), ReportError> {
     }
 }
 
-fn draw_err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> ReportError + '_ {
+/// plotters' bitmap backend error (its crate does not re-export the type's name).
+type BitmapError = <BitMapBackend<'static> as plotters::backend::DrawingBackend>::ErrorType;
+
+fn draw_err(path: &Path) -> impl Fn(DrawingAreaErrorKind<BitmapError>) -> ReportError + '_ {
     move |e| ReportError::Draw {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: draw_message(&e),
+    }
+}
+
+/// plotters' error in one phrase: the I/O error inside the image encoder's error (a full
+/// disk: `No space left on device`), not its `Debug` text.
+fn draw_message(e: &DrawingAreaErrorKind<BitmapError>) -> String {
+    match e {
+        DrawingAreaErrorKind::BackendError(plotters_backend::DrawingErrorKind::DrawingError(
+            BitmapError::IOError(io),
+        )) => io.to_string(),
+        DrawingAreaErrorKind::BackendError(plotters_backend::DrawingErrorKind::DrawingError(
+            BitmapError::ImageError(img),
+        )) => img.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -767,8 +794,8 @@ pub struct ReportInput<'a> {
     pub pca_png: Option<&'a Path>,
     /// The cluster-size chart, if drawn.
     pub cluster_sizes_png: Option<&'a Path>,
-    /// The diff-rank chart, if drawn.
-    pub diff_rank_png: Option<&'a Path>,
+    /// The diff-rank charts, one per subset (label, chart), in column order.
+    pub diff_rank_pngs: &'a [(String, PathBuf)],
     /// Households per cluster.
     pub cluster_sizes: &'a [u64],
 }
@@ -793,20 +820,23 @@ pub fn subset_heading(label: &str) -> String {
     }
 }
 
-/// Subset labels in the seed's column order, each once: `all`, other non-numeric labels
-/// alphabetically, then the numeric subsets from the largest n to the smallest.
+/// Subset labels as columns: each once, in the order given (`--subsets all,17,3` gives the
+/// seed's columns; the user's order is kept rather than re-sorted).
 pub fn column_order<S: AsRef<str>>(labels: &[S]) -> Vec<String> {
-    let mut v: Vec<String> = labels.iter().map(|l| l.as_ref().to_string()).collect();
-    v.sort_by(|a, b| {
-        let key = |l: &str| match l.parse::<u64>() {
-            Ok(n) => (2u8, u64::MAX - n),
-            Err(_) if l == "all" => (0, 0),
-            Err(_) => (1, 0),
-        };
-        key(a).cmp(&key(b)).then_with(|| a.cmp(b))
-    });
-    v.dedup();
+    let mut v: Vec<String> = Vec::with_capacity(labels.len());
+    for l in labels {
+        if !v.iter().any(|x| x == l.as_ref()) {
+            v.push(l.as_ref().to_string());
+        }
+    }
     v
+}
+
+/// The rank rows a top-K table shows: `1..=top`, but no further than the deepest rank that
+/// has a row (a `--top` beyond the stations adds no empty rows).
+pub fn table_ranks(rows: &[DiffRankRow], top: usize) -> std::ops::RangeInclusive<u32> {
+    let deepest = rows.iter().map(|r| r.rank).max().unwrap_or(0);
+    1..=deepest.min(u32::try_from(top).unwrap_or(u32::MAX))
 }
 
 /// Append a figure with the PNG at `png` inlined; nothing when it is not given, unreadable or
@@ -1024,8 +1054,7 @@ fn render_html(input: &ReportInput) -> String {
     let labels = column_order(&labels);
     let mut clusters: BTreeSet<u32> = (0..input.k).collect();
     clusters.extend(rows.iter().map(|r| r.cluster));
-    let mut ranks: BTreeSet<u32> = (1..=input.top as u32).collect();
-    ranks.extend(rows.iter().map(|r| r.rank));
+    let ranks = table_ranks(rows, input.top);
     let mut cell: HashMap<(&str, u32, u32), &DiffRankRow> = HashMap::new();
     for r in rows {
         cell.entry((r.subset.as_str(), r.cluster, r.rank))
@@ -1064,7 +1093,7 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
             );
         }
         h.push_str("</tr></thead>\n<tbody>\n");
-        for &rank in &ranks {
+        for rank in ranks.clone() {
             let _ = write!(h, "<tr data-rank=\"{rank}\"><th>{rank}</th>");
             for l in &labels {
                 match cell.get(&(l.as_str(), c, rank)) {
@@ -1093,13 +1122,18 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
     h.push_str("</div>\n</section>\n");
 
     // ---- charts
-    figure(
-        &mut h,
-        "diff-rank-chart",
-        "Top diff-rank stations per cluster",
-        "Blue: watched more by the cluster than by the general population; red: less.",
-        input.diff_rank_png,
-    );
+    for (label, png) in input.diff_rank_pngs {
+        figure(
+            &mut h,
+            &format!("diff-rank-chart-{}", escape(label)),
+            &format!(
+                "Top diff-rank stations per cluster: subset {}",
+                subset_heading(label)
+            ),
+            "Blue: watched more by the cluster than by the general population; red: less.",
+            Some(png),
+        );
+    }
     figure(
         &mut h,
         "pca-chart",
@@ -1292,7 +1326,7 @@ mod tests {
         assert_eq!(subset_heading("all"), "all");
         assert_eq!(
             column_order(&["3", "all", "17", "2", "3"]),
-            ["all", "17", "3", "2"]
+            ["3", "all", "17", "2"]
         );
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
@@ -1446,7 +1480,7 @@ mod tests {
                 top: 3,
                 pca_png: Some(&dir.path().join("missing.png")),
                 cluster_sizes_png: Some(&sizes_png),
-                diff_rank_png: Some(&diff_png),
+                diff_rank_pngs: &[("all".to_string(), diff_png.clone())],
                 cluster_sizes: &[4, 5],
             },
         )
@@ -1510,7 +1544,7 @@ mod tests {
                 top: 7,
                 pca_png: None,
                 cluster_sizes_png: None,
-                diff_rank_png: None,
+                diff_rank_pngs: &[],
                 cluster_sizes: &[],
             },
         )
@@ -1534,7 +1568,7 @@ mod tests {
                 top: 1,
                 pca_png: None,
                 cluster_sizes_png: None,
-                diff_rank_png: None,
+                diff_rank_pngs: &[],
                 cluster_sizes: &[],
             },
         )
@@ -1609,7 +1643,7 @@ mod tests {
                 top: 7,
                 pca_png: Some(&dir.join("pca.png")),
                 cluster_sizes_png: Some(&dir.join("cluster_sizes.png")),
-                diff_rank_png: Some(&dir.join("diff_rank_all.png")),
+                diff_rank_pngs: &[("all".to_string(), dir.join("diff_rank_all.png"))],
                 cluster_sizes: &sizes,
             },
         )

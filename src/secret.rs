@@ -67,6 +67,17 @@ pub enum SecretError {
     },
 }
 
+impl SecretError {
+    /// The process exit code this error means: a secret file that cannot be read is a
+    /// missing input, anything else a setting.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SecretError::File { source, .. } => crate::exit::reading(source),
+            _ => crate::exit::USAGE,
+        }
+    }
+}
+
 /// Whether the value of the property or setting `key` is a secret: its name contains
 /// `password`, `secret` or `token`, or it is `ssl.key.pem`, `sasl.jaas.config` or
 /// `sasl.oauthbearer.config` (case-insensitive).

@@ -34,6 +34,30 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The process exit code this error means: an output that cannot be written.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::IO
+    }
+}
+
+impl SinkError {
+    /// The file that cannot be written.
+    pub fn path(&self) -> &Path {
+        match self {
+            SinkError::Io { path, .. } | SinkError::Json { path, .. } => path,
+        }
+    }
+
+    /// Why, in one phrase (the error without its file).
+    pub fn cause(&self) -> String {
+        match self {
+            SinkError::Io { source, .. } => source.to_string(),
+            SinkError::Json { source, .. } => source.to_string(),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
     move |source| SinkError::Io {
         path: path.to_path_buf(),
@@ -197,6 +221,17 @@ pub struct DeadLetter {
     path: PathBuf,
     w: BufWriter<File>,
     written: u64,
+    /// Where a staged file goes at [`DeadLetter::finish`] (`path` is then a hidden file
+    /// beside it, removed if the command fails).
+    staged_for: Option<PathBuf>,
+}
+
+impl Drop for DeadLetter {
+    fn drop(&mut self) {
+        if self.staged_for.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl DeadLetter {
@@ -209,7 +244,22 @@ impl DeadLetter {
             path: path.to_path_buf(),
             w,
             written: 0,
+            staged_for: None,
         })
+    }
+
+    /// Like [`DeadLetter::create`], for a bounded read (`analyze`): the lines go to a hidden
+    /// file beside `path`, which [`DeadLetter::finish`] renames to `path`; a read that fails
+    /// leaves no file of its own behind.
+    pub fn create_staged(path: &Path) -> Result<DeadLetter, SinkError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dead-letter".into());
+        let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let mut d = Self::create(&tmp)?;
+        d.staged_for = Some(path.to_path_buf());
+        Ok(d)
     }
 
     /// Keep one record.
@@ -270,6 +320,7 @@ impl DeadLetter {
                 path: path.to_path_buf(),
                 w,
                 written,
+                staged_for: None,
             },
             dropped,
         ))
@@ -286,9 +337,20 @@ impl DeadLetter {
         self.written
     }
 
-    /// Flush to disk.
+    /// Flush to disk (and put a staged file in its place).
     pub fn finish(mut self) -> Result<u64, SinkError> {
         self.w.flush().map_err(io_err(&self.path))?;
+        if let Some(to) = self.staged_for.take() {
+            let moved = self
+                .w
+                .get_ref()
+                .sync_all()
+                .and_then(|()| std::fs::rename(&self.path, &to));
+            if let Err(e) = moved {
+                let _ = std::fs::remove_file(&self.path);
+                return Err(io_err(&to)(e));
+            }
+        }
         Ok(self.written)
     }
 }

@@ -28,17 +28,16 @@ use crate::sink::{self, SinkError, Summary, Timing};
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 use crate::source::{self, FileOptions, SourceError};
 
-/// Exit code for a command-line or settings mistake.
-pub const EXIT_USAGE: i32 = 2;
-/// Exit code for input data that cannot be used (sysexits `EX_DATAERR`).
-pub const EXIT_DATA: i32 = 65;
-/// Exit code for an input that does not exist (sysexits `EX_NOINPUT`).
-pub const EXIT_NO_INPUT: i32 = 66;
-/// Exit code for a service (a Kafka broker) that cannot be reached or used (sysexits
-/// `EX_UNAVAILABLE`).
-pub const EXIT_UNAVAILABLE: i32 = 69;
-/// Exit code for a failure to write an output (sysexits `EX_IOERR`).
-pub const EXIT_IO: i32 = 74;
+/// Exit code for a command-line or settings mistake ([`crate::exit::USAGE`]).
+pub const EXIT_USAGE: i32 = crate::exit::USAGE;
+/// Exit code for input data that cannot be used ([`crate::exit::DATA`]).
+pub const EXIT_DATA: i32 = crate::exit::DATA;
+/// Exit code for an input that does not exist ([`crate::exit::NO_INPUT`]).
+pub const EXIT_NO_INPUT: i32 = crate::exit::NO_INPUT;
+/// Exit code for a service that cannot be reached ([`crate::exit::UNAVAILABLE`]).
+pub const EXIT_UNAVAILABLE: i32 = crate::exit::UNAVAILABLE;
+/// Exit code for a failure to write an output ([`crate::exit::IO`]).
+pub const EXIT_IO: i32 = crate::exit::IO;
 
 /// Any failure of a command.
 #[derive(Debug, Error)]
@@ -92,63 +91,40 @@ pub enum TopologyError {
     /// A `${env:...}` or `${file:...}` reference of a `-X` property cannot be resolved.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// Standard output cannot be written (a closed pipe, a full disk).
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
 }
 
 impl TopologyError {
-    /// The process exit code this error means.
+    /// The process exit code this error means (the README's table; `crate::exit`).
     pub fn exit_code(&self) -> i32 {
-        use std::io::ErrorKind;
         match self {
-            TopologyError::Settings(_)
-            | TopologyError::Counters(_)
-            | TopologyError::Config(_)
-            | TopologyError::Secret(_) => EXIT_USAGE,
-            TopologyError::Pipeline(PipelineError::Source(
-                SourceError::Kafka { .. } | SourceError::Outage { .. },
-            )) => EXIT_UNAVAILABLE,
-            TopologyError::Checkpoint(crate::checkpoint::CheckpointError::Mismatch { .. }) => {
-                EXIT_USAGE
-            }
-            TopologyError::Checkpoint(_)
-            | TopologyError::Pipeline(PipelineError::Checkpoint(_)) => EXIT_IO,
-            TopologyError::Pipeline(PipelineError::Restore(_)) => EXIT_DATA,
-            TopologyError::Pipeline(PipelineError::Sink { .. }) => EXIT_IO,
-            TopologyError::Segment(SegmentError::Settings(_))
-            | TopologyError::Segment(SegmentError::KTooLarge { .. }) => EXIT_USAGE,
-            TopologyError::Segment(SegmentError::NoModel { .. }) => EXIT_NO_INPUT,
-            TopologyError::Segment(SegmentError::Io { source, .. })
-            | TopologyError::Source(SourceError::Io { source, .. })
-                if source.kind() == ErrorKind::NotFound =>
-            {
-                EXIT_NO_INPUT
-            }
-            TopologyError::Sink(_) | TopologyError::Report(_) | TopologyError::Generate(_) => {
-                EXIT_IO
-            }
-            TopologyError::Source(SourceError::DeadLetter(_)) => EXIT_IO,
-            TopologyError::Source(SourceError::BadUrl { .. }) => EXIT_USAGE,
-            TopologyError::Source(SourceError::Kafka { .. }) => EXIT_UNAVAILABLE,
-            TopologyError::Replay(ReplayError::Kafka { .. })
-            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Replay(
-                ReplayError::Kafka { .. },
-            ))
-            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Broker(_))
-            | TopologyError::Loadtest(crate::loadtest::LoadtestError::Fixture(_)) => {
-                EXIT_UNAVAILABLE
-            }
-            TopologyError::Loadtest(crate::loadtest::LoadtestError::Output { .. }) => EXIT_IO,
-            TopologyError::Replay(ReplayError::Usage(_)) => EXIT_USAGE,
-            TopologyError::Replay(ReplayError::Recording(RecordingError::Io {
-                source, ..
-            }))
-            | TopologyError::Replay(ReplayError::Source(SourceError::Io { source, .. })) => {
-                if source.kind() == ErrorKind::NotFound {
-                    EXIT_NO_INPUT
-                } else {
-                    EXIT_IO
-                }
-            }
-            _ => EXIT_DATA,
+            TopologyError::Segment(e) => e.exit_code(),
+            TopologyError::Source(e) => e.exit_code(),
+            TopologyError::Sink(e) => e.exit_code(),
+            TopologyError::Counters(e) => e.exit_code(),
+            TopologyError::Report(e) => e.exit_code(),
+            TopologyError::Generate(e) => e.exit_code(),
+            TopologyError::NoValidRecord { .. } => EXIT_DATA,
+            TopologyError::Settings(_) => EXIT_USAGE,
+            TopologyError::Config(e) => e.exit_code(),
+            TopologyError::Pipeline(e) => e.exit_code(),
+            TopologyError::Replay(e) => e.exit_code(),
+            TopologyError::Loadtest(e) => e.exit_code(),
+            TopologyError::Checkpoint(e) => e.exit_code(),
+            TopologyError::Secret(e) => e.exit_code(),
+            TopologyError::Stdout(_) => EXIT_IO,
+        }
+    }
+
+    /// Whether the command wrote to a closed pipe on stdout (`viewpulse analyze … | head`):
+    /// its reader is gone, so it ends quietly, as `grep` and `rg` do.
+    pub fn is_closed_stdout(&self) -> bool {
+        match self {
+            TopologyError::Stdout(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            TopologyError::Pipeline(e) => e.is_closed_stdout(),
+            _ => false,
         }
     }
 }
@@ -197,6 +173,19 @@ pub fn load_membership(
     subsets: &[Subset],
 ) -> Result<(LoadedModel, Membership), TopologyError> {
     let m = segment::model::load(model)?;
+    let deepest = m.households.iter().map(|h| h.rank).max().unwrap_or(0);
+    for s in subsets {
+        if let Subset::Every(n) = s {
+            if *n > deepest {
+                warn!(
+                    subset = %s.label(),
+                    largest_rank = deepest,
+                    model = %model.display(),
+                    "the subset holds no household (no cluster has a rank that is a multiple of it): its ratings stay empty"
+                );
+            }
+        }
+    }
     let membership = Membership::new(
         subsets.to_vec(),
         m.households
@@ -307,11 +296,13 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         ..Summary::default()
     };
     summary.set_malformed(&c.malformed);
-    let report_path = if s.report {
-        Some(write_report(&s.out, &model, &r, &summary, s.top)?)
+    let charts = if s.report {
+        Some(write_charts(&s.out, &model, &r, &summary)?)
     } else {
         None
     };
+    // the timing is complete before the report shows it (the report and summary.json
+    // themselves, a few milliseconds, are the only writes it leaves out)
     let write_ms = ms(t);
     summary.timing = Timing {
         load_model_ms,
@@ -320,6 +311,10 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         write_ms,
         total_ms: ms(total),
         records_per_second: c.records as f64 / (count_ms / 1000.0).max(1e-9),
+    };
+    let report_path = match &charts {
+        Some(ch) => Some(write_report_html(&s.out, &model, &r, &summary, s.top, ch)?),
+        None => None,
     };
     sink::write_json(&s.out.join("summary.json"), &summary)?;
     Ok(Analyzed {
@@ -366,13 +361,12 @@ pub fn model_charts(dir: &Path, model: &LoadedModel) -> Result<(), TopologyError
     Ok(())
 }
 
-fn write_report(
+fn write_charts(
     out: &Path,
     model: &LoadedModel,
     r: &Ratings,
     summary: &Summary,
-    top: usize,
-) -> Result<PathBuf, TopologyError> {
+) -> Result<Charts, TopologyError> {
     let k = model.k();
     let points = pca_points(model);
     let pca = out.join("pca.png");
@@ -385,21 +379,45 @@ fn write_report(
     let sizes = model.cluster_sizes();
     let sizes_path = out.join("cluster_sizes.png");
     report::cluster_sizes(&sizes_path, &sizes)?;
-    // one diff-rank chart per subset; the report shows `all` (or the first subset)
-    let mut labels: Vec<String> = summary.subsets.clone();
-    labels.sort_by_key(|l| l != "all");
-    for label in &labels {
+    // one diff-rank chart per subset, every one in the report
+    let mut diff_pngs = Vec::new();
+    for label in report::column_order(&summary.subsets) {
         let rows: Vec<_> = r
             .diff_rank
             .iter()
-            .filter(|d| &d.subset == label)
+            .filter(|d| d.subset == label)
             .cloned()
             .collect();
-        report::diff_rank_bars(&out.join(format!("diff_rank_{label}.png")), &rows, label, k)?;
+        let png = out.join(format!("diff_rank_{label}.png"));
+        report::diff_rank_bars(&png, &rows, &label, k)?;
+        diff_pngs.push((label, png));
     }
-    let diff_path = labels
-        .first()
-        .map(|l| out.join(format!("diff_rank_{l}.png")));
+    Ok(Charts {
+        pca_png: pca_png.map(Path::to_path_buf),
+        sizes_path,
+        sizes,
+        diff_pngs,
+    })
+}
+
+/// The charts of an analysis, drawn before the timing is known.
+struct Charts {
+    pca_png: Option<PathBuf>,
+    sizes_path: PathBuf,
+    sizes: Vec<u64>,
+    diff_pngs: Vec<(String, PathBuf)>,
+}
+
+/// `report.html`, with the charts and the summary (its timing complete).
+fn write_report_html(
+    out: &Path,
+    model: &LoadedModel,
+    r: &Ratings,
+    summary: &Summary,
+    top: usize,
+    charts: &Charts,
+) -> Result<PathBuf, TopologyError> {
+    let k = model.k();
     let html = out.join("report.html");
     report::write_html(
         &html,
@@ -409,26 +427,30 @@ fn write_report(
             summary,
             k,
             top,
-            pca_png,
-            cluster_sizes_png: Some(&sizes_path),
-            diff_rank_png: diff_path.as_deref(),
-            cluster_sizes: &sizes,
+            pca_png: charts.pca_png.as_deref(),
+            cluster_sizes_png: Some(&charts.sizes_path),
+            diff_rank_pngs: &charts.diff_pngs,
+            cluster_sizes: &charts.sizes,
         },
     )?;
     Ok(html)
 }
 
 /// `viewpulse segment`, with its charts.
+/// The model folder changes all at once: every file, the charts included, is written into a
+/// hidden folder beside it that replaces it at the end ([`segment::model::Staged`]).
 pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyError> {
-    let seg = segment::segment(s)?;
+    let staged = segment::model::Staged::new(&s.out)?;
+    let seg = segment::segment_into(s, staged.path())?;
     if charts {
         let model = LoadedModel {
             dir: s.out.clone(),
             info: Some(seg.info.clone()),
             households: seg.households.clone(),
         };
-        model_charts(&s.out, &model)?;
+        model_charts(staged.path(), &model)?;
     }
+    staged.commit()?;
     Ok(seg)
 }
 
@@ -618,7 +640,7 @@ pub fn record(
     let properties = properties.resolve("-X ")?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
-            TopologyError::Replay(ReplayError::Recording(RecordingError::Io {
+            TopologyError::Replay(ReplayError::Recording(RecordingError::Write {
                 path: out.to_path_buf(),
                 source: e,
             }))
@@ -781,30 +803,31 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
 }
 
 /// The seed's side-by-side table (all / 17th's / 3rd's per cluster and rank) as text.
+/// Columns in the order the subsets were given; rows `1..=top` per cluster, but no deeper
+/// than the deepest rank that has a row ([`report::table_ranks`]).
 pub fn side_by_side(r: &Ratings, subsets: &[Subset], top: usize) -> String {
     use std::fmt::Write;
-    let mut labels: Vec<Subset> = subsets.to_vec();
-    labels.sort_by_key(|s| match s {
-        Subset::All => (0, 0),
-        Subset::Every(n) => (1, u32::MAX - *n),
-    });
+    let labels: Vec<String> = subsets.iter().map(|s| s.label()).collect();
+    let labels = report::column_order(&labels);
     let clusters = r.diff_rank.iter().map(|d| d.cluster + 1).max().unwrap_or(0);
+    let cells: std::collections::HashMap<(&str, u32, u32), &ratings::DiffRankRow> = r
+        .diff_rank
+        .iter()
+        .map(|d| ((d.subset.as_str(), d.cluster, d.rank), d))
+        .collect();
     let mut out = String::new();
     let _ = write!(out, "{:>7} {:>4}", "cluster", "rank");
     for l in &labels {
-        let head = report::subset_heading(&l.label());
+        let head = report::subset_heading(l);
         let _ = write!(out, "  {head:>18}");
     }
     out.push('\n');
     for c in 0..clusters {
-        for rank in 1..=top as u32 {
+        for rank in report::table_ranks(&r.diff_rank, top) {
             let _ = write!(out, "{c:>7} {rank:>4}");
             for l in &labels {
-                let label = l.label();
-                let cell = r
-                    .diff_rank
-                    .iter()
-                    .find(|d| d.subset == label && d.cluster == c && d.rank == rank)
+                let cell = cells
+                    .get(&(l.as_str(), c, rank))
                     .map(|d| format!("{} ({:+.2})", d.station_num, d.diff_rank))
                     .unwrap_or_default();
                 let _ = write!(out, "  {cell:>18}");

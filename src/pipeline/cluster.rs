@@ -208,8 +208,7 @@ impl Changelog {
     pub fn publish(&mut self, c: &Checkpoint) -> Result<(), PipelineError> {
         for (&p, state) in &c.partitions {
             let entry = entry(c, p, state);
-            let bytes =
-                checkpoint::encode(&entry).map_err(|e| PipelineError::Checkpoint(e.to_string()))?;
+            let bytes = checkpoint::encode(&entry)?;
             let key = p.to_string();
             let mut rec = BaseRecord::to(&self.url.topic)
                 .key(key.as_bytes())
@@ -672,7 +671,7 @@ fn emit_if_due(
     let merge = started.elapsed().as_secs_f64();
     metrics.merged(merge);
     let json = serde_json::to_string(&snap)
-        .map_err(|e| PipelineError::Checkpoint(format!("cannot encode a snapshot: {e}")))?;
+        .map_err(|e| PipelineError::Runtime(format!("cannot encode a snapshot: {e}")))?;
     let s = &g.cluster;
     match l.out.commit(s, &snap, &json) {
         Ok(true) => {}

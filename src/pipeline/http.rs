@@ -150,6 +150,12 @@ pub fn serve(
     m: Arc<Metrics>,
     token: Option<Secret>,
 ) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), PipelineError> {
+    if token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "HTTP listens beyond this machine without a token: anyone who reaches the address can read /snapshot and /metrics; set http.token (--http-token, VIEWPULSE_HTTP_TOKEN)"
+        );
+    }
     let routes = routes(m, Auth::new(token));
     let server = HttpServer::new(move || App::new().configure(routes.clone()))
         .workers(1)

@@ -73,6 +73,8 @@ pub struct Router {
     changelog: Option<super::cluster::Changelog>,
     /// Whether triggers emit snapshots here (not when a global coordinator does).
     local_snapshots: bool,
+    /// The persister, told at every trigger that the dead letters before it are all sent.
+    dead_letters: Option<crossbeam_channel::Sender<Persist>>,
 }
 
 /// When and how the router checkpoints.
@@ -122,6 +124,7 @@ impl Router {
             checkpoints: None,
             changelog: None,
             local_snapshots: true,
+            dead_letters: None,
         }
     }
 
@@ -140,6 +143,12 @@ impl Router {
         for (&p, &o) in &self.offsets {
             self.metrics.set_next(p, o);
         }
+    }
+
+    /// Tell the persister at every trigger that the dead letters before it are all sent, so
+    /// that it writes them in order.
+    pub fn dead_letters_to(&mut self, tx: crossbeam_channel::Sender<Persist>) {
+        self.dead_letters = Some(tx);
     }
 
     /// Checkpoint after every trigger (and every `interval` between them) through `k`.
@@ -201,7 +210,7 @@ impl Router {
         }
         if let Some(tx) = &k.tx {
             tx.send(Persist::Checkpoint(Box::new(c)))
-                .map_err(|_| PipelineError::Checkpoint("the persister stopped".into()))?;
+                .map_err(|_| PipelineError::PersisterStopped)?;
         }
         k.last = Instant::now();
         k.records_at_last = self.records;
@@ -344,6 +353,10 @@ impl Router {
 
     /// Flush, then fire a trigger and wait for its snapshot.
     pub fn fire(&mut self, by_interval: bool) -> Result<(), PipelineError> {
+        self.fire_then(by_interval, true)
+    }
+
+    fn fire_then(&mut self, by_interval: bool, checkpoint: bool) -> Result<(), PipelineError> {
         self.flush()?;
         self.triggers += 1;
         if !self.local_snapshots {
@@ -364,18 +377,37 @@ impl Router {
         let snap = futures_executor::block_on(self.coordinator.send(t))
             .map_err(|e| PipelineError::Mailbox(e.to_string()))??;
         self.last = Some(snap);
+        if let Some(tx) = &self.dead_letters {
+            // the shards answered the trigger, so every dead letter before it was sent
+            tx.send(Persist::Flush)
+                .map_err(|_| PipelineError::PersisterStopped)?;
+        }
         self.last_fire = Instant::now();
         self.records_at_fire = self.records;
-        self.checkpoint()
+        if checkpoint {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
-    /// The end of the source (or a stop): a last snapshot only if records came after the
-    /// last trigger.
-    pub fn finish(&mut self) -> Result<(), PipelineError> {
+    /// The end of the source (`at_end`) or a stop: a last snapshot only if records came
+    /// after the last trigger. On a stop with checkpoints on, the checkpoint is taken before
+    /// that snapshot, at the last trigger's number: the restart goes on with the numbers of a
+    /// run that never stopped (the next record trigger is still the next multiple of
+    /// `trigger.records`), and the last snapshot, past the checkpoint, is dropped from the
+    /// JSON-lines file at the restart like any snapshot after the checkpoint.
+    pub fn finish(&mut self, at_end: bool) -> Result<(), PipelineError> {
         self.metrics
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        if self.records > self.records_at_fire {
+        let stopped_mid_stream = !at_end
+            && self.local_snapshots
+            && self.checkpoints.is_some()
+            && self.records > self.records_at_fire;
+        if stopped_mid_stream {
+            self.checkpoint()?;
+            self.fire_then(false, false)?;
+        } else if self.records > self.records_at_fire {
             self.fire(false)?;
         } else if self
             .checkpoints
@@ -413,6 +445,7 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             continue;
         }
         let rec = line.strip_suffix(b"\n").unwrap_or(&line);
+        let rec = rec.strip_suffix(b"\r").unwrap_or(rec);
         router.push(rec, 0, offset)?;
         offset += 1;
         if offset % 4096 == 0 {
@@ -430,7 +463,7 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             ),
         });
     }
-    router.finish()?;
+    router.finish(!stop.load(Ordering::Relaxed))?;
     debug!(
         records = router.records,
         triggers = router.triggers,
@@ -452,9 +485,12 @@ fn push_polled(router: &mut Router, batch: &PolledBatch) -> Result<(), PipelineE
 /// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
 /// thread) through the router until the channel closes; interval triggers are checked
 /// between batches and while the topic is idle.
+/// `ended` is set by the consumer when the topic reached its end (`--until-end`), as opposed
+/// to a stop or an error.
 pub fn kafka(
     rx: &crossbeam_channel::Receiver<PolledBatch>,
     router: &mut Router,
+    ended: &AtomicBool,
 ) -> Result<(), PipelineError> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -465,7 +501,7 @@ pub fn kafka(
         }
         router.tick()?;
     }
-    router.finish()?;
+    router.finish(ended.load(Ordering::Relaxed))?;
     debug!(
         records = router.records,
         triggers = router.triggers,

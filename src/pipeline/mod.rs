@@ -34,16 +34,19 @@ pub use sinks::{JsonLines, KafkaTopic, MemorySink, SnapshotSink, StdoutTable};
 /// Errors of the pipeline.
 #[derive(Debug, Error)]
 pub enum PipelineError {
-    /// An actor's mailbox closed (the actor stopped).
+    /// An actor's mailbox closed before it answered.
     #[error("an actor stopped: {0}")]
     Mailbox(String),
-    /// A checkpoint could not be taken or written.
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    /// Restored state that does not fit this run.
+    /// A checkpoint cannot be made or written.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// The persister thread is gone; the error it ended with is the one to report.
+    #[error("the persister stopped")]
+    PersisterStopped,
+    /// A checkpoint does not fit this run.
     #[error("restoring state: {0}")]
     Restore(String),
-    /// No shard configured.
+    /// `shards` is 0.
     #[error("shards must be at least 1")]
     NoShard,
     /// Reading the source failed.
@@ -51,31 +54,78 @@ pub enum PipelineError {
     Read {
         /// The source.
         source_name: String,
-        /// What happened.
+        /// What went wrong.
         message: String,
     },
-    /// Opening the source failed.
+    /// The source failed.
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
-    /// A sink failed.
-    #[error("cannot write snapshots to {path}: {message}")]
+    /// A file output (snapshots, dead letters) cannot be written.
+    #[error("cannot write {what} to {path}: {message}")]
     Sink {
-        /// Where.
+        /// What was being written: `snapshots`, `dead letters`.
+        what: &'static str,
+        /// The file.
         path: String,
-        /// What happened.
+        /// The cause.
         message: String,
     },
-    /// The runtime failed.
+    /// Standard output cannot be written (a closed pipe, a full disk).
+    #[error("cannot write to stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+    /// A Kafka output topic cannot be reached or refuses the records.
+    #[error("cannot write {what} to {url}: {message}")]
+    KafkaSink {
+        /// What was being written: `snapshots`, `dead letters`.
+        what: &'static str,
+        /// The topic.
+        url: String,
+        /// The cause.
+        message: String,
+    },
+    /// A Kafka client's configuration (a `-X` property) is refused by librdkafka.
+    #[error("{url}: {message}")]
+    KafkaConfig {
+        /// The topic.
+        url: String,
+        /// librdkafka's reason.
+        message: String,
+    },
+    /// The actix system failed.
     #[error("the actor runtime failed: {0}")]
     Runtime(String),
-    /// The HTTP endpoint could not start.
+    /// The HTTP endpoint cannot bind.
     #[error("http.listen: cannot serve HTTP on {addr}: {message}")]
     Http {
         /// The address.
         addr: String,
-        /// What happened.
+        /// The cause.
         message: String,
     },
+}
+
+impl PipelineError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        use crate::exit;
+        match self {
+            PipelineError::Mailbox(_)
+            | PipelineError::Runtime(_)
+            | PipelineError::PersisterStopped => exit::SOFTWARE,
+            PipelineError::Checkpoint(e) => e.exit_code(),
+            PipelineError::Restore(_) | PipelineError::Read { .. } => exit::DATA,
+            PipelineError::NoShard | PipelineError::KafkaConfig { .. } => exit::USAGE,
+            PipelineError::Source(e) => e.exit_code(),
+            PipelineError::Sink { .. } | PipelineError::Stdout(_) => exit::IO,
+            PipelineError::KafkaSink { .. } | PipelineError::Http { .. } => exit::UNAVAILABLE,
+        }
+    }
+
+    /// Whether this is a write to a closed pipe on stdout (`viewpulse run | head`): the
+    /// reader is gone, which ends the command quietly.
+    pub fn is_closed_stdout(&self) -> bool {
+        matches!(self, PipelineError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// Now, UTC, as RFC 3339 with seconds (`2026-11-23T19:00:00Z`).
@@ -314,6 +364,9 @@ pub fn run_with(
             });
         }
         if let Some(p) = &persister {
+            if d.dead_letter.is_some() {
+                router.dead_letters_to(p.sender());
+            }
             if d.store.is_some() {
                 router.checkpoint_with(ingest::Checkpoints {
                     tx: Some(p.sender()),
@@ -343,16 +396,21 @@ pub fn run_with(
                 }
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
+                let ended = Arc::new(AtomicBool::new(false));
+                let consumer_ended = ended.clone();
                 let consumer = std::thread::Builder::new()
                     .name("kafka-consumer".into())
                     .spawn(move || {
                         let r = kafka::stream_topic(&url, &options, &consumer_stop, &tx);
+                        if r.is_ok() && !consumer_stop.load(Ordering::Relaxed) {
+                            consumer_ended.store(true, Ordering::Relaxed);
+                        }
                         drop(tx);
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
                 let routed = actix_rt::task::spawn_blocking(move || {
-                    ingest::kafka(&rx, &mut router).map(|()| router)
+                    ingest::kafka(&rx, &mut router, &ended).map(|()| router)
                 })
                 .await;
                 match consumer.join() {
@@ -457,8 +515,15 @@ pub fn run_with(
             Some(p) => p.finish(),
             None => Ok(()),
         };
-        let router = joined.map_err(|e| PipelineError::Runtime(e.to_string()))??;
-        persisted?;
+        let router = match (joined.map_err(|e| PipelineError::Runtime(e.to_string()))?, persisted) {
+            // the router saw the persister's channel close: the persister's error says why
+            (Err(PipelineError::PersisterStopped), Err(e)) => return Err(e),
+            (routed, persisted) => {
+                let router = routed?;
+                persisted?;
+                router
+            }
+        };
         Ok(RunOutcome {
             records: router.records,
             triggers: router.triggers,

@@ -48,6 +48,9 @@ pub enum Persist {
     DeadLetters(Vec<DeadRecord>),
     /// Write this checkpoint (after every dead letter sent before it).
     Checkpoint(Box<Checkpoint>),
+    /// Every dead letter of the records before the last trigger has been sent: write them,
+    /// in (partition, offset) order.
+    Flush,
     /// Sync and stop.
     Finish,
 }
@@ -118,6 +121,15 @@ enum Sink {
     },
 }
 
+/// A dead-letter file's write error, naming the file and the cause.
+fn dead_letter_file(e: crate::sink::SinkError) -> PipelineError {
+    PipelineError::Sink {
+        what: "dead letters",
+        path: e.path().display().to_string(),
+        message: e.cause(),
+    }
+}
+
 impl Sink {
     fn open(
         target: &DeadLetterTarget,
@@ -125,10 +137,7 @@ impl Sink {
     ) -> Result<Sink, PipelineError> {
         match target {
             DeadLetterTarget::File(path) => {
-                let err = |e: crate::sink::SinkError| PipelineError::Sink {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                };
+                let err = dead_letter_file;
                 let file = match resume {
                     None => DeadLetter::create(path).map_err(err)?,
                     Some(offsets) => {
@@ -160,9 +169,12 @@ impl Sink {
                         failed: failed.clone(),
                         what: "a dead letter",
                     })
-                    .map_err(|e| PipelineError::Sink {
-                        path: url.to_string(),
-                        message: format!("cannot create a producer: {e}"),
+                    .map_err(|e| PipelineError::KafkaConfig {
+                        url: url.to_string(),
+                        message: format!(
+                            "cannot create a producer: {}",
+                            crate::secret::client_error(&e, &client.properties)
+                        ),
                     })?;
                 Ok(Sink::Kafka {
                     producer,
@@ -177,13 +189,9 @@ impl Sink {
     fn write(&mut self, r: &DeadRecord, file_source: bool) -> Result<(), PipelineError> {
         let pos = position(file_source, r.partition, r.offset);
         match self {
-            Sink::File(d) => {
-                d.write(&pos, r.kind.name(), &r.record)
-                    .map_err(|e| PipelineError::Sink {
-                        path: "dead letters".into(),
-                        message: e.to_string(),
-                    })
-            }
+            Sink::File(d) => d
+                .write(&pos, r.kind.name(), &r.record)
+                .map_err(dead_letter_file),
             Sink::Kafka {
                 producer, topic, ..
             } => {
@@ -207,8 +215,9 @@ impl Sink {
                             rec = back;
                         }
                         Err((e, _)) => {
-                            return Err(PipelineError::Sink {
-                                path: topic.clone(),
+                            return Err(PipelineError::KafkaSink {
+                                what: "dead letters",
+                                url: topic.clone(),
                                 message: format!("cannot send a dead letter: {e}"),
                             })
                         }
@@ -221,10 +230,7 @@ impl Sink {
     /// Everything written so far is durable.
     fn sync(&mut self) -> Result<(), PipelineError> {
         match self {
-            Sink::File(d) => d.sync().map_err(|e| PipelineError::Sink {
-                path: "dead letters".into(),
-                message: e.to_string(),
-            }),
+            Sink::File(d) => d.sync().map_err(dead_letter_file),
             Sink::Kafka {
                 producer,
                 failed,
@@ -233,15 +239,17 @@ impl Sink {
             } => {
                 producer
                     .flush(Duration::from_secs(30))
-                    .map_err(|e| PipelineError::Sink {
-                        path: url.clone(),
-                        message: format!("dead letters not acknowledged: {e}"),
+                    .map_err(|e| PipelineError::KafkaSink {
+                        what: "dead letters",
+                        url: url.clone(),
+                        message: format!("not acknowledged: {e}"),
                     })?;
                 let n = failed.load(Ordering::Relaxed);
                 if n > 0 {
-                    return Err(PipelineError::Sink {
-                        path: url.clone(),
-                        message: format!("{n} dead letters could not be delivered"),
+                    return Err(PipelineError::KafkaSink {
+                        what: "dead letters",
+                        url: url.clone(),
+                        message: format!("{n} could not be delivered"),
                     });
                 }
                 Ok(())
@@ -300,26 +308,45 @@ fn run(
     file_source: bool,
     metrics: &Metrics,
 ) -> Result<(), PipelineError> {
+    // The shards send their dead letters as they count, in an order that differs from run to
+    // run; they wait here and are written in (partition, offset) order at every trigger,
+    // checkpoint and stop (the points where every record before them has been counted), so
+    // that the file is the same on every run. Past WAITING records they are written early.
+    const WAITING: usize = 1 << 16;
+    let mut waiting: Vec<DeadRecord> = Vec::new();
+    let write_waiting =
+        |sink: &mut Option<Sink>, waiting: &mut Vec<DeadRecord>| -> Result<(), PipelineError> {
+            if let Some(s) = sink {
+                waiting.sort_by_key(|r| (r.partition, r.offset));
+                for r in waiting.iter() {
+                    s.write(r, file_source)?;
+                }
+                metrics
+                    .dead_letters
+                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+            }
+            waiting.clear();
+            Ok(())
+        };
     while let Ok(msg) = rx.recv() {
         match msg {
             Persist::DeadLetters(records) => {
-                if let Some(s) = &mut sink {
-                    for r in &records {
-                        s.write(r, file_source)?;
+                if sink.is_some() {
+                    waiting.extend(records);
+                    if waiting.len() >= WAITING {
+                        write_waiting(&mut sink, &mut waiting)?;
                     }
-                    metrics
-                        .dead_letters
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
                 }
             }
+            Persist::Flush => write_waiting(&mut sink, &mut waiting)?,
             Persist::Checkpoint(c) => {
                 let t = Instant::now();
+                write_waiting(&mut sink, &mut waiting)?;
                 if let Some(s) = &mut sink {
                     s.sync()?;
                 }
                 if let Some(st) = &mut store {
-                    st.write(&c)
-                        .map_err(|e| PipelineError::Checkpoint(e.to_string()))?;
+                    st.write(&c)?;
                     metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
                     metrics
                         .checkpoint_nanos
@@ -329,6 +356,7 @@ fn run(
             Persist::Finish => break,
         }
     }
+    write_waiting(&mut sink, &mut waiting)?;
     if let Some(s) = &mut sink {
         s.sync()?;
     }

@@ -28,22 +28,34 @@ pub struct JsonLines {
     path: PathBuf,
     w: BufWriter<File>,
     durable: bool,
+    /// Bytes of whole lines in the file (a regular file only): a failed write is cut back to
+    /// it, so that a full disk leaves no torn line.
+    whole: Option<u64>,
+}
+
+/// Whether `path` is (or will be) a regular file, not `/dev/null`, a FIFO or a terminal,
+/// which can be neither cut back nor synced.
+fn regular(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
 }
 
 impl JsonLines {
     /// Create (truncate) the file.
     pub fn create(path: &Path) -> Result<JsonLines, PipelineError> {
         let err = |e: std::io::Error| PipelineError::Sink {
+            what: "snapshots",
             path: path.display().to_string(),
             message: e.to_string(),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
+        let whole = regular(path).then_some(0);
         Ok(JsonLines {
             path: path.to_path_buf(),
             w: BufWriter::new(File::create(path).map_err(err)?),
             durable: false,
+            whole,
         })
     }
 
@@ -53,9 +65,26 @@ impl JsonLines {
     /// and append from there. Every snapshot is synced to disk from then on.
     pub fn resume(path: &Path, upto: u64) -> Result<(JsonLines, usize), PipelineError> {
         let err = |e: String| PipelineError::Sink {
+            what: "snapshots",
             path: path.display().to_string(),
             message: e,
         };
+        if !regular(path) {
+            // `/dev/null` or a pipe: nothing to keep or cut, and nothing to sync
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| err(e.to_string()))?;
+            return Ok((
+                JsonLines {
+                    path: path.to_path_buf(),
+                    w: BufWriter::new(f),
+                    durable: false,
+                    whole: None,
+                },
+                0,
+            ));
+        }
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -88,14 +117,16 @@ impl JsonLines {
                 path: path.to_path_buf(),
                 w,
                 durable: true,
+                whole: Some(keep as u64),
             },
             dropped,
         ))
     }
 
-    /// Sync every snapshot to disk (on when the daemon checkpoints).
+    /// Sync every snapshot to disk (on when the daemon checkpoints; not for `/dev/null` or a
+    /// pipe).
     pub fn durable(mut self) -> JsonLines {
-        self.durable = true;
+        self.durable = self.whole.is_some();
         self
     }
 }
@@ -103,19 +134,41 @@ impl JsonLines {
 impl SnapshotSink for JsonLines {
     fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
         let err = |m: String| PipelineError::Sink {
+            what: "snapshots",
             path: self.path.display().to_string(),
             message: m,
         };
-        let line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
-        writeln!(self.w, "{line}").map_err(|e| err(e.to_string()))?;
-        self.w.flush().map_err(|e| err(e.to_string()))?;
-        if self.durable {
-            self.w
-                .get_ref()
-                .sync_data()
-                .map_err(|e| err(e.to_string()))?;
+        let mut line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
+        line.push('\n');
+        let written = self
+            .w
+            .write_all(line.as_bytes())
+            .and_then(|()| self.w.flush())
+            .and_then(|()| {
+                if self.durable {
+                    self.w.get_ref().sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        match (written, self.whole) {
+            (Ok(()), whole) => {
+                self.whole = whole.map(|w| w + line.len() as u64);
+                Ok(())
+            }
+            (Err(e), Some(whole)) => {
+                // cut the torn line off: the file ends with the last whole snapshot
+                // (the buffered rest is dropped, not flushed again later)
+                if let Ok(f) = self.w.get_ref().try_clone() {
+                    let old = std::mem::replace(&mut self.w, BufWriter::new(f));
+                    let (f, _unwritten) = old.into_parts();
+                    let _ = f.set_len(whole);
+                    let _ = std::io::Seek::seek(&mut self.w, std::io::SeekFrom::Start(whole));
+                }
+                Err(err(e.to_string()))
+            }
+            (Err(e), None) => Err(err(e.to_string())),
         }
-        Ok(())
     }
 }
 
@@ -149,10 +202,7 @@ impl SnapshotSink for StdoutTable {
         stdout
             .write_all(out.as_bytes())
             .and_then(|_| stdout.flush())
-            .map_err(|e| PipelineError::Sink {
-                path: "stdout".into(),
-                message: e.to_string(),
-            })
+            .map_err(PipelineError::Stdout)
     }
 }
 
@@ -168,8 +218,9 @@ pub struct KafkaTopic {
 impl KafkaTopic {
     /// Connect to the topic's brokers and check that the topic exists.
     pub fn connect(url: &KafkaUrl, opts: &KafkaOptions) -> Result<KafkaTopic, PipelineError> {
-        let err = |m: String| PipelineError::Sink {
-            path: url.to_string(),
+        let err = |m: String| PipelineError::KafkaSink {
+            what: "snapshots",
+            url: url.to_string(),
             message: m,
         };
         let mut cfg = ClientConfig::new();
@@ -181,11 +232,12 @@ impl KafkaTopic {
         }
         let producer: FutureProducer<crate::source::kafka::Context> = cfg
             .create_with_context(crate::source::kafka::Context::default())
-            .map_err(|e| {
-                err(format!(
+            .map_err(|e| PipelineError::KafkaConfig {
+                url: url.to_string(),
+                message: format!(
                     "cannot create a producer: {}",
                     crate::secret::client_error(&e, &opts.properties)
-                ))
+                ),
             })?;
         let md = producer
             .client()
@@ -216,8 +268,9 @@ impl KafkaTopic {
 
 impl SnapshotSink for KafkaTopic {
     fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
-        let err = |m: String| PipelineError::Sink {
-            path: self.url.to_string(),
+        let err = |m: String| PipelineError::KafkaSink {
+            what: "snapshots",
+            url: self.url.to_string(),
             message: m,
         };
         let value = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;

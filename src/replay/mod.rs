@@ -55,6 +55,18 @@ pub enum ReplayError {
     Usage(String),
 }
 
+impl ReplayError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReplayError::Recording(e) => e.exit_code(),
+            ReplayError::Source(e) => e.exit_code(),
+            ReplayError::Kafka { .. } => crate::exit::UNAVAILABLE,
+            ReplayError::Usage(_) => crate::exit::USAGE,
+        }
+    }
+}
+
 /// The key of a record: its last field (the household id), or the whole record.
 #[inline]
 pub fn household_key(record: &[u8]) -> &[u8] {
@@ -266,8 +278,8 @@ pub fn ensure_topic(
         cfg.set(k, v);
     }
     let admin: AdminClient<Context> = cfg.create_with_context(Context::default()).map_err(|e| {
-        kafka(format!(
-            "cannot create a client: {}",
+        ReplayError::Usage(format!(
+            "{url}: cannot create a client: {}",
             client_error(&e, properties)
         ))
     })?;
@@ -449,8 +461,8 @@ pub fn replay(
     };
     ctx.client.started(false);
     let producer: BaseProducer<Deliveries> = cfg.create_with_context(ctx).map_err(|e| {
-        kafka(format!(
-            "cannot create a producer: {}",
+        ReplayError::Usage(format!(
+            "{url}: cannot create a producer: {}",
             client_error(&e, &s.properties)
         ))
     })?;
@@ -642,8 +654,8 @@ pub fn capture(
     }
     let consumer: BaseConsumer<Context> =
         cfg.create_with_context(Context::default()).map_err(|e| {
-            kafka(format!(
-                "cannot create a consumer: {}",
+            ReplayError::Usage(format!(
+                "{url}: cannot create a consumer: {}",
                 client_error(&e, properties)
             ))
         })?;

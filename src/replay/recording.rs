@@ -37,10 +37,18 @@ pub const MAX_HEADER: usize = 1 << 20;
 /// Errors reading or writing a recording.
 #[derive(Debug, Error)]
 pub enum RecordingError {
-    /// Reading or writing failed.
+    /// Reading failed.
     #[error("{path}: {source}")]
     Io {
         /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing a recording failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The recording.
         path: PathBuf,
         /// The cause.
         source: std::io::Error,
@@ -81,6 +89,19 @@ pub enum RecordingError {
         /// What happened.
         message: String,
     },
+}
+
+impl RecordingError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RecordingError::Io { source, .. } => crate::exit::reading(source),
+            RecordingError::Write { .. } | RecordingError::Encode { .. } => crate::exit::IO,
+            RecordingError::NotARecording { .. }
+            | RecordingError::Header { .. }
+            | RecordingError::Corrupt { .. } => crate::exit::DATA,
+        }
+    }
 }
 
 /// What a recording says about itself.
@@ -138,7 +159,7 @@ pub struct Writer {
 impl Writer {
     /// Create (truncate) `path` and write the header.
     pub fn create(path: &Path, header: &Header) -> Result<Writer, RecordingError> {
-        let io = |e| RecordingError::Io {
+        let io = |e| RecordingError::Write {
             path: path.to_path_buf(),
             source: e,
         };
@@ -173,7 +194,7 @@ impl Writer {
                 message: err.to_string(),
             }
         })?;
-        let io = |err| RecordingError::Io {
+        let io = |err| RecordingError::Write {
             path: self.path.clone(),
             source: err,
         };
@@ -188,7 +209,7 @@ impl Writer {
 
     /// Flush everything to the file (and to the disk).
     pub fn finish(mut self) -> Result<u64, RecordingError> {
-        let io = |err| RecordingError::Io {
+        let io = |err| RecordingError::Write {
             path: self.path.clone(),
             source: err,
         };

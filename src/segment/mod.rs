@@ -121,12 +121,45 @@ pub enum SegmentError {
         /// What is wrong.
         message: String,
     },
+    /// A file of the model folder cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The files of a model folder come from different runs.
+    #[error("{dir}: {first} and {second} do not belong together ({what}); the folder mixes two models: segment again")]
+    Mixed {
+        /// The folder.
+        dir: PathBuf,
+        /// One file.
+        first: String,
+        /// The file it disagrees with.
+        second: String,
+        /// How.
+        what: String,
+    },
     /// The model folder is missing or holds neither model.bin nor households.csv.
     #[error("{path}: not a model folder (no model.bin or households.csv); run `viewpulse segment` first")]
     NoModel {
         /// The folder.
         path: PathBuf,
     },
+}
+
+impl SegmentError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SegmentError::Io { source, .. } => crate::exit::reading(source),
+            SegmentError::NoModel { .. } => crate::exit::NO_INPUT,
+            SegmentError::Write { .. } => crate::exit::IO,
+            SegmentError::Settings(_) | SegmentError::KTooLarge { .. } => crate::exit::USAGE,
+            _ => crate::exit::DATA,
+        }
+    }
 }
 
 /// Settings of `viewpulse segment`.
@@ -153,12 +186,31 @@ pub struct Segmented {
     pub timing: BTreeMap<String, f64>,
 }
 
+/// How many distinct feature rows there are (bit-exact).
+fn distinct_rows(x: ndarray::ArrayView2<f64>) -> usize {
+    let rows: std::collections::HashSet<Vec<u64>> = x
+        .rows()
+        .into_iter()
+        .map(|r| r.iter().map(|v| v.to_bits()).collect())
+        .collect();
+    rows.len()
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Run SPEC sections 2 and 3 and write the model folder.
+/// Run SPEC sections 2 and 3 and write the model folder `s.out`, all at once.
 pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
+    let staged = model::Staged::new(&s.out)?;
+    let seg = segment_into(s, staged.path())?;
+    staged.commit()?;
+    Ok(seg)
+}
+
+/// Run SPEC sections 2 and 3 and write the model's files into `dir` (a
+/// [`model::Staged`] folder that the caller commits).
+pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, SegmentError> {
     let mut timing = BTreeMap::new();
     let t = Instant::now();
     let spin = crate::progress::spinner("reading demographics");
@@ -197,6 +249,15 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
     let kmeans_ms = ms(t);
     timing.insert("kmeans_ms".to_string(), kmeans_ms);
     info!(k = s.kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, kmeans_ms, "clustered");
+    let empty: Vec<usize> = (0..cl.sizes.len()).filter(|&c| cl.sizes[c] == 0).collect();
+    if !empty.is_empty() {
+        warn!(
+            k = s.kmeans.k,
+            empty = ?empty,
+            distinct_rows = distinct_rows(x.view()),
+            "some clusters have no household: the households have fewer distinct feature rows than k; choose a smaller --k"
+        );
+    }
 
     let t = Instant::now();
     let p = pca::fit(x.view());
@@ -217,7 +278,7 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
         .collect();
     households.sort_unstable_by_key(|h| (h.cluster, h.rank));
 
-    let info = ModelInfo {
+    let mut info = ModelInfo {
         viewpulse: env!("CARGO_PKG_VERSION").to_string(),
         demographics: s.demographics.display().to_string(),
         k: s.kmeans.k as u32,
@@ -265,22 +326,22 @@ pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
         skipped: d.skipped,
         duplicates: d.duplicates,
         skipped_examples: d.skipped_examples.clone(),
+        households_csv: None,
     };
 
     let t = Instant::now();
-    std::fs::create_dir_all(&s.out).map_err(|e| SegmentError::Io {
-        path: s.out.clone(),
-        source: e,
-    })?;
     let spin = crate::progress::spinner("writing the model");
-    model::write_households(&s.out.join("households.csv"), &households)?;
-    model::write_features(&s.out.join("features.csv"), &d.household_id, x.view())?;
-    write_json(&s.out.join("model.json"), &info)?;
+    info.households_csv = Some(model::write_households(
+        &dir.join("households.csv"),
+        &households,
+    )?);
+    model::write_features(&dir.join("features.csv"), &d.household_id, x.view())?;
+    write_json(&dir.join("model.json"), &info)?;
     let bin = ModelBin {
         info: info.clone(),
         households,
     };
-    model::write_bin(&s.out.join("model.bin"), &bin)?;
+    model::write_bin(&dir.join("model.bin"), &bin)?;
     spin.finish_and_clear();
     timing.insert("write_ms".to_string(), ms(t));
     info!(timing = ?timing, "model written");
@@ -296,7 +357,7 @@ fn write_json(path: &Path, info: &ModelInfo) -> Result<(), SegmentError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| SegmentError::Io {
+    std::fs::write(path, text + "\n").map_err(|e| SegmentError::Write {
         path: path.to_path_buf(),
         source: e,
     })

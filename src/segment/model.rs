@@ -2,6 +2,11 @@
 //! (a magic header, a format version, then the bincode-encoded model with every household),
 //! which `analyze` and the daemon load. A folder holding only a `households.csv` with
 //! `household_id,cluster,distance,rank` is a model too: segments assigned by another system.
+//!
+//! A model folder changes all at once: [`Staged`] writes the files into a hidden folder beside
+//! the target and renames it over the target when every file is whole. `model.json` and
+//! `model.bin` record the length and CRC-32 of the `households.csv` written with them, and
+//! [`load`] refuses a folder whose files disagree (a copy mixed from two runs).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,7 +20,190 @@ use super::SegmentError;
 /// First bytes of `model.bin`.
 pub const MAGIC: &[u8; 8] = b"VPMODEL\0";
 /// Format version of `model.bin`; bump on any change of [`ModelBin`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+
+/// The files `segment` writes into a model folder: a folder holding anything else is not
+/// replaced.
+pub const MODEL_FILES: &[&str] = &[
+    "households.csv",
+    "features.csv",
+    "model.json",
+    "model.bin",
+    "pca.png",
+    "cluster_sizes.png",
+];
+
+/// Length and CRC-32 of a file, to tell that two files were written together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the bytes.
+    pub crc32: u32,
+}
+
+impl Digest {
+    /// The digest of a file, read in 1 MiB blocks.
+    pub fn of_file(path: &Path) -> Result<Digest, SegmentError> {
+        let mut f = File::open(path).map_err(io_err(path))?;
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(Digest {
+            bytes,
+            crc32: h.finalize(),
+        })
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, CRC-32 {:08x}", self.bytes, self.crc32)
+    }
+}
+
+/// A writer that keeps the [`Digest`] of what went through it.
+struct Digesting<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A model folder being written. Files go into a hidden folder beside the target
+/// (`.NAME.staging-PID`); [`Staged::commit`] renames it over the target, so that a reader sees
+/// the old model or the new one, never a mix. Dropped without a commit (a failed segment),
+/// the hidden folder is removed and the target is as it was.
+#[derive(Debug)]
+pub struct Staged {
+    dir: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Prepare to replace `target`, which must not exist or be a folder holding only model
+    /// files (a folder holding anything else is refused rather than replaced).
+    pub fn new(target: &Path) -> Result<Staged, SegmentError> {
+        let abs = std::path::absolute(target).map_err(write_err(target))?;
+        let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+            return Err(SegmentError::Settings(format!(
+                "--out {}: give the model folder a name (not / or ..)",
+                target.display()
+            )));
+        };
+        if target.exists() {
+            if !target.is_dir() {
+                return Err(SegmentError::Settings(format!(
+                    "--out {}: exists and is not a folder",
+                    target.display()
+                )));
+            }
+            let entries = std::fs::read_dir(target).map_err(io_err(target))?;
+            for e in entries {
+                let e = e.map_err(io_err(target))?;
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if !MODEL_FILES.contains(&n.as_ref()) {
+                    return Err(SegmentError::Settings(format!(
+                        "--out {}: holds {n}, which is not a model file; a model folder is replaced whole, so give a new folder or one holding only a model",
+                        target.display()
+                    )));
+                }
+            }
+        }
+        std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+        let dir = parent.join(format!(
+            ".{}.staging-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(write_err(&dir))?;
+        }
+        std::fs::create_dir(&dir).map_err(write_err(&dir))?;
+        Ok(Staged {
+            dir,
+            target: target.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Where the files go until the commit.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Sync every file, then put the folder in the target's place (the old model, if any, is
+    /// renamed aside first and removed after).
+    pub fn commit(mut self) -> Result<(), SegmentError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(write_err(&self.dir))?;
+        for e in entries {
+            let p = e.map_err(write_err(&self.dir))?.path();
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(write_err(&p))?;
+        }
+        let old = self.dir.with_file_name(
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().replace(".staging-", ".old-"))
+                .unwrap_or_default(),
+        );
+        let had_old = self.target.exists();
+        if had_old {
+            std::fs::rename(&self.target, &old).map_err(write_err(&self.target))?;
+        }
+        if let Err(e) = std::fs::rename(&self.dir, &self.target) {
+            if had_old {
+                let _ = std::fs::rename(&old, &self.target);
+            }
+            return Err(write_err(&self.target)(e));
+        }
+        self.committed = true;
+        if let Some(parent) = std::path::absolute(&self.target)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
+            if let Ok(d) = File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        if had_old {
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "cannot remove the replaced model");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
 
 /// One clustered household.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -77,6 +265,9 @@ pub struct ModelInfo {
     pub duplicates: u64,
     /// The first skipped rows, described.
     pub skipped_examples: Vec<String>,
+    /// The `households.csv` written with this model (none in a model made elsewhere).
+    #[serde(default)]
+    pub households_csv: Option<Digest>,
 }
 
 /// The content of `model.bin`.
@@ -132,10 +323,24 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
     }
 }
 
-/// Write `households.csv` (by cluster then rank).
-pub fn write_households(path: &Path, rows: &[Household]) -> Result<(), SegmentError> {
-    let f = File::create(path).map_err(io_err(path))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
+    move |e| SegmentError::Write {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Write `households.csv` (by cluster then rank); returns its digest.
+pub fn write_households(path: &Path, rows: &[Household]) -> Result<Digest, SegmentError> {
+    let f = File::create(path).map_err(write_err(path))?;
+    let mut w = BufWriter::with_capacity(
+        1 << 20,
+        Digesting {
+            inner: f,
+            hasher: crc32fast::Hasher::new(),
+            bytes: 0,
+        },
+    );
     let mut f = ryu::Buffer::new();
     let body = (|| -> std::io::Result<()> {
         writeln!(w, "household_id,cluster,distance,rank,pca_x,pca_y")?;
@@ -150,7 +355,14 @@ pub fn write_households(path: &Path, rows: &[Household]) -> Result<(), SegmentEr
         }
         w.flush()
     })();
-    body.map_err(io_err(path))
+    body.map_err(write_err(path))?;
+    let d = w
+        .into_inner()
+        .map_err(|e| write_err(path)(e.into_error()))?;
+    Ok(Digest {
+        bytes: d.bytes,
+        crc32: d.hasher.finalize(),
+    })
 }
 
 /// Write `features.csv`: `household_id,f0,…`, by household_id ascending.
@@ -159,7 +371,7 @@ pub fn write_features(
     ids: &[i64],
     x: ndarray::ArrayView2<f64>,
 ) -> Result<(), SegmentError> {
-    let f = File::create(path).map_err(io_err(path))?;
+    let f = File::create(path).map_err(write_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_unstable_by_key(|&i| ids[i]);
@@ -180,22 +392,23 @@ pub fn write_features(
         }
         w.flush()
     })();
-    body.map_err(io_err(path))
+    body.map_err(write_err(path))
 }
 
 /// Write `model.bin`.
 pub fn write_bin(path: &Path, model: &ModelBin) -> Result<(), SegmentError> {
-    let f = File::create(path).map_err(io_err(path))?;
+    let f = File::create(path).map_err(write_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
-    w.write_all(MAGIC).map_err(io_err(path))?;
-    w.write_all(&VERSION.to_le_bytes()).map_err(io_err(path))?;
+    w.write_all(MAGIC).map_err(write_err(path))?;
+    w.write_all(&VERSION.to_le_bytes())
+        .map_err(write_err(path))?;
     bincode::serde::encode_into_std_write(model, &mut w, bincode::config::standard()).map_err(
         |e| SegmentError::ModelFile {
             path: path.to_path_buf(),
             message: e.to_string(),
         },
     )?;
-    w.flush().map_err(io_err(path))
+    w.flush().map_err(write_err(path))
 }
 
 /// Read `model.bin`.
@@ -224,9 +437,21 @@ pub fn read_bin(path: &Path) -> Result<ModelBin, SegmentError> {
     bincode::serde::decode_from_std_read(&mut r, bincode::config::standard()).map_err(|e| {
         SegmentError::ModelFile {
             path: path.to_path_buf(),
-            message: format!("corrupt model: {e}"),
+            message: decode_message(&e),
         }
     })
+}
+
+/// One sentence for a `model.bin` that does not decode.
+fn decode_message(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError;
+    match e {
+        DecodeError::Io { inner, .. } if inner.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file is cut short: it ends inside the model (a partial copy, or a disk that filled up); segment again".into()
+        }
+        DecodeError::Io { inner, .. } => format!("cannot be read: {inner}"),
+        other => format!("corrupt model ({other}); segment again"),
+    }
 }
 
 /// Read a `households.csv`: needs `household_id`, `cluster` and `rank` columns (by name);
@@ -260,6 +485,7 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
     let (ci, cc, cr) = (need("household_id")?, need("cluster")?, need("rank")?);
     let (cd, cx, cy) = (col("distance"), col("pca_x"), col("pca_y"));
     let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
     let mut lineno = 1u64;
     loop {
         line.clear();
@@ -312,6 +538,14 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
                 format!("column rank: {rank} must be at least 1"),
             ));
         }
+        if let Some(first) = seen.insert(id, lineno) {
+            return Err(bad(
+                lineno,
+                format!(
+                    "household_id {id} is already on line {first}; a household is in one cluster"
+                ),
+            ));
+        }
         out.push(Household {
             household_id: id,
             cluster: cluster as u32,
@@ -338,26 +572,12 @@ pub fn load(dir: &Path) -> Result<LoadedModel, SegmentError> {
         });
     }
     let bin = dir.join("model.bin");
-    if bin.is_file() {
-        let m = read_bin(&bin)?;
-        return Ok(LoadedModel {
-            dir: dir.to_path_buf(),
-            info: Some(m.info),
-            households: m.households,
-        });
-    }
     let csv = dir.join("households.csv");
-    if !csv.is_file() {
-        return Err(SegmentError::NoModel {
-            path: dir.to_path_buf(),
-        });
-    }
-    let households = read_households_csv(&csv)?;
     let json = dir.join("model.json");
-    let info = if json.is_file() {
+    let json_info = if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
         Some(
-            serde_json::from_str(&text).map_err(|e| SegmentError::ModelFile {
+            serde_json::from_str::<ModelInfo>(&text).map_err(|e| SegmentError::ModelFile {
                 path: json.clone(),
                 message: e.to_string(),
             })?,
@@ -365,11 +585,104 @@ pub fn load(dir: &Path) -> Result<LoadedModel, SegmentError> {
     } else {
         None
     };
+    let mixed = |a: &Path, b: &Path, what: String| SegmentError::Mixed {
+        dir: dir.to_path_buf(),
+        first: a
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        second: b
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        what,
+    };
+    let check_csv = |info: &ModelInfo, from: &Path| -> Result<(), SegmentError> {
+        if let (Some(want), true) = (info.households_csv, csv.is_file()) {
+            let got = Digest::of_file(&csv)?;
+            if got != want {
+                return Err(mixed(
+                    &csv,
+                    from,
+                    format!("households.csv has {got}, the model was written with {want}"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    if bin.is_file() {
+        let m = read_bin(&bin)?;
+        if let Some(j) = &json_info {
+            let same = j.k == m.info.k
+                && j.households == m.info.households
+                && j.cluster_sizes == m.info.cluster_sizes
+                && j.households_csv == m.info.households_csv;
+            if !same {
+                return Err(mixed(
+                    &json,
+                    &bin,
+                    format!(
+                        "model.json has k = {} over {} households, model.bin k = {} over {}",
+                        j.k, j.households, m.info.k, m.info.households
+                    ),
+                ));
+            }
+        }
+        check_csv(&m.info, &bin)?;
+        check_shape(&m.info, &m.households).map_err(|w| SegmentError::ModelFile {
+            path: bin.clone(),
+            message: format!("its households disagree with its fit: {w}"),
+        })?;
+        return Ok(LoadedModel {
+            dir: dir.to_path_buf(),
+            info: Some(m.info),
+            households: m.households,
+        });
+    }
+    if !csv.is_file() {
+        return Err(SegmentError::NoModel {
+            path: dir.to_path_buf(),
+        });
+    }
+    if let Some(j) = &json_info {
+        check_csv(j, &json)?;
+    }
+    let households = read_households_csv(&csv)?;
+    if let Some(j) = &json_info {
+        check_shape(j, &households).map_err(|w| mixed(&csv, &json, w))?;
+    }
+    let info = json_info;
     Ok(LoadedModel {
         dir: dir.to_path_buf(),
         info,
         households,
     })
+}
+
+/// Whether the households agree with the fit's k, count and cluster sizes.
+fn check_shape(info: &ModelInfo, households: &[Household]) -> Result<(), String> {
+    let mut sizes = vec![0u64; info.k as usize];
+    for h in households {
+        match sizes.get_mut(h.cluster as usize) {
+            Some(s) => *s += 1,
+            None => {
+                return Err(format!(
+                    "household {} is in cluster {}, but the model has k = {}",
+                    h.household_id, h.cluster, info.k
+                ))
+            }
+        }
+    }
+    if households.len() as u64 != info.households || sizes != info.cluster_sizes {
+        return Err(format!(
+            "{} households in clusters of {:?}, the fit says {} in {:?}",
+            households.len(),
+            sizes,
+            info.households,
+            info.cluster_sizes
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -411,6 +724,7 @@ mod tests {
             skipped: 0,
             duplicates: 0,
             skipped_examples: vec![],
+            households_csv: None,
         };
         let m = ModelBin {
             info,

@@ -423,12 +423,14 @@ pub fn count_topic(
         cfg.set(k, v);
     }
     let consumer: BaseConsumer<Context> =
-        cfg.create_with_context(Context::default()).map_err(|e| {
-            kafka(format!(
-                "cannot create a consumer: {}",
-                client_error(&e, &opts.properties)
-            ))
-        })?;
+        cfg.create_with_context(Context::default())
+            .map_err(|e| SourceError::Config {
+                url: url.to_string(),
+                message: format!(
+                    "cannot create a consumer: {}",
+                    client_error(&e, &opts.properties)
+                ),
+            })?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
         .map_err(|e| {
@@ -462,7 +464,7 @@ pub fn count_topic(
     debug!(%url, partitions = partitions.len(), "bounded read started");
 
     let mut dead = match dead_letter {
-        Some(p) => Some(DeadLetter::create(p)?),
+        Some(p) => Some(DeadLetter::create_staged(p)?),
         None => None,
     };
     let mut counters = Counters::for_membership(membership);
@@ -579,13 +581,26 @@ pub fn wait_for_topic<C: ConsumerContext>(
     };
     let began = Instant::now();
     let mut warned = false;
+    let mut last_note = began;
+    // One metadata request blocks up to its timeout, so the wait is made of short requests
+    // (librdkafka connects in the background meanwhile): `startup_wait` then means what it
+    // says, a refused connection ends a `0s` wait (one try) at once, and the wait is logged
+    // as it goes.
+    let slice = Duration::from_millis(250);
     let partitions: Vec<i32> = loop {
+        let waited = began.elapsed();
+        let timeout = if client.startup_wait.is_zero() {
+            slice.min(client.metadata_timeout.saturating_sub(waited))
+        } else {
+            slice.min(client.startup_wait.saturating_sub(waited))
+        }
+        .max(Duration::from_millis(10));
         let attempt = consumer
-            .fetch_metadata(Some(&url.topic), client.metadata_timeout)
+            .fetch_metadata(Some(&url.topic), timeout)
             .map_err(|e| {
                 format!(
-                    "no metadata within {:?} (is a broker listening at {}?): {e}",
-                    client.metadata_timeout, url.brokers
+                    "no metadata (is a broker listening at {}?): {e}",
+                    url.brokers
                 )
             })
             .and_then(|md| {
@@ -607,19 +622,39 @@ pub fn wait_for_topic<C: ConsumerContext>(
             Ok(ps) => break ps,
             Err(why) => {
                 let waited = began.elapsed();
-                if waited >= client.startup_wait || stop.load(Ordering::Relaxed) {
+                let answered = !why.starts_with("no metadata");
+                let over = if client.startup_wait.is_zero() {
+                    // one try: it ends with an answer, a failed connection or the timeout
+                    answered || ctx.last_failure().is_some() || waited >= client.metadata_timeout
+                } else {
+                    waited >= client.startup_wait
+                };
+                if over || stop.load(Ordering::Relaxed) {
                     let why = format!("{why}{}", failure_suffix(consumer, ctx));
                     return Err(kafka(if client.startup_wait.is_zero() {
                         why
                     } else {
-                        format!("gave up after {:.0?}: {why}", waited)
+                        format!("gave up after {:.1}s: {why}", waited.as_secs_f64())
                     }));
                 }
                 if !warned {
                     warn!(%url, reason = %why, wait = ?client.startup_wait, "source not ready; retrying");
                     warned = true;
+                    last_note = Instant::now();
+                } else if last_note.elapsed() >= Duration::from_secs(5) {
+                    tracing::info!(
+                        %url,
+                        reason = %why,
+                        waited_s = waited.as_secs(),
+                        wait = ?client.startup_wait,
+                        "still waiting for the source"
+                    );
+                    last_note = Instant::now();
                 }
-                serve(consumer, Duration::from_millis(500));
+                if answered {
+                    // the broker answered (the topic is missing): ask again in a while
+                    serve(consumer, slice);
+                }
             }
         }
     };
@@ -749,12 +784,15 @@ pub fn stream_topic(
     if let Some(h) = &opts.highs {
         ctx.highs = h.clone();
     }
-    let consumer: BaseConsumer<Context> = cfg.create_with_context(ctx).map_err(|e| {
-        kafka(format!(
-            "cannot create a consumer: {}",
-            client_error(&e, &opts.client.properties)
-        ))
-    })?;
+    let consumer: BaseConsumer<Context> =
+        cfg.create_with_context(ctx)
+            .map_err(|e| SourceError::Config {
+                url: url.to_string(),
+                message: format!(
+                    "cannot create a consumer: {}",
+                    client_error(&e, &opts.client.properties)
+                ),
+            })?;
     let (partitions, warned) =
         wait_for_topic(&consumer, consumer.context(), url, &opts.client, stop)?;
     consumer.context().started(warned);

@@ -72,12 +72,34 @@ pub enum SourceError {
     /// The dead-letter file failed.
     #[error(transparent)]
     DeadLetter(#[from] SinkError),
+    /// librdkafka refuses the client's configuration (an unknown or bad `-X` property).
+    #[error("{url}: {message}")]
+    Config {
+        /// The source.
+        url: String,
+        /// librdkafka's reason.
+        message: String,
+    },
     /// A worker thread died.
     #[error("a counting thread panicked while reading {path}")]
     Worker {
         /// The file.
         path: PathBuf,
     },
+}
+
+impl SourceError {
+    /// The process exit code this error means.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SourceError::BadUrl { .. } | SourceError::Config { .. } => crate::exit::USAGE,
+            SourceError::Kafka { .. } | SourceError::Outage { .. } => crate::exit::UNAVAILABLE,
+            SourceError::Io { source, .. } => crate::exit::reading(source),
+            SourceError::Gzip { .. } => crate::exit::DATA,
+            SourceError::DeadLetter(e) => e.exit_code(),
+            SourceError::Worker { .. } => crate::exit::SOFTWARE,
+        }
+    }
 }
 
 /// How to read a file source.
@@ -140,8 +162,35 @@ impl<R: Read> Read for Metered<R> {
 }
 
 struct Block {
+    /// Position of the block in the file: dead letters are written in this order.
+    seq: u64,
     first_line: u64,
     data: Vec<u8>,
+}
+
+/// A malformed record on its way to the dead-letter file: line, kind, bytes.
+type Bad = (u64, &'static str, Vec<u8>);
+
+/// The dead-letter file of a multi-threaded read: the workers finish blocks in any order, and
+/// each block's malformed records wait here until the blocks before it are written, so that
+/// the file is in line order whatever the threads do.
+struct InOrder {
+    file: DeadLetter,
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, Vec<Bad>>,
+}
+
+impl InOrder {
+    fn block_done(&mut self, seq: u64, bad: Vec<Bad>) -> Result<(), SinkError> {
+        self.waiting.insert(seq, bad);
+        while let Some(bad) = self.waiting.remove(&self.next) {
+            for (l, kind, rec) in bad {
+                self.file.write(&format!("line {l}"), kind, &rec)?;
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
 }
 
 /// An opened views file.
@@ -199,7 +248,11 @@ pub fn count_file(
     } = open(path)?;
     let n_threads = threads(opts.threads);
     let dead = match &opts.dead_letter {
-        Some(p) => Some(Mutex::new(DeadLetter::create(p)?)),
+        Some(p) => Some(Mutex::new(InOrder {
+            file: DeadLetter::create_staged(p)?,
+            next: 0,
+            waiting: Default::default(),
+        })),
         None => None,
     };
     let keep_lines = dead.is_some();
@@ -216,7 +269,7 @@ pub fn count_file(
             let dead = dead.as_ref();
             workers.push(scope.spawn(move || -> Result<Counters, SourceError> {
                 let mut c = Counters::for_membership(membership);
-                let mut bad: Vec<(u64, &'static str, Vec<u8>)> = Vec::new();
+                let mut bad: Vec<Bad> = Vec::new();
                 for block in rx.iter() {
                     let data = &block.data;
                     let mut lines: Vec<&[u8]> = Vec::with_capacity(data.len() / 48 + 1);
@@ -231,16 +284,16 @@ pub fn count_file(
                     }
                     c.count_batch(&lines, membership, |i, kind| {
                         if dead.is_some() {
-                            bad.push((block.first_line + i as u64, kind.name(), lines[i].to_vec()));
+                            // a CRLF file's record, like the counters see it: without its \r
+                            let rec = lines[i].strip_suffix(b"\r").unwrap_or(lines[i]);
+                            bad.push((block.first_line + i as u64, kind.name(), rec.to_vec()));
                         }
                     });
-                    if let (Some(d), false) = (dead, bad.is_empty()) {
+                    if let Some(d) = dead {
                         let mut d = d.lock().map_err(|_| SourceError::Worker {
                             path: path.to_path_buf(),
                         })?;
-                        for (l, kind, rec) in bad.drain(..) {
-                            d.write(&format!("line {l}"), kind, &rec)?;
-                        }
+                        d.block_done(block.seq, std::mem::take(&mut bad))?;
                     }
                     let mut buf = block.data;
                     buf.clear();
@@ -253,6 +306,7 @@ pub fn count_file(
         let reading = (|| -> Result<u64, SourceError> {
             let mut total = 0u64;
             let mut line = 1u64;
+            let mut next_seq = 0u64;
             let mut carry: Vec<u8> = Vec::new();
             let mut eof = false;
             while !eof {
@@ -263,44 +317,53 @@ pub fn count_file(
                 buf.extend_from_slice(&carry);
                 carry.clear();
                 let mut filled = buf.len();
-                buf.resize(block_bytes.max(filled + 4096), 0);
-                while filled < buf.len() {
-                    match reader.read(&mut buf[filled..]) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            return Err(
-                                if e.kind() == io::ErrorKind::InvalidInput
-                                    || e.kind() == io::ErrorKind::InvalidData
-                                    || e.kind() == io::ErrorKind::UnexpectedEof
-                                {
-                                    SourceError::Gzip {
-                                        path: path.to_path_buf(),
-                                        offset: total + filled as u64,
-                                        message: e.to_string(),
-                                    }
-                                } else {
-                                    SourceError::Io {
-                                        path: path.to_path_buf(),
-                                        source: e,
-                                    }
-                                },
-                            );
+                // the carry is the tail after the last newline: no newline in it
+                let mut searched = filled;
+                let mut target = block_bytes.max(filled + 4096);
+                loop {
+                    buf.resize(target, 0);
+                    while filled < buf.len() {
+                        match reader.read(&mut buf[filled..]) {
+                            Ok(0) => {
+                                eof = true;
+                                break;
+                            }
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                return Err(
+                                    if e.kind() == io::ErrorKind::InvalidInput
+                                        || e.kind() == io::ErrorKind::InvalidData
+                                        || e.kind() == io::ErrorKind::UnexpectedEof
+                                    {
+                                        SourceError::Gzip {
+                                            path: path.to_path_buf(),
+                                            offset: total + filled as u64,
+                                            message: e.to_string(),
+                                        }
+                                    } else {
+                                        SourceError::Io {
+                                            path: path.to_path_buf(),
+                                            source: e,
+                                        }
+                                    },
+                                );
+                            }
                         }
                     }
+                    buf.truncate(filled);
+                    if eof || memchr::memchr(b'\n', &buf[searched..]).is_some() {
+                        break;
+                    }
+                    // a line longer than the block: read on into the same buffer, doubling it,
+                    // and search only the new bytes, so that time stays linear in the line
+                    searched = filled;
+                    target = filled.saturating_mul(2);
                 }
-                buf.truncate(filled);
                 if !eof {
-                    match memchr::memrchr(b'\n', &buf) {
-                        Some(p) => {
-                            carry.extend_from_slice(&buf[p + 1..]);
-                            buf.truncate(p + 1);
-                        }
-                        None => continue_long_line(&mut carry, &mut buf),
+                    if let Some(p) = memchr::memrchr(b'\n', &buf) {
+                        carry.extend_from_slice(&buf[p + 1..]);
+                        buf.truncate(p + 1);
                     }
                 }
                 if buf.is_empty() {
@@ -308,12 +371,15 @@ pub fn count_file(
                 }
                 total += buf.len() as u64;
                 let first_line = line;
+                let seq = next_seq;
+                next_seq += 1;
                 if keep_lines {
                     line += memchr::memchr_iter(b'\n', &buf).count() as u64;
                 }
                 bar.set_position(read_bytes.load(Ordering::Relaxed));
                 if tx
                     .send(Block {
+                        seq,
                         first_line,
                         data: buf,
                     })
@@ -355,7 +421,7 @@ pub fn count_file(
     }
     let dead_letters = match dead {
         Some(d) => match d.into_inner() {
-            Ok(d) => d.finish()?,
+            Ok(d) => d.file.finish()?,
             Err(_) => {
                 return Err(SourceError::Worker {
                     path: path.to_path_buf(),
@@ -371,11 +437,6 @@ pub fn count_file(
         dead_letters,
         threads: n_threads,
     })
-}
-
-/// A block without any newline: keep reading it as one (very long) record.
-fn continue_long_line(carry: &mut Vec<u8>, buf: &mut Vec<u8>) {
-    carry.append(buf);
 }
 
 #[cfg(test)]
