@@ -661,6 +661,12 @@ mod tests {
             .to_string()
             .starts_with("kafka.start"));
         ok.kafka.start = "latest".into();
+        let err = ok.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("kafka.start") && err.contains("file"),
+            "{err}"
+        );
+        ok.kafka.start = "earliest".into();
         ok.pipeline.subsets = vec!["1".into()];
         assert!(ok
             .validate()

@@ -1495,20 +1495,21 @@ mod tests {
         assert!(html.contains("1.500 s"));
         assert!(!html.contains("<script"));
 
-        // one table per cluster, columns all / 17th's / 3rd's, ranks 1..3
+        // one table per cluster, columns in the order given (all / 3rd's / 17th's), ranks 1..3
         let c1r2 = table_row(&html, 1, 2);
         let headings: Vec<&str> = c1r2.iter().map(|(h, _)| h.as_str()).collect();
-        assert_eq!(headings, ["all", "17th's", "3rd's"]);
+        assert_eq!(headings, ["all", "3rd's", "17th's"]);
         assert_eq!(c1r2[0].1, "<b>&\" (1.00)");
-        assert_eq!(c1r2[1].1, "55555 (3.00)");
-        assert_eq!(c1r2[2].1, "33333 (-2.00)");
+        assert_eq!(c1r2[1].1, "33333 (-2.00)");
+        assert_eq!(c1r2[2].1, "55555 (3.00)");
         assert!(html.contains("&lt;b&gt;&amp;&quot; ("));
         assert!(!html.contains("<b>&\""));
         let c0r1 = table_row(&html, 0, 1);
         assert_eq!(c0r1[0].1, "11111 (0.50)");
-        assert_eq!(c0r1[1].1, "17017 (0.25)");
-        assert_eq!(c0r1[2].1, "", "no row: empty cell");
-        assert!(table_row(&html, 0, 3).iter().all(|(_, t)| t.is_empty()));
+        assert_eq!(c0r1[1].1, "", "no row: empty cell");
+        assert_eq!(c0r1[2].1, "17017 (0.25)");
+        // no cluster has a rank-3 row: --top 3 adds no empty row past the deepest rank
+        assert!(!html.contains("data-rank=\"3\""));
         assert!(html.contains("title=\"popularity 4.0000 % in this subset · general population 1.0000 % · diff-rank 3.0000\">55555"));
 
         // the two charts that exist are inlined, in order, and decode to the files' bytes
@@ -1552,10 +1553,12 @@ mod tests {
         let html = std::fs::read_to_string(&out).unwrap();
         assert!(!html.contains("<img"));
         for c in 0..3 {
-            let r7 = table_row(&html, c, 7);
-            assert_eq!(r7.len(), 2);
-            assert_eq!(r7[0].0, "all");
-            assert!(r7.iter().all(|(_, t)| t.is_empty()));
+            // every cluster's table, with its columns in the order given and no rank rows:
+            // there is no row to show (and --top adds no empty ones)
+            let at = html.find(&format!("id=\"topk-cluster-{c}\"")).unwrap();
+            let table = &html[at..at + html[at..].find("</table>").unwrap()];
+            assert!(table.find("17th&#39;s").unwrap() < table.find("\">all</th>").unwrap());
+            assert!(!table.contains("data-rank"));
         }
         assert!(!html.contains("topk-cluster-3"));
         let err = write_html(

@@ -496,7 +496,7 @@ fn run_writes_the_golden_snapshots_and_refuses_bad_config() {
             "--source",
             s(&views),
         ],
-        2,
+        66,
     );
     assert!(err.contains("model"), "{err}");
 }
@@ -559,7 +559,8 @@ fn secret_references_are_resolved_or_refused_naming_the_key() {
     )
     .unwrap();
     let args = run(&["--config", s(&config)]);
-    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 2);
+    // a secret file that is not there is a missing input
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), 66);
     assert!(
         err.contains(&format!(
             "kafka.properties.sasl.password: cannot read {}",

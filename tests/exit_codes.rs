@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+/// The binary under test: this build's, or `VIEWPULSE_TEST_BIN` (to run these checks
+/// against another build, such as the one before a fix).
+fn bin() -> String {
+    std::env::var("VIEWPULSE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_viewpulse").into())
+}
+
 /// A small data set and its model, made once.
 struct Data {
     _dir: tempfile::TempDir,
@@ -60,7 +66,7 @@ fn p(name: &str) -> String {
 
 /// Run with `args`, stdin closed, stdout discarded; (exit code, stderr).
 fn viewpulse(args: &[&str], cwd: Option<&Path>) -> (i32, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_viewpulse"));
+    let mut c = Command::new(bin());
     c.args(args)
         .env("VIEWPULSE_NO_PROGRESS", "1")
         .env("RUST_LOG", "error")

@@ -241,11 +241,23 @@ pub fn count_file(
     membership: &Membership,
     opts: &FileOptions,
 ) -> Result<FileCount, SourceError> {
+    count_opened(open(path)?, path, membership, opts)
+}
+
+/// [`count_file`] over an opened file (`path` names it in errors and dead letters). The
+/// time is linear in the input whatever its lines: a line longer than a block is read on
+/// into the same buffer, doubled each time, and only the new bytes are searched for its end.
+fn count_opened(
+    opened: Opened,
+    path: &Path,
+    membership: &Membership,
+    opts: &FileOptions,
+) -> Result<FileCount, SourceError> {
     let Opened {
         mut reader,
         len,
         read: read_bytes,
-    } = open(path)?;
+    } = opened;
     let n_threads = threads(opts.threads);
     let dead = match &opts.dead_letter {
         Some(p) => Some(Mutex::new(InOrder {
@@ -560,6 +572,93 @@ mod tests {
         assert_eq!(got.dead_letters, want.len() as u64);
         assert_eq!(got.counters.malformed.total(), want.len() as u64);
         assert!(body.contains("\ttoo_few_fields\tbad,record"), "{body}");
+    }
+
+    #[test]
+    fn regression_dead_letters_are_in_line_order_with_any_threads_and_without_cr() {
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = sample(20_000);
+        text.extend_from_slice(b"bad,crlf,record\r\n");
+        let plain = dir.path().join("v.csv");
+        std::fs::write(&plain, &text).unwrap();
+        let dl = dir.path().join("dead.tsv");
+        let mut first: Option<String> = None;
+        for threads in [4, 3, 1] {
+            count_file(
+                &plain,
+                &m,
+                &FileOptions {
+                    threads,
+                    block_bytes: 4096,
+                    dead_letter: Some(dl.clone()),
+                },
+            )
+            .unwrap();
+            let body = std::fs::read_to_string(&dl).unwrap();
+            let lines: Vec<u64> = body
+                .lines()
+                .skip(1)
+                .map(|l| l.split('\t').next().unwrap()[5..].parse().unwrap())
+                .collect();
+            assert!(lines.windows(2).all(|w| w[0] < w[1]), "in line order");
+            assert_eq!(*lines.last().unwrap(), 20_001);
+            // the CRLF record as the counters saw it, without its \r
+            assert!(
+                body.ends_with("line 20001\ttoo_few_fields\tbad,crlf,record\n"),
+                "{body}"
+            );
+            match &first {
+                None => first = Some(body),
+                Some(f) => assert_eq!(&body, f, "the same file with {threads} threads"),
+            }
+        }
+    }
+
+    /// Counts the reads made of it.
+    struct CountingReader {
+        inner: std::io::Cursor<Vec<u8>>,
+        reads: Arc<AtomicU64>,
+    }
+
+    impl Read for CountingReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.inner.read(buf)
+        }
+    }
+
+    #[test]
+    fn regression_a_line_without_newlines_is_read_in_doubling_blocks() {
+        // 8 MiB in one line, 4 KiB blocks: the old loop read (and copied the line so far)
+        // 4 KiB at a time, 2,048 reads and quadratic copying; doubling needs about a dozen
+        let m = membership();
+        let line = vec![b'x'; 8 << 20];
+        let reads = Arc::new(AtomicU64::new(0));
+        let opened = Opened {
+            reader: Box::new(CountingReader {
+                inner: std::io::Cursor::new(line.clone()),
+                reads: reads.clone(),
+            }),
+            len: line.len() as u64,
+            read: Arc::new(AtomicU64::new(0)),
+        };
+        let got = count_opened(
+            opened,
+            Path::new("one-line.csv"),
+            &m,
+            &FileOptions {
+                threads: 1,
+                block_bytes: 4096,
+                dead_letter: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(got.counters.records, 1);
+        assert_eq!(got.counters.malformed.total(), 1);
+        assert_eq!(got.bytes, line.len() as u64);
+        let n = reads.load(Ordering::Relaxed);
+        assert!(n < 40, "{n} reads for one 8 MiB line");
     }
 
     #[test]
