@@ -54,7 +54,10 @@ fn daemon(url: &str, snaps: &Path, dead: &Path, state: Option<&Path>) -> Command
 
 /// [`daemon`] with another model.
 fn daemon_of(model: &Path, url: &str, snaps: &Path, dead: &Path, state: Option<&Path>) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_viewpulse"));
+    // VIEWPULSE_TEST_BIN: another build under test (the one before a fix)
+    let bin = std::env::var("VIEWPULSE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_viewpulse").to_string());
+    let mut c = Command::new(bin);
     c.args(["--log", "warn", "run", "--model"])
         .arg(model)
         .args(["--source", url, "--snapshots"])
@@ -524,44 +527,68 @@ fn dead_letters_as_written(path: &Path) -> Vec<String> {
 
 #[test]
 fn regression_sigterm_then_restart_keeps_the_trigger_numbers_and_the_files() {
-    let (_broker, url) = broker_with_stream();
+    // A run that ends between two triggers (at the end of the topic, then by SIGTERM while
+    // it follows the topic) and is started again once more records came must give the
+    // files of one run over the whole topic: same trigger numbers, same snapshots, same
+    // dead letters. The stops land 345 records past a trigger, so each leaves a last
+    // snapshot for a part of a trigger.
+    let broker = common::Broker::start();
+    broker.create_topic("views", 1);
+    let url = broker.url("views");
+    let all = &data().stream;
     let dir = tempfile::tempdir().unwrap();
-    let (want, _) = reference(&url, dir.path());
-    let want_dead = dead_letters_as_written(&dir.path().join("ref-dead.tsv"));
     let state = dir.path().join("state");
     let (snaps, dead) = (dir.path().join("s.jsonl"), dir.path().join("dead.tsv"));
-    let mut rng = Rng(0x5eed_0014);
-    let mut partial_stops = 0;
-    for stop in 0..3 {
-        let before = newest_seq(&state).map_or(0, |s| s + 1);
-        let mut child = daemon(&url, &snaps, &dead, Some(&state)).spawn().unwrap();
-        let running = wait_running(&mut child, 60, || {
-            newest_seq(&state).map_or(0, |s| s + 1) >= before + 1 + rng.below(2)
-        });
-        assert!(running, "the run ended before stop {stop}");
-        std::thread::sleep(Duration::from_millis(5 + rng.below(40)));
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let (code, err) = stderr_of(child);
-        assert_eq!(code, 0, "a stop is a clean end: {err}");
-        // the stopped run's last snapshot covers the records after the last trigger
-        let last = snapshots(&snaps).pop().unwrap();
-        if last["records"].as_u64().unwrap() % TRIGGER != 0 {
-            partial_stops += 1;
-        }
-    }
-    assert!(partial_stops >= 1, "a stop landed between two triggers");
+    let last = |path: &Path| snapshots(path).pop().unwrap();
+
+    broker.produce("views", &all[..12_345], common::household_key);
     let (code, err) = stderr_of(daemon(&url, &snaps, &dead, Some(&state)).spawn().unwrap());
     assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&snaps)["records"], 12_345);
+    assert_eq!(last(&snaps)["trigger"], 13);
+
+    broker.produce("views", &all[12_345..18_345], common::household_key);
+    let mut follow = daemon(&url, &snaps, &dead, Some(&state));
+    let args: Vec<_> = follow
+        .get_args()
+        .filter(|a| *a != "--until-end")
+        .map(|a| a.to_owned())
+        .collect();
+    let mut follow = Command::new(follow.get_program());
+    follow
+        .args(args)
+        .env("VIEWPULSE_FAULT_CHECKPOINT_PAUSE_MS", "25")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = follow.spawn().unwrap();
+    let running = wait_running(&mut child, 60, || {
+        std::fs::read_to_string(&snaps).is_ok_and(|t| t.contains("\"trigger\":18,"))
+    });
+    assert!(running, "the daemon follows the topic");
+    // the 345 records after trigger 18 are counted well within a second
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (code, err) = stderr_of(child);
+    assert_eq!(code, 0, "a stop is a clean end: {err}");
+    assert_eq!(last(&snaps)["records"], 18_345, "{err}");
+    assert_eq!(last(&snaps)["trigger"], 19);
+
+    broker.produce("views", &all[18_345..], common::household_key);
+    let (code, err) = stderr_of(daemon(&url, &snaps, &dead, Some(&state)).spawn().unwrap());
+    assert_eq!(code, 0, "{err}");
+
+    let (want, _) = reference(&url, dir.path());
+    let want_dead = dead_letters_as_written(&dir.path().join("ref-dead.tsv"));
     let got = snapshots(&snaps);
     assert_eq!(
         got.len(),
         want.len(),
-        "the same trigger numbers as a run that never stopped"
+        "the trigger numbers of a run that never stopped"
     );
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g, w, "trigger {}", w["trigger"]);

@@ -390,21 +390,21 @@ impl Router {
         Ok(())
     }
 
-    /// The end of the source (`at_end`) or a stop: a last snapshot only if records came
-    /// after the last trigger. On a stop with checkpoints on, the checkpoint is taken before
-    /// that snapshot, at the last trigger's number: the restart goes on with the numbers of a
-    /// run that never stopped (the next record trigger is still the next multiple of
-    /// `trigger.records`), and the last snapshot, past the checkpoint, is dropped from the
-    /// JSON-lines file at the restart like any snapshot after the checkpoint.
-    pub fn finish(&mut self, at_end: bool) -> Result<(), PipelineError> {
+    /// The end of the source or a stop: a last snapshot only if records came after the last
+    /// trigger. With checkpoints on, the checkpoint is taken before that snapshot, at the
+    /// last trigger's number: a restart (after a stop, or with more records in the topic)
+    /// goes on with the numbers of a run that never stopped (the next record trigger is still
+    /// the next multiple of `trigger.records`), and the last snapshot, past the checkpoint,
+    /// is dropped from the JSON-lines file at the restart like any snapshot after the
+    /// checkpoint, and emitted again with the records that came since.
+    pub fn finish(&mut self) -> Result<(), PipelineError> {
         self.metrics
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let stopped_mid_stream = !at_end
-            && self.local_snapshots
+        let partial = self.local_snapshots
             && self.checkpoints.is_some()
             && self.records > self.records_at_fire;
-        if stopped_mid_stream {
+        if partial {
             self.checkpoint()?;
             self.fire_then(false, false)?;
         } else if self.records > self.records_at_fire {
@@ -463,7 +463,7 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             ),
         });
     }
-    router.finish(!stop.load(Ordering::Relaxed))?;
+    router.finish()?;
     debug!(
         records = router.records,
         triggers = router.triggers,
@@ -485,12 +485,9 @@ fn push_polled(router: &mut Router, batch: &PolledBatch) -> Result<(), PipelineE
 /// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
 /// thread) through the router until the channel closes; interval triggers are checked
 /// between batches and while the topic is idle.
-/// `ended` is set by the consumer when the topic reached its end (`--until-end`), as opposed
-/// to a stop or an error.
 pub fn kafka(
     rx: &crossbeam_channel::Receiver<PolledBatch>,
     router: &mut Router,
-    ended: &AtomicBool,
 ) -> Result<(), PipelineError> {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -501,7 +498,7 @@ pub fn kafka(
         }
         router.tick()?;
     }
-    router.finish(ended.load(Ordering::Relaxed))?;
+    router.finish()?;
     debug!(
         records = router.records,
         triggers = router.triggers,

@@ -396,21 +396,16 @@ pub fn run_with(
                 }
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
-                let ended = Arc::new(AtomicBool::new(false));
-                let consumer_ended = ended.clone();
                 let consumer = std::thread::Builder::new()
                     .name("kafka-consumer".into())
                     .spawn(move || {
                         let r = kafka::stream_topic(&url, &options, &consumer_stop, &tx);
-                        if r.is_ok() && !consumer_stop.load(Ordering::Relaxed) {
-                            consumer_ended.store(true, Ordering::Relaxed);
-                        }
                         drop(tx);
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
                 let routed = actix_rt::task::spawn_blocking(move || {
-                    ingest::kafka(&rx, &mut router, &ended).map(|()| router)
+                    ingest::kafka(&rx, &mut router).map(|()| router)
                 })
                 .await;
                 match consumer.join() {
