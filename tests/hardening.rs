@@ -21,7 +21,7 @@ fn viewpulse() -> Command {
     c
 }
 
-fn run(args: &[&str]) -> Output {
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     viewpulse().args(args).output().expect("the binary runs")
 }
 
@@ -30,7 +30,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Run; expect `code`; stderr.
-fn expect(args: &[&str], code: i32) -> String {
+fn expect<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], code: i32) -> String {
     let out = run(args);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "viewpulse {args:?}: {err}");
@@ -74,6 +74,40 @@ fn data() -> &'static (tempfile::TempDir, PathBuf) {
         );
         (dir, m)
     })
+}
+
+/// `run` over the data set's stream file to its end without the stdout table, then `extra`.
+fn run_args(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "run",
+        "--model",
+        s(model()),
+        "--source",
+        s(&d("views_stream.csv")),
+        "--until-end",
+        "--no-stdout",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
+}
+
+/// `analyze` of the data set's static views with `model` into `out`, then `extra`.
+fn analyze_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "analyze",
+        "--model",
+        s(model),
+        "--views",
+        s(&d("views_static.csv")),
+        "--out",
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
 }
 
 fn d(name: &str) -> PathBuf {
@@ -123,19 +157,11 @@ fn regression_analyze_top_beyond_the_stations_prints_only_rows_that_exist() {
     let dir = tempfile::tempdir().unwrap();
     for top in ["100000", "18446744073709551615"] {
         let out_dir = dir.path().join(top);
-        let out = run(&[
-            "analyze",
-            "--model",
-            s(model()),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(&out_dir),
-            "--subsets",
-            "all",
-            "--top",
-            top,
-        ]);
+        let out = run(&analyze_args(
+            model(),
+            &out_dir,
+            &["--subsets", "all", "--top", top],
+        ));
         assert!(out.status.success(), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         let csv = std::fs::read_to_string(out_dir.join("diff_rank.csv")).unwrap();
@@ -421,19 +447,12 @@ fn regression_a_full_disk_under_state_dir_names_the_checkpoint_and_the_cause() {
     // one page: the first checkpoint fits, the second does not
     let disk = Tmpfs::new(4);
     let state = disk.path().join("state");
-    let out = run(&[
-        "run",
-        "--model",
-        s(model()),
-        "--source",
-        s(&d("views_stream.csv")),
-        "--until-end",
-        "--no-stdout",
+    let out = run(&run_args(&[
         "--trigger-records",
         "500",
         "--state-dir",
         s(&state),
-    ]);
+    ]));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(74), "{err}");
     assert!(
@@ -455,19 +474,7 @@ fn regression_a_full_disk_under_state_dir_names_the_checkpoint_and_the_cause() {
 fn regression_a_full_disk_while_drawing_names_the_chart_and_the_cause() {
     // room for the CSV files (pages of 4 KiB) and 32 KiB more: the first chart does not fit
     let csvs = tempfile::tempdir().unwrap();
-    expect(
-        &[
-            "analyze",
-            "--model",
-            s(model()),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(csvs.path()),
-            "--no-report",
-        ],
-        0,
-    );
+    expect(&analyze_args(model(), csvs.path(), &["--no-report"]), 0);
     let kib: u64 = std::fs::read_dir(csvs.path())
         .unwrap()
         .flatten()
@@ -476,18 +483,7 @@ fn regression_a_full_disk_while_drawing_names_the_chart_and_the_cause() {
         .sum();
     let disk = Tmpfs::new(kib + 32);
     let out = disk.path().join("a");
-    let err = expect(
-        &[
-            "analyze",
-            "--model",
-            s(model()),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(&out),
-        ],
-        74,
-    );
+    let err = expect(&analyze_args(model(), &out, &[]), 74);
     assert!(
         err.contains("cannot draw") && err.contains(".png: No space left on device"),
         "{err}"
@@ -500,20 +496,7 @@ fn regression_a_full_disk_while_drawing_names_the_chart_and_the_cause() {
 
 #[test]
 fn regression_a_dead_letter_write_error_says_dead_letters() {
-    let err = expect(
-        &[
-            "run",
-            "--model",
-            s(model()),
-            "--source",
-            s(&d("views_stream.csv")),
-            "--until-end",
-            "--no-stdout",
-            "--dead-letter",
-            "/dev/full",
-        ],
-        74,
-    );
+    let err = expect(&run_args(&["--dead-letter", "/dev/full"]), 74);
     assert!(
         err.contains("cannot write dead letters to /dev/full: No space left on device"),
         "{err}"
@@ -527,18 +510,7 @@ fn regression_a_truncated_model_bin_says_it_is_cut_short() {
     copy_dir(model(), &m);
     let bin = std::fs::read(m.join("model.bin")).unwrap();
     std::fs::write(m.join("model.bin"), &bin[..bin.len() / 2]).unwrap();
-    let err = expect(
-        &[
-            "analyze",
-            "--model",
-            s(&m),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(&dir.path().join("a")),
-        ],
-        65,
-    );
+    let err = expect(&analyze_args(&m, &dir.path().join("a"), &[]), 65);
     assert!(
         err.contains("model.bin") && err.contains("cut short"),
         "{err}"
@@ -628,18 +600,11 @@ fn regression_k_above_the_distinct_rows_warns_of_empty_clusters() {
 fn regression_an_empty_subset_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let err = expect(
-        &[
-            "analyze",
-            "--model",
-            s(model()),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(&dir.path().join("a")),
-            "--no-report",
-            "--subsets",
-            "all,99999",
-        ],
+        &analyze_args(
+            model(),
+            &dir.path().join("a"),
+            &["--no-report", "--subsets", "all,99999"],
+        ),
         0,
     );
     assert!(
@@ -658,18 +623,7 @@ fn regression_duplicate_ids_in_households_csv_are_refused() {
         "household_id,cluster,distance,rank\n7,0,0.1,1\n8,1,0.2,1\n7,1,0.3,2\n",
     )
     .unwrap();
-    let err = expect(
-        &[
-            "analyze",
-            "--model",
-            s(&m),
-            "--views",
-            s(&d("views_static.csv")),
-            "--out",
-            s(&dir.path().join("a")),
-        ],
-        65,
-    );
+    let err = expect(&analyze_args(&m, &dir.path().join("a"), &[]), 65);
     assert!(
         err.contains("line 4") && err.contains("already on line 2"),
         "{err}"
@@ -681,20 +635,7 @@ fn regression_http_beyond_loopback_without_a_token_is_warned_about() {
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(l);
-    let err = expect(
-        &[
-            "run",
-            "--model",
-            s(model()),
-            "--source",
-            s(&d("views_stream.csv")),
-            "--until-end",
-            "--no-stdout",
-            "--http-listen",
-            &format!("0.0.0.0:{port}"),
-        ],
-        0,
-    );
+    let err = expect(&run_args(&["--http-listen", &format!("0.0.0.0:{port}")]), 0);
     assert!(err.contains("without a token"), "{err}");
 }
 
@@ -769,19 +710,12 @@ fn regression_snapshots_to_dev_null_with_a_state_dir() {
     for _ in 0..2 {
         // the second run resumes from the first one's checkpoint
         expect(
-            &[
-                "run",
-                "--model",
-                s(model()),
-                "--source",
-                s(&d("views_stream.csv")),
-                "--until-end",
-                "--no-stdout",
+            &run_args(&[
                 "--snapshots",
                 "/dev/null",
                 "--state-dir",
                 s(&dir.path().join("state")),
-            ],
+            ]),
             0,
         );
     }
@@ -792,19 +726,7 @@ fn regression_a_full_disk_leaves_no_torn_snapshot_line() {
     let disk = Tmpfs::new(16);
     let snaps = disk.path().join("s.jsonl");
     let err = expect(
-        &[
-            "run",
-            "--model",
-            s(model()),
-            "--source",
-            s(&d("views_stream.csv")),
-            "--until-end",
-            "--no-stdout",
-            "--trigger-records",
-            "10",
-            "--snapshots",
-            s(&snaps),
-        ],
+        &run_args(&["--trigger-records", "10", "--snapshots", s(&snaps)]),
         74,
     );
     assert!(err.contains("cannot write snapshots to"), "{err}");
@@ -817,20 +739,7 @@ fn regression_a_full_disk_leaves_no_torn_snapshot_line() {
 
 #[test]
 fn regression_one_snapshot_is_singular() {
-    let err = expect(
-        &[
-            "run",
-            "--model",
-            s(model()),
-            "--source",
-            s(&d("views_stream.csv")),
-            "--until-end",
-            "--no-stdout",
-            "--trigger-records",
-            "1000000",
-        ],
-        0,
-    );
+    let err = expect(&run_args(&["--trigger-records", "1000000"]), 0);
     assert!(err.contains("5500 records, 1 snapshot\n"), "{err}");
 }
 
@@ -838,17 +747,7 @@ fn regression_one_snapshot_is_singular() {
 fn regression_the_summary_table_and_the_report_keep_the_subsets_order() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("a");
-    let out = run(&[
-        "analyze",
-        "--model",
-        s(model()),
-        "--views",
-        s(&d("views_static.csv")),
-        "--out",
-        s(&out_dir),
-        "--subsets",
-        "3,all,17",
-    ]);
+    let out = run(&analyze_args(model(), &out_dir, &["--subsets", "3,all,17"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let head = text(&out.stdout).lines().next().unwrap().to_string();
     let cols: Vec<&str> = head.split_whitespace().collect();

@@ -281,15 +281,9 @@ pub fn stream_group(
         owns_first: opts.owns_first.clone(),
         resume_rewind: opts.client.resume_rewind,
     };
-    let consumer: BaseConsumer<GroupContext> =
-        cfg.create_with_context(ctx)
-            .map_err(|e| SourceError::Config {
-                url: url.to_string(),
-                message: format!(
-                    "cannot create a consumer: {}",
-                    crate::secret::client_error(&e, &opts.client.properties)
-                ),
-            })?;
+    let consumer: BaseConsumer<GroupContext> = cfg
+        .create_with_context(ctx)
+        .map_err(|e| SourceError::consumer_config(url, &e, &opts.client.properties))?;
     super::kafka::wait_for_topic(
         &consumer,
         &consumer.context().inner,

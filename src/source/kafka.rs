@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::batch::{BatchQueue, Polled};
 use super::SourceError;
 use crate::counters::{Counters, Membership};
-use crate::secret::{client_error, Properties};
+use crate::secret::Properties;
 use crate::sink::DeadLetter;
 
 /// The clients' context: librdkafka's errors and logs go to tracing, except the
@@ -422,15 +422,9 @@ pub fn count_topic(
     for (k, v) in &opts.properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer<Context> =
-        cfg.create_with_context(Context::default())
-            .map_err(|e| SourceError::Config {
-                url: url.to_string(),
-                message: format!(
-                    "cannot create a consumer: {}",
-                    client_error(&e, &opts.properties)
-                ),
-            })?;
+    let consumer: BaseConsumer<Context> = cfg
+        .create_with_context(Context::default())
+        .map_err(|e| SourceError::consumer_config(url, &e, &opts.properties))?;
     let md = consumer
         .fetch_metadata(Some(&url.topic), opts.metadata_timeout)
         .map_err(|e| {
@@ -637,7 +631,9 @@ pub fn wait_for_topic<C: ConsumerContext>(
                         format!("gave up after {:.1}s: {why}", waited.as_secs_f64())
                     }));
                 }
-                if !warned {
+                if client.startup_wait.is_zero() {
+                    // one try, still under way: no wait to announce
+                } else if !warned {
                     warn!(%url, reason = %why, wait = ?client.startup_wait, "source not ready; retrying");
                     warned = true;
                     last_note = Instant::now();
@@ -784,15 +780,9 @@ pub fn stream_topic(
     if let Some(h) = &opts.highs {
         ctx.highs = h.clone();
     }
-    let consumer: BaseConsumer<Context> =
-        cfg.create_with_context(ctx)
-            .map_err(|e| SourceError::Config {
-                url: url.to_string(),
-                message: format!(
-                    "cannot create a consumer: {}",
-                    client_error(&e, &opts.client.properties)
-                ),
-            })?;
+    let consumer: BaseConsumer<Context> = cfg
+        .create_with_context(ctx)
+        .map_err(|e| SourceError::consumer_config(url, &e, &opts.client.properties))?;
     let (partitions, warned) =
         wait_for_topic(&consumer, consumer.context(), url, &opts.client, stop)?;
     consumer.context().started(warned);

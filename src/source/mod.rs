@@ -89,6 +89,22 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// librdkafka refused to create a consumer for `url` with these properties (an unknown
+    /// or bad `-X` key): a setting, named without the secrets' values.
+    pub fn consumer_config(
+        url: &kafka::KafkaUrl,
+        e: &rdkafka::error::KafkaError,
+        properties: &crate::secret::Properties,
+    ) -> SourceError {
+        SourceError::Config {
+            url: url.to_string(),
+            message: format!(
+                "cannot create a consumer: {}",
+                crate::secret::client_error(e, properties)
+            ),
+        }
+    }
+
     /// The process exit code this error means.
     pub fn exit_code(&self) -> i32 {
         match self {
