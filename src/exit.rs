@@ -20,11 +20,13 @@ pub const SOFTWARE: i32 = 70;
 pub const IO: i32 = 74;
 
 /// The exit code of an I/O error while reading an input: a missing or unreadable input is
-/// [`NO_INPUT`], a read that fails part-way (a device error) is [`IO`].
+/// [`NO_INPUT`], bytes that are not what the reader decodes (not UTF-8, cut short) are
+/// [`DATA`], a read that fails part-way (a device error) is [`IO`].
 pub fn reading(e: &std::io::Error) -> i32 {
     use std::io::ErrorKind::*;
     match e.kind() {
         NotFound | PermissionDenied | NotADirectory | IsADirectory => NO_INPUT,
+        InvalidData | UnexpectedEof => DATA,
         _ => IO,
     }
 }

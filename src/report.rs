@@ -863,8 +863,14 @@ fn figure(out: &mut String, id: &str, heading: &str, note: &str, png: Option<&Pa
     );
 }
 
+/// A duration for the timing table: milliseconds below a second (`0.4 ms`, `123.4 ms`), else
+/// seconds (`1.234 s`).
 fn seconds(ms: f64) -> String {
-    format!("{:.3} s", ms / 1000.0)
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.3} s", ms / 1000.0)
+    }
 }
 
 const STYLE: &str = "

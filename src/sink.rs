@@ -221,15 +221,62 @@ pub struct DeadLetter {
     path: PathBuf,
     w: BufWriter<File>,
     written: u64,
-    /// Where a staged file goes at [`DeadLetter::finish`] (`path` is then a hidden file
-    /// beside it, removed if the command fails).
-    staged_for: Option<PathBuf>,
 }
 
-impl Drop for DeadLetter {
+/// An output file a command writes beside its target and puts in place only when the whole
+/// command succeeded ([`Staged::commit`]); dropped uncommitted (the command failed), the
+/// hidden file is removed and the target is as it was. A target that is not a regular file
+/// (`/dev/null`, `/dev/full`, a FIFO) or is a symbolic link is written in place: renaming
+/// over it would replace the device or the link with a plain file.
+#[derive(Debug)]
+pub struct Staged {
+    target: PathBuf,
+    write_to: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Stage `target`.
+    pub fn new(target: &Path) -> Staged {
+        let in_place = match std::fs::symlink_metadata(target) {
+            Ok(m) => !m.file_type().is_file(),
+            Err(_) => false,
+        };
+        let write_to = if in_place {
+            target.to_path_buf()
+        } else {
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+        };
+        Staged {
+            target: target.to_path_buf(),
+            write_to,
+            committed: false,
+        }
+    }
+
+    /// Where to write until the commit.
+    pub fn path(&self) -> &Path {
+        &self.write_to
+    }
+
+    /// Put the written file in the target's place.
+    pub fn commit(mut self) -> Result<(), SinkError> {
+        self.committed = true;
+        if self.write_to != self.target {
+            std::fs::rename(&self.write_to, &self.target).map_err(io_err(&self.target))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
     fn drop(&mut self) {
-        if self.staged_for.is_some() {
-            let _ = std::fs::remove_file(&self.path);
+        if !self.committed && self.write_to != self.target {
+            let _ = std::fs::remove_file(&self.write_to);
         }
     }
 }
@@ -244,22 +291,7 @@ impl DeadLetter {
             path: path.to_path_buf(),
             w,
             written: 0,
-            staged_for: None,
         })
-    }
-
-    /// Like [`DeadLetter::create`], for a bounded read (`analyze`): the lines go to a hidden
-    /// file beside `path`, which [`DeadLetter::finish`] renames to `path`; a read that fails
-    /// leaves no file of its own behind.
-    pub fn create_staged(path: &Path) -> Result<DeadLetter, SinkError> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "dead-letter".into());
-        let tmp = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let mut d = Self::create(&tmp)?;
-        d.staged_for = Some(path.to_path_buf());
-        Ok(d)
     }
 
     /// Keep one record.
@@ -320,7 +352,6 @@ impl DeadLetter {
                 path: path.to_path_buf(),
                 w,
                 written,
-                staged_for: None,
             },
             dropped,
         ))
@@ -337,20 +368,9 @@ impl DeadLetter {
         self.written
     }
 
-    /// Flush to disk (and put a staged file in its place).
+    /// Flush to disk.
     pub fn finish(mut self) -> Result<u64, SinkError> {
         self.w.flush().map_err(io_err(&self.path))?;
-        if let Some(to) = self.staged_for.take() {
-            let moved = self
-                .w
-                .get_ref()
-                .sync_all()
-                .and_then(|()| std::fs::rename(&self.path, &to));
-            if let Err(e) = moved {
-                let _ = std::fs::remove_file(&self.path);
-                return Err(io_err(&to)(e));
-            }
-        }
         Ok(self.written)
     }
 }

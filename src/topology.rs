@@ -207,6 +207,11 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         None
     };
     let properties = s.properties.resolve("-X ")?;
+    kafka::check_properties(&properties)
+        .map_err(|m| TopologyError::Settings(format!("-X: {m}")))?;
+    // the dead-letter file goes in place only if the whole analysis succeeds
+    let dead = s.dead_letter.as_deref().map(sink::Staged::new);
+    let dead_path = dead.as_ref().map(|d| d.path().to_path_buf());
     let t = Instant::now();
     let (model, membership) = load_membership(&s.model, &s.subsets)?;
     let load_model_ms = ms(t);
@@ -226,7 +231,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
                     properties,
                     ..KafkaOptions::default()
                 },
-                s.dead_letter.as_deref(),
+                dead_path.as_deref(),
             )?;
             info!(%url, offsets = ?read.offsets, "topic read to its end");
             (read.counters, 1)
@@ -237,7 +242,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
                 &membership,
                 &FileOptions {
                     threads: s.threads,
-                    dead_letter: s.dead_letter.clone(),
+                    dead_letter: dead_path.clone(),
                     ..FileOptions::default()
                 },
             )?;
@@ -317,6 +322,9 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         None => None,
     };
     sink::write_json(&s.out.join("summary.json"), &summary)?;
+    if let Some(d) = dead {
+        d.commit()?;
+    }
     Ok(Analyzed {
         summary,
         ratings: r,
@@ -464,6 +472,8 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyE
 /// the source ends (`until_end`, or a file) or a signal stops it.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
     let cfg = &cfg.resolved()?;
+    kafka::check_properties(&cfg.kafka.properties)
+        .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
     let subsets = cfg.subsets()?;
     let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
@@ -703,7 +713,7 @@ pub fn loadtest(
         return Err(TopologyError::Replay(ReplayError::Recording(
             RecordingError::Io {
                 path: s.input.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
+                source: std::io::Error::from_raw_os_error(2), // ENOENT: "No such file or directory"
             },
         )));
     }

@@ -53,6 +53,11 @@ fn data() -> &'static Data {
             assert!(out.0 == 0, "{args:?}: {}", out.1);
         }
         std::fs::write(root.join("junk.csv"), "a,b\n1,2\n").unwrap();
+        std::fs::write(
+            root.join("junk.bin"),
+            [0xffu8, 0xfe, 0, 1, 2, 0x80, 0x81, b'\n'].repeat(64),
+        )
+        .unwrap();
         std::fs::write(root.join("all-bad.csv"), "x\ny\nz\n").unwrap();
         std::fs::write(root.join("bad.toml"), "shards = [\n").unwrap();
         std::fs::write(root.join("unknown.toml"), "no_such_key = 1\n").unwrap();
@@ -137,6 +142,11 @@ fn generate_and_segment_exit_codes_match_the_readme() {
         (
             "segment a CSV without the columns (data)",
             v(&["segment", "--demographics", &p("junk.csv"), "--out", &model]),
+            65,
+        ),
+        (
+            "segment junk bytes (data: not Parquet, not UTF-8 CSV)",
+            v(&["segment", "--demographics", &p("junk.bin"), "--out", &model]),
             65,
         ),
         (
@@ -274,6 +284,21 @@ fn analyze_exit_codes_match_the_readme() {
             v(&["analyze", "--model", &m, "--views", &kafka, "--out", &out]),
             69,
         ),
+        (
+            "an unknown -X key with a file source (a setting all the same)",
+            v(&[
+                "analyze",
+                "--model",
+                &m,
+                "--views",
+                &views,
+                "--out",
+                &out,
+                "-X",
+                "no.such.key=1",
+            ]),
+            2,
+        ),
     ]);
 }
 
@@ -337,6 +362,11 @@ fn run_exit_codes_match_the_readme() {
             2,
         ),
         ("--shards 0", base(&["--shards", "0"]), 2),
+        (
+            "an unknown -X key with a file source",
+            base(&["-X", "no.such.key=1"]),
+            2,
+        ),
         ("--start latest on a file", base(&["--start", "latest"]), 2),
         (
             "an unknown -X key",

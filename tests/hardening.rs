@@ -676,6 +676,105 @@ fn regression_a_failed_analyze_leaves_no_dead_letter_file() {
         .filter(|n| n.contains("dead"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // an analysis that fails after counting (no valid record) leaves an older file as it was
+    std::fs::write(&dead, "old\n").unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "x\ny\n").unwrap();
+    let mut args = analyze_args(model(), &dir.path().join("b"), &["--dead-letter", s(&dead)]);
+    args[4] = s(&bad).to_string();
+    expect(&args, 65);
+    assert_eq!(std::fs::read_to_string(&dead).unwrap(), "old\n");
+}
+
+#[test]
+fn regression_a_dead_letter_symlink_is_written_through_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.tsv");
+    let link = dir.path().join("link.tsv");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    expect(
+        &analyze_args(
+            model(),
+            &dir.path().join("a"),
+            &["--dead-letter", s(&link), "--no-report"],
+        ),
+        0,
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let body = std::fs::read_to_string(&real).unwrap();
+    assert!(body.starts_with("position\tkind\trecord\n") && body.lines().count() > 1);
+    // a device is written to as it is: /dev/full refuses, /dev/full stays a device
+    let err = expect(
+        &analyze_args(
+            model(),
+            &dir.path().join("b"),
+            &["--dead-letter", "/dev/full", "--no-report"],
+        ),
+        74,
+    );
+    assert!(
+        err.contains("/dev/full") && err.contains("No space left"),
+        "{err}"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/full")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}
+
+#[test]
+fn regression_segment_out_resolves_dot_links_and_stale_staging() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = d("demographics.parquet");
+    // the current folder is refused: it would be replaced under the user's feet
+    let m = dir.path().join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    let out = viewpulse()
+        .args([
+            "segment",
+            "--demographics",
+            s(&demo),
+            "--out",
+            ".",
+            "--no-charts",
+        ])
+        .current_dir(&m)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("current folder"), "{err}");
+    // a link to a model folder: the folder is replaced, the link stays a link
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&m, &link).unwrap();
+    // a staging folder of a segment that was killed (a pid that is not running)
+    let stale = dir.path().join(".m.staging-4000000");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("households.csv"), "junk").unwrap();
+    expect(
+        &[
+            "segment",
+            "--demographics",
+            s(&demo),
+            "--out",
+            s(&link),
+            "--no-charts",
+        ],
+        0,
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(m.join("model.bin").is_file());
+    assert!(
+        !stale.exists(),
+        "the killed segment's staging folder is removed"
+    );
 }
 
 #[test]
@@ -766,7 +865,10 @@ fn regression_the_summary_table_and_the_report_keep_the_subsets_order() {
         .split("<th>total</th><td class=\"n\">")
         .nth(1)
         .unwrap();
-    assert!(!total.starts_with("0.000 s"), "{timing}");
+    assert!(
+        !total.starts_with("0.000 s") && !total.starts_with("0.0 ms"),
+        "{timing}"
+    );
     let rate = timing
         .split("<th>records per second</th><td class=\"n\">")
         .nth(1)

@@ -104,13 +104,28 @@ impl Staged {
     /// Prepare to replace `target`, which must not exist or be a folder holding only model
     /// files (a folder holding anything else is refused rather than replaced).
     pub fn new(target: &Path) -> Result<Staged, SegmentError> {
-        let abs = std::path::absolute(target).map_err(write_err(target))?;
+        // an existing target is resolved (`.`, `m/./`, a symbolic link to a folder: the
+        // folder it names is replaced, the link stays)
+        let abs = match std::fs::canonicalize(target) {
+            Ok(real) => real,
+            Err(_) => std::path::absolute(target).map_err(write_err(target))?,
+        };
         let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
             return Err(SegmentError::Settings(format!(
                 "--out {}: give the model folder a name (not / or ..)",
                 target.display()
             )));
         };
+        if std::env::current_dir()
+            .and_then(std::fs::canonicalize)
+            .is_ok_and(|cwd| cwd.starts_with(&abs))
+        {
+            return Err(SegmentError::Settings(format!(
+                "--out {}: is the current folder or holds it; a model folder is replaced whole, so give it a folder of its own",
+                target.display()
+            )));
+        }
+        let target = &abs;
         if target.exists() {
             if !target.is_dir() {
                 return Err(SegmentError::Settings(format!(
@@ -132,6 +147,7 @@ impl Staged {
             }
         }
         std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+        remove_stale(parent, &name.to_string_lossy());
         let dir = parent.join(format!(
             ".{}.staging-{}",
             name.to_string_lossy(),
@@ -194,6 +210,33 @@ impl Staged {
             }
         }
         Ok(())
+    }
+}
+
+/// Remove the staging and replaced folders of `name` left by a segment that was killed
+/// (its process is gone: no `/proc/PID`).
+fn remove_stale(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = [".staging-", ".old-"].iter().find_map(|kind| {
+            n.strip_prefix(&format!(".{name}{kind}"))
+                .and_then(|p| p.parse::<u32>().ok())
+        });
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(path = %e.path().display(), "removed the folder of a segment that did not finish")
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %e.path().display(), error = %err, "cannot remove the folder of a segment that did not finish")
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::batch::{BatchQueue, Polled};
 use super::SourceError;
 use crate::counters::{Counters, Membership};
-use crate::secret::Properties;
+use crate::secret::{client_error, Properties};
 use crate::sink::DeadLetter;
 
 /// The clients' context: librdkafka's errors and logs go to tracing, except the
@@ -458,7 +458,7 @@ pub fn count_topic(
     debug!(%url, partitions = partitions.len(), "bounded read started");
 
     let mut dead = match dead_letter {
-        Some(p) => Some(DeadLetter::create_staged(p)?),
+        Some(p) => Some(DeadLetter::create(p)?),
         None => None,
     };
     let mut counters = Counters::for_membership(membership);
@@ -650,6 +650,9 @@ pub fn wait_for_topic<C: ConsumerContext>(
                 if answered {
                     // the broker answered (the topic is missing): ask again in a while
                     serve(consumer, slice);
+                } else {
+                    // librdkafka's events (a refused connection) arrive when it is served
+                    serve(consumer, Duration::from_millis(10));
                 }
             }
         }
@@ -658,6 +661,22 @@ pub fn wait_for_topic<C: ConsumerContext>(
         tracing::info!(%url, waited = ?began.elapsed(), "source ready");
     }
     Ok((partitions, warned))
+}
+
+/// Whether librdkafka accepts these properties (an unknown key or a bad value is refused),
+/// checked by creating a client that connects to nothing: a `-X` given with a file source
+/// is refused like one given with a topic, before anything starts.
+pub fn check_properties(properties: &Properties) -> Result<(), String> {
+    if properties.is_empty() {
+        return Ok(());
+    }
+    let mut cfg = ClientConfig::new();
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg.create::<BaseConsumer>()
+        .map(drop)
+        .map_err(|e| client_error(&e, properties))
 }
 
 /// How long librdkafka waits before fetching a partition again once its local queue is full

@@ -277,7 +277,7 @@ fn count_opened(
     let n_threads = threads(opts.threads);
     let dead = match &opts.dead_letter {
         Some(p) => Some(Mutex::new(InOrder {
-            file: DeadLetter::create_staged(p)?,
+            file: DeadLetter::create(p)?,
             next: 0,
             waiting: Default::default(),
         })),
