@@ -760,9 +760,9 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 s.unknown_household
             );
             outln!(
-                "stream: {} records through an in-process Kafka, {} snapshots in {}",
-                d.streamed.records,
-                d.streamed.triggers,
+                "stream: {} through an in-process Kafka, {} in {}",
+                count(d.streamed.records, "record", "records"),
+                count(d.streamed.triggers, "snapshot", "snapshots"),
                 d.out.join("snapshots.jsonl").display()
             );
             if let Some(r) = &d.analyzed.report {
@@ -774,7 +774,18 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are answers (0), anything else a usage error (2); either
+            // way the text must reach its reader (`--help > /dev/full` is 74)
+            let code = if e.use_stderr() { 2 } else { 0 };
+            return match e.print() {
+                Ok(()) => ExitCode::from(code),
+                Err(_) => ExitCode::from(viewpulse::exit::IO as u8),
+            };
+        }
+    };
     init_tracing(&cli.log);
     let json = matches!(cli.log.log_format, LogFormat::Json);
     match run(cli) {

@@ -221,6 +221,12 @@ pub struct DeadLetter {
     path: PathBuf,
     w: BufWriter<File>,
     written: u64,
+    /// Bytes of whole lines handed to the writer.
+    lines: u64,
+    /// Bytes known to be in the file at the last successful flush (a regular file only): a
+    /// failed write cuts the file back to it, so a full disk leaves no torn line (the daemon
+    /// syncs at every checkpoint, so this is also what its checkpoint counts).
+    flushed: Option<u64>,
 }
 
 /// An output file a command writes beside its target and puts in place only when the whole
@@ -281,17 +287,49 @@ impl Drop for Staged {
     }
 }
 
+/// The dead-letter file's header line.
+const HEADER: &[u8] = b"position\tkind\trecord\n";
+
 impl DeadLetter {
     /// Create the file with its header line.
     pub fn create(path: &Path) -> Result<DeadLetter, SinkError> {
         let mut w = create(path)?;
-        w.write_all(b"position\tkind\trecord\n")
-            .map_err(io_err(path))?;
+        w.write_all(HEADER).map_err(io_err(path))?;
+        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
         Ok(DeadLetter {
             path: path.to_path_buf(),
             w,
             written: 0,
+            lines: HEADER.len() as u64,
+            flushed: regular.then_some(0),
         })
+    }
+
+    /// Turn a write error into the error to report, cutting a regular file back to its last
+    /// flushed whole line (the lines after it are dropped from the buffer, not written later).
+    fn failed(&mut self, e: io::Error) -> SinkError {
+        if let Some(len) = self.flushed {
+            if let Ok(f) = self.w.get_ref().try_clone() {
+                let old = std::mem::replace(&mut self.w, BufWriter::with_capacity(1 << 16, f));
+                let (f, _unwritten) = old.into_parts();
+                let _ = f.set_len(len);
+                let _ = self.w.seek(io::SeekFrom::Start(len));
+            }
+        }
+        io_err(&self.path)(e)
+    }
+
+    /// Flush the buffer; the file then holds every whole line handed over.
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        match self.w.flush() {
+            Ok(()) => {
+                if self.flushed.is_some() {
+                    self.flushed = Some(self.lines);
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// Keep one record.
@@ -303,7 +341,10 @@ impl DeadLetter {
         line.push(b'\t');
         escape_into(record, &mut line);
         line.push(b'\n');
-        self.w.write_all(&line).map_err(io_err(&self.path))?;
+        if let Err(e) = self.w.write_all(&line) {
+            return Err(self.failed(e));
+        }
+        self.lines += line.len() as u64;
         self.written += 1;
         Ok(())
     }
@@ -321,7 +362,6 @@ impl DeadLetter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Self::create(path)?, 0)),
             Err(e) => return Err(io_err(path)(e)),
         };
-        const HEADER: &[u8] = b"position\tkind\trecord\n";
         if !text.starts_with(HEADER) {
             return Ok((Self::create(path)?, 0));
         }
@@ -352,6 +392,8 @@ impl DeadLetter {
                 path: path.to_path_buf(),
                 w,
                 written,
+                lines: len as u64,
+                flushed: Some(len as u64),
             },
             dropped,
         ))
@@ -359,8 +401,14 @@ impl DeadLetter {
 
     /// Flush and sync to disk (before a checkpoint that counts these records is written).
     pub fn sync(&mut self) -> Result<(), SinkError> {
-        self.w.flush().map_err(io_err(&self.path))?;
-        self.w.get_ref().sync_data().map_err(io_err(&self.path))
+        self.flush()?;
+        if let Err(e) = self.w.get_ref().sync_data() {
+            // a device (`/dev/null`) cannot be synced, and needs not be
+            if self.flushed.is_some() {
+                return Err(self.failed(e));
+            }
+        }
+        Ok(())
     }
 
     /// Records written so far (kept lines of a resumed file included).
@@ -370,7 +418,7 @@ impl DeadLetter {
 
     /// Flush to disk.
     pub fn finish(mut self) -> Result<u64, SinkError> {
-        self.w.flush().map_err(io_err(&self.path))?;
+        self.flush()?;
         Ok(self.written)
     }
 }

@@ -209,6 +209,34 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     let properties = s.properties.resolve("-X ")?;
     kafka::check_properties(&properties)
         .map_err(|m| TopologyError::Settings(format!("-X: {m}")))?;
+    let real = |p: &Path| std::fs::canonicalize(p).ok();
+    if real(&s.out).is_some() && real(&s.out) == real(&s.model) {
+        return Err(TopologyError::Settings(format!(
+            "--out {} is the model folder: give the analysis a folder of its own",
+            s.out.display()
+        )));
+    }
+    if let (Some(views), Some(out)) = (real(Path::new(&s.views)), real(&s.out)) {
+        let name = views.file_name().map(|n| n.to_string_lossy().into_owned());
+        let written = name.as_deref().is_some_and(|n| {
+            [
+                "popularity.csv",
+                "genpop.csv",
+                "diff_rank.csv",
+                "summary.json",
+                "report.html",
+            ]
+            .contains(&n)
+                || n.ends_with(".png")
+        });
+        if views.parent() == Some(out.as_path()) && written {
+            return Err(TopologyError::Settings(format!(
+                "--views {} is a file the analysis writes in --out {}: give the analysis another folder",
+                s.views,
+                s.out.display()
+            )));
+        }
+    }
     // the dead-letter file goes in place only if the whole analysis succeeds
     let dead = s.dead_letter.as_deref().map(sink::Staged::new);
     let dead_path = dead.as_ref().map(|d| d.path().to_path_buf());

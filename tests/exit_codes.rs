@@ -237,6 +237,11 @@ fn analyze_exit_codes_match_the_readme() {
             65,
         ),
         (
+            "--out the model folder",
+            v(&["analyze", "--model", &m, "--views", &views, "--out", &m]),
+            2,
+        ),
+        (
             "an output under /dev/full",
             v(&[
                 "analyze",

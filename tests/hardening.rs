@@ -401,6 +401,13 @@ fn regression_a_closed_stdout_ends_quietly_and_a_full_one_exits_74() {
             "100".into(),
         ],
     ];
+    // clap's answers too: --help into a full disk is not a success
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = viewpulse().arg("--help").stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(74), "{}", text(&out.stderr));
     for args in &commands {
         // the reader goes away before the command writes
         let mut child = viewpulse()
@@ -833,6 +840,33 @@ fn regression_a_full_disk_leaves_no_torn_snapshot_line() {
     assert!(!body.is_empty() && body.ends_with('\n'), "whole lines only");
     for l in body.lines() {
         serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+}
+
+#[test]
+fn regression_a_full_disk_leaves_no_torn_dead_letter_line() {
+    // two pages of disk, and 3,000 malformed records of about 30 bytes each
+    let disk = Tmpfs::new(8);
+    let dead = disk.path().join("dead.tsv");
+    let src = tempfile::tempdir().unwrap();
+    let views = src.path().join("bad.csv");
+    let lines: String = (0..3000)
+        .map(|i| format!("not,a,view,record,{i}\n"))
+        .collect();
+    std::fs::write(&views, lines).unwrap();
+    let mut args = run_args(&["--trigger-records", "100", "--dead-letter", s(&dead)]);
+    args[4] = s(&views).to_string();
+    let err = expect(&args, 74);
+    assert!(err.contains("cannot write dead letters to"), "{err}");
+    let body = std::fs::read_to_string(&dead).unwrap();
+    assert!(body.starts_with("position\tkind\trecord\n"), "{body:?}");
+    assert!(
+        body.ends_with('\n'),
+        "whole lines only: {:?}",
+        &body[body.len().saturating_sub(80)..]
+    );
+    for l in body.lines().skip(1) {
+        assert_eq!(l.split('\t').count(), 3, "{l:?}");
     }
 }
 

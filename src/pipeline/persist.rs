@@ -338,7 +338,14 @@ fn run(
                     }
                 }
             }
-            Persist::Flush => write_waiting(&mut sink, &mut waiting)?,
+            Persist::Flush => {
+                write_waiting(&mut sink, &mut waiting)?;
+                // a file gets the trigger's dead letters now (a failed write later cuts it
+                // back to here, not to its header)
+                if let Some(Sink::File(d)) = &mut sink {
+                    d.flush().map_err(dead_letter_file)?;
+                }
+            }
             Persist::Checkpoint(c) => {
                 let t = Instant::now();
                 write_waiting(&mut sink, &mut waiting)?;
