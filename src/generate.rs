@@ -84,6 +84,9 @@ impl GenerateConfig {
         if self.households > 100_000_000 {
             return bad("--households must be at most 100000000".into());
         }
+        if self.threads > 1024 {
+            return bad("--threads must be at most 1024 (0 = one per core)".into());
+        }
         if self.archetypes == 0 || self.archetypes > 64 {
             return bad("--archetypes must be between 1 and 64".into());
         }

@@ -229,6 +229,49 @@ pub struct DeadLetter {
     flushed: Option<u64>,
 }
 
+/// The name of a hidden file or folder beside `name` (`.NAME.KIND-PID`), kept within the
+/// 255-byte limit of a file name: a long name is cut (at a character boundary) before the
+/// suffix is added.
+pub fn hidden_name(name: &str, kind: &str, pid: u32) -> String {
+    let mut keep = name.len().min(200);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!(".{}.{kind}-{pid}", &name[..keep])
+}
+
+/// Remove the hidden files and folders of `name` (`kinds`: `staging`, `old`, `partial`)
+/// left beside it by a command that was killed: their process is gone (no `/proc/PID`).
+pub fn remove_stale(parent: &Path, name: &str, kinds: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = kinds.iter().find_map(|kind| {
+            let prefix = hidden_name(name, kind, 0);
+            let prefix = prefix.strip_suffix('0').unwrap_or(&prefix);
+            n.strip_prefix(prefix).and_then(|p| p.parse::<u32>().ok())
+        });
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let p = e.path();
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %p.display(), "removed what a killed run left behind"),
+            Err(err) => {
+                tracing::warn!(path = %p.display(), error = %err, "cannot remove what a killed run left behind")
+            }
+        }
+    }
+}
+
 /// An output file a command writes beside its target and puts in place only when the whole
 /// command succeeded ([`Staged::commit`]); dropped uncommitted (the command failed), the
 /// hidden file is removed and the target is as it was. A target that is not a regular file
@@ -242,23 +285,36 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Stage `target`.
+    /// Stage `target`. A symbolic link is followed: the file it names is staged beside that
+    /// file and replaced, the link stays.
     pub fn new(target: &Path) -> Staged {
-        let in_place = match std::fs::symlink_metadata(target) {
+        let target = match std::fs::canonicalize(target) {
+            Ok(real) => real,
+            Err(_) => target.to_path_buf(), // not there yet, or a dangling link
+        };
+        let in_place = match std::fs::symlink_metadata(&target) {
             Ok(m) => !m.file_type().is_file(),
             Err(_) => false,
         };
         let write_to = if in_place {
-            target.to_path_buf()
+            target.clone()
         } else {
             let name = target
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            target.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+            if let Some(parent) = target.parent() {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                remove_stale(parent, &name, &["partial"]);
+            }
+            target.with_file_name(hidden_name(&name, "partial", std::process::id()))
         };
         Staged {
-            target: target.to_path_buf(),
+            target,
             write_to,
             committed: false,
         }

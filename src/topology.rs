@@ -129,6 +129,9 @@ impl TopologyError {
     }
 }
 
+/// The most counting or generating threads a command starts.
+pub const MAX_THREADS: usize = 1024;
+
 /// Settings of `viewpulse analyze`.
 #[derive(Debug, Clone)]
 pub struct AnalyzeSettings {
@@ -195,11 +198,156 @@ pub fn load_membership(
     Ok((m, membership))
 }
 
+/// A path as the file system will take it: an existing one with its links resolved; else
+/// absolute, with `.` and `..` taken away, under its longest existing (resolved) prefix. Two
+/// spellings of one file (`m`, `m/x/..`, a link to `m`) come out equal.
+pub fn resolved(p: &Path) -> PathBuf {
+    if let Ok(r) = std::fs::canonicalize(p) {
+        return r;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => clean.push(c),
+        }
+    }
+    let mut existing = clean.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(n) => {
+                rest.push(n.to_owned());
+                existing.pop();
+            }
+            None => break,
+        }
+    }
+    let mut r = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for n in rest.iter().rev() {
+        r.push(n);
+    }
+    r
+}
+
+/// The files `analyze` writes in its `--out` folder.
+fn analysis_file(name: &str) -> bool {
+    [
+        "popularity.csv",
+        "genpop.csv",
+        "diff_rank.csv",
+        "summary.json",
+        "report.html",
+    ]
+    .contains(&name)
+        || name.ends_with(".png")
+}
+
+/// Refuse (exit 2, before any work) an analysis whose outputs would overwrite its inputs or
+/// one another: `--out` the model folder or inside it, a views file or a dead-letter file
+/// that is one of the files it writes, a dead-letter file that is the views file, a file of
+/// the model, or the `--out` folder.
+fn check_analyze_paths(s: &AnalyzeSettings) -> Result<(), TopologyError> {
+    let refuse = |m: String| Err(TopologyError::Settings(m));
+    let (out, model) = (resolved(&s.out), resolved(&s.model));
+    if out.starts_with(&model) {
+        return refuse(format!(
+            "--out {} is the model folder {} or inside it: give the analysis a folder of its own",
+            s.out.display(),
+            s.model.display()
+        ));
+    }
+    if out.exists() && !out.is_dir() {
+        return refuse(format!(
+            "--out {}: exists and is not a folder",
+            s.out.display()
+        ));
+    }
+    let in_out = |p: &Path| {
+        p.parent() == Some(out.as_path())
+            && p.file_name()
+                .is_some_and(|n| analysis_file(&n.to_string_lossy()))
+    };
+    let views = (!KafkaUrl::is_kafka(&s.views)).then(|| resolved(Path::new(&s.views)));
+    if views.as_deref().is_some_and(in_out) {
+        return refuse(format!(
+            "--views {} is a file the analysis writes in --out {}: give the analysis another folder",
+            s.views,
+            s.out.display()
+        ));
+    }
+    if let Some(dl) = &s.dead_letter {
+        let dead = resolved(dl);
+        let clash = if Some(&dead) == views.as_ref() {
+            Some("the views file")
+        } else if dead.starts_with(&model) {
+            Some("in the model folder")
+        } else if dead == out {
+            Some("the --out folder")
+        } else if in_out(&dead) {
+            Some("a file the analysis writes")
+        } else {
+            None
+        };
+        if let Some(what) = clash {
+            return refuse(format!(
+                "--dead-letter {} is {what}: give the dead letters a file of their own",
+                dl.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse (exit 2, before anything starts) a daemon whose outputs would overwrite its source
+/// file, its model or one another.
+fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
+    let model = resolved(&cfg.model);
+    let source = (!KafkaUrl::is_kafka(&cfg.source)).then(|| resolved(Path::new(&cfg.source)));
+    let outputs: Vec<(&str, PathBuf)> = [
+        ("sinks.snapshots", cfg.sinks.snapshots.as_deref()),
+        ("sinks.dead_letter", cfg.sinks.dead_letter.as_deref()),
+        ("state.dir", cfg.state.dir.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.map(|p| (k, resolved(p))))
+    .collect();
+    for (i, (key, p)) in outputs.iter().enumerate() {
+        let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let clash = if source.as_ref() == Some(p) {
+            Some("the source file".to_string())
+        } else if p.starts_with(&model) {
+            Some("in the model folder".to_string())
+        } else {
+            outputs[..i]
+                .iter()
+                .find(|(_, q)| q == p && !special)
+                .map(|(k, _)| format!("the file of {k} too"))
+        };
+        if let Some(what) = clash {
+            return Err(TopologyError::Settings(format!(
+                "{key} {} is {what}: give it a file of its own",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// SPEC section 4 over a bounded source: count, rate, write the files and the report.
 pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     let total = Instant::now();
     if s.top == 0 {
         return Err(TopologyError::Settings("--top must be at least 1".into()));
+    }
+    if s.threads > MAX_THREADS {
+        return Err(TopologyError::Settings(format!(
+            "--threads must be at most {MAX_THREADS} (0 = one per core)"
+        )));
     }
     let url = if KafkaUrl::is_kafka(&s.views) {
         Some(KafkaUrl::parse(&s.views)?)
@@ -209,34 +357,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     let properties = s.properties.resolve("-X ")?;
     kafka::check_properties(&properties)
         .map_err(|m| TopologyError::Settings(format!("-X: {m}")))?;
-    let real = |p: &Path| std::fs::canonicalize(p).ok();
-    if real(&s.out).is_some() && real(&s.out) == real(&s.model) {
-        return Err(TopologyError::Settings(format!(
-            "--out {} is the model folder: give the analysis a folder of its own",
-            s.out.display()
-        )));
-    }
-    if let (Some(views), Some(out)) = (real(Path::new(&s.views)), real(&s.out)) {
-        let name = views.file_name().map(|n| n.to_string_lossy().into_owned());
-        let written = name.as_deref().is_some_and(|n| {
-            [
-                "popularity.csv",
-                "genpop.csv",
-                "diff_rank.csv",
-                "summary.json",
-                "report.html",
-            ]
-            .contains(&n)
-                || n.ends_with(".png")
-        });
-        if views.parent() == Some(out.as_path()) && written {
-            return Err(TopologyError::Settings(format!(
-                "--views {} is a file the analysis writes in --out {}: give the analysis another folder",
-                s.views,
-                s.out.display()
-            )));
-        }
-    }
+    check_analyze_paths(s)?;
     // the dead-letter file goes in place only if the whole analysis succeeds
     let dead = s.dead_letter.as_deref().map(sink::Staged::new);
     let dead_path = dead.as_ref().map(|d| d.path().to_path_buf());
@@ -502,6 +623,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
     let cfg = &cfg.resolved()?;
     kafka::check_properties(&cfg.kafka.properties)
         .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
+    check_run_paths(cfg)?;
     let subsets = cfg.subsets()?;
     let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");

@@ -242,6 +242,64 @@ fn analyze_exit_codes_match_the_readme() {
             2,
         ),
         (
+            "--out the model folder, spelt with ..",
+            v(&[
+                "analyze",
+                "--model",
+                &m,
+                "--views",
+                &views,
+                "--out",
+                &format!("{m}/x/.."),
+            ]),
+            2,
+        ),
+        (
+            "--dead-letter the views file",
+            v(&[
+                "analyze",
+                "--model",
+                &m,
+                "--views",
+                &views,
+                "--out",
+                &out,
+                "--dead-letter",
+                &views,
+            ]),
+            2,
+        ),
+        (
+            "--dead-letter a file of the model",
+            v(&[
+                "analyze",
+                "--model",
+                &m,
+                "--views",
+                &views,
+                "--out",
+                &out,
+                "--dead-letter",
+                &format!("{m}/model.bin"),
+            ]),
+            2,
+        ),
+        (
+            "--threads beyond 1024",
+            v(&[
+                "analyze",
+                "--model",
+                &m,
+                "--views",
+                &views,
+                "--out",
+                &out,
+                "--threads",
+                "100000",
+            ]),
+            2,
+        ),
+        (
             "an output under /dev/full",
             v(&[
                 "analyze",
@@ -373,6 +431,21 @@ fn run_exit_codes_match_the_readme() {
             2,
         ),
         ("--start latest on a file", base(&["--start", "latest"]), 2),
+        (
+            "dead letters into the source file",
+            base(&["--dead-letter", &views]),
+            2,
+        ),
+        (
+            "snapshots into the source file",
+            base(&["--snapshots", &views]),
+            2,
+        ),
+        (
+            "snapshots and dead letters into one file",
+            base(&["--snapshots", &p("same.x"), "--dead-letter", &p("same.x")]),
+            2,
+        ),
         (
             "an unknown -X key",
             v(&[

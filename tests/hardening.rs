@@ -734,6 +734,43 @@ fn regression_a_dead_letter_symlink_is_written_through_not_replaced() {
 }
 
 #[test]
+fn regression_a_failed_analyze_keeps_a_symlinked_dead_letter_file_and_cleans_stale_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.tsv");
+    let link = dir.path().join("link.tsv");
+    std::fs::write(&real, "old\n").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    // the partial file of an analyze that was killed (a pid that is not running)
+    let stale = dir.path().join(".real.tsv.partial-4000000");
+    std::fs::write(&stale, "junk").unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "x\ny\n").unwrap();
+    let mut args = analyze_args(model(), &dir.path().join("a"), &["--dead-letter", s(&link)]);
+    args[4] = s(&bad).to_string();
+    expect(&args, 65);
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "old\n");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(
+        !stale.exists(),
+        "the killed analyze's partial file is removed"
+    );
+    // a name near the 255-byte limit: the hidden file beside it must fit too
+    let long = dir.path().join(format!("{}.tsv", "d".repeat(240)));
+    expect(
+        &analyze_args(
+            model(),
+            &dir.path().join("b"),
+            &["--dead-letter", s(&long), "--no-report"],
+        ),
+        0,
+    );
+    assert!(long.is_file());
+}
+
+#[test]
 fn regression_segment_out_resolves_dot_links_and_stale_staging() {
     let dir = tempfile::tempdir().unwrap();
     let demo = d("demographics.parquet");

@@ -147,11 +147,12 @@ impl Staged {
             }
         }
         std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-        remove_stale(parent, &name.to_string_lossy());
-        let dir = parent.join(format!(
-            ".{}.staging-{}",
-            name.to_string_lossy(),
-            std::process::id()
+        let name = name.to_string_lossy();
+        crate::sink::remove_stale(parent, &name, &["staging", "old"]);
+        let dir = parent.join(crate::sink::hidden_name(
+            &name,
+            "staging",
+            std::process::id(),
         ));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(write_err(&dir))?;
@@ -179,12 +180,14 @@ impl Staged {
                 .and_then(|f| f.sync_all())
                 .map_err(write_err(&p))?;
         }
-        let old = self.dir.with_file_name(
+        let name = self
+            .target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let old =
             self.dir
-                .file_name()
-                .map(|n| n.to_string_lossy().replace(".staging-", ".old-"))
-                .unwrap_or_default(),
-        );
+                .with_file_name(crate::sink::hidden_name(&name, "old", std::process::id()));
         let had_old = self.target.exists();
         if had_old {
             std::fs::rename(&self.target, &old).map_err(write_err(&self.target))?;
@@ -210,33 +213,6 @@ impl Staged {
             }
         }
         Ok(())
-    }
-}
-
-/// Remove the staging and replaced folders of `name` left by a segment that was killed
-/// (its process is gone: no `/proc/PID`).
-fn remove_stale(parent: &Path, name: &str) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let pid = [".staging-", ".old-"].iter().find_map(|kind| {
-            n.strip_prefix(&format!(".{name}{kind}"))
-                .and_then(|p| p.parse::<u32>().ok())
-        });
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                match std::fs::remove_dir_all(e.path()) {
-                    Ok(()) => {
-                        tracing::info!(path = %e.path().display(), "removed the folder of a segment that did not finish")
-                    }
-                    Err(err) => {
-                        tracing::warn!(path = %e.path().display(), error = %err, "cannot remove the folder of a segment that did not finish")
-                    }
-                }
-            }
-        }
     }
 }
 
