@@ -174,6 +174,11 @@ fn generate_and_segment_exit_codes_match_the_readme() {
 fn analyze_exit_codes_match_the_readme() {
     let (m, views, out) = (p("m"), p("d/views_static.csv"), p("a"));
     let kafka = format!("kafka://{}/t", refused());
+    let an = |extra: &[&str]| {
+        let mut a = v(&["analyze", "--model", &m, "--views", &views, "--out", &out]);
+        a.extend(v(extra));
+        a
+    };
     check(&[
         (
             "a missing model",
@@ -201,28 +206,8 @@ fn analyze_exit_codes_match_the_readme() {
             ]),
             66,
         ),
-        (
-            "a bad --subsets",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "--subsets",
-                "1",
-            ]),
-            2,
-        ),
-        (
-            "--top 0",
-            v(&[
-                "analyze", "--model", &m, "--views", &views, "--out", &out, "--top", "0",
-            ]),
-            2,
-        ),
+        ("a bad --subsets", an(&["--subsets", "1"]), 2),
+        ("--top 0", an(&["--top", "0"]), 2),
         (
             "no valid record (data)",
             v(&[
@@ -256,49 +241,15 @@ fn analyze_exit_codes_match_the_readme() {
         ),
         (
             "--dead-letter the views file",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "--dead-letter",
-                &views,
-            ]),
+            an(&["--dead-letter", &views]),
             2,
         ),
         (
             "--dead-letter a file of the model",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "--dead-letter",
-                &format!("{m}/model.bin"),
-            ]),
+            an(&["--dead-letter", &format!("{m}/model.bin")]),
             2,
         ),
-        (
-            "--threads beyond 1024",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "--threads",
-                "100000",
-            ]),
-            2,
-        ),
+        ("--threads beyond 1024", an(&["--threads", "100000"]), 2),
         (
             "an output under /dev/full",
             v(&[
@@ -314,17 +265,7 @@ fn analyze_exit_codes_match_the_readme() {
         ),
         (
             "a dead-letter file under /dev/full",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "--dead-letter",
-                "/dev/full/x.tsv",
-            ]),
+            an(&["--dead-letter", "/dev/full/x.tsv"]),
             74,
         ),
         (
@@ -349,17 +290,7 @@ fn analyze_exit_codes_match_the_readme() {
         ),
         (
             "an unknown -X key with a file source (a setting all the same)",
-            v(&[
-                "analyze",
-                "--model",
-                &m,
-                "--views",
-                &views,
-                "--out",
-                &out,
-                "-X",
-                "no.such.key=1",
-            ]),
+            an(&["-X", "no.such.key=1"]),
             2,
         ),
     ]);
