@@ -84,8 +84,11 @@ impl GenerateConfig {
         if self.households > 100_000_000 {
             return bad("--households must be at most 100000000".into());
         }
-        if self.threads > 1024 {
-            return bad("--threads must be at most 1024 (0 = one per core)".into());
+        if self.threads > crate::source::MAX_THREADS {
+            return bad(format!(
+                "--threads must be at most {} (0 = one per core)",
+                crate::source::MAX_THREADS
+            ));
         }
         if self.archetypes == 0 || self.archetypes > 64 {
             return bad("--archetypes must be between 1 and 64".into());

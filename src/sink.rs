@@ -39,9 +39,7 @@ impl SinkError {
     pub fn exit_code(&self) -> i32 {
         crate::exit::IO
     }
-}
 
-impl SinkError {
     /// The file that cannot be written.
     pub fn path(&self) -> &Path {
         match self {
@@ -229,6 +227,24 @@ pub struct DeadLetter {
     flushed: Option<u64>,
 }
 
+/// Whether `path` is a regular file, or is not there yet (and will be one): not `/dev/null`,
+/// a FIFO or a terminal, which can be neither cut back nor synced.
+pub fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.is_file())
+}
+
+/// After a failed write, cut the file behind `w` back to `len` bytes (its last whole line)
+/// and drop what `w` still buffers, so that it is not flushed again later; `w` then writes
+/// at `len`.
+pub fn cut_back(w: &mut BufWriter<File>, len: u64) {
+    if let Ok(f) = w.get_ref().try_clone() {
+        let old = std::mem::replace(w, BufWriter::with_capacity(w.capacity(), f));
+        let (f, _unwritten) = old.into_parts();
+        let _ = f.set_len(len);
+        let _ = w.seek(io::SeekFrom::Start(len));
+    }
+}
+
 /// The name of a hidden file or folder beside `name` (`.NAME.KIND-PID`), kept within the
 /// 255-byte limit of a file name: a long name is cut (at a character boundary) before the
 /// suffix is added.
@@ -351,13 +367,12 @@ impl DeadLetter {
     pub fn create(path: &Path) -> Result<DeadLetter, SinkError> {
         let mut w = create(path)?;
         w.write_all(HEADER).map_err(io_err(path))?;
-        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
         Ok(DeadLetter {
             path: path.to_path_buf(),
             w,
             written: 0,
             lines: HEADER.len() as u64,
-            flushed: regular.then_some(0),
+            flushed: is_regular(path).then_some(0),
         })
     }
 
@@ -365,12 +380,7 @@ impl DeadLetter {
     /// flushed whole line (the lines after it are dropped from the buffer, not written later).
     fn failed(&mut self, e: io::Error) -> SinkError {
         if let Some(len) = self.flushed {
-            if let Ok(f) = self.w.get_ref().try_clone() {
-                let old = std::mem::replace(&mut self.w, BufWriter::with_capacity(1 << 16, f));
-                let (f, _unwritten) = old.into_parts();
-                let _ = f.set_len(len);
-                let _ = self.w.seek(io::SeekFrom::Start(len));
-            }
+            cut_back(&mut self.w, len);
         }
         io_err(&self.path)(e)
     }

@@ -28,17 +28,6 @@ use crate::sink::{self, SinkError, Summary, Timing};
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 use crate::source::{self, FileOptions, SourceError};
 
-/// Exit code for a command-line or settings mistake ([`crate::exit::USAGE`]).
-pub const EXIT_USAGE: i32 = crate::exit::USAGE;
-/// Exit code for input data that cannot be used ([`crate::exit::DATA`]).
-pub const EXIT_DATA: i32 = crate::exit::DATA;
-/// Exit code for an input that does not exist ([`crate::exit::NO_INPUT`]).
-pub const EXIT_NO_INPUT: i32 = crate::exit::NO_INPUT;
-/// Exit code for a service that cannot be reached ([`crate::exit::UNAVAILABLE`]).
-pub const EXIT_UNAVAILABLE: i32 = crate::exit::UNAVAILABLE;
-/// Exit code for a failure to write an output ([`crate::exit::IO`]).
-pub const EXIT_IO: i32 = crate::exit::IO;
-
 /// Any failure of a command.
 #[derive(Debug, Error)]
 pub enum TopologyError {
@@ -106,15 +95,15 @@ impl TopologyError {
             TopologyError::Counters(e) => e.exit_code(),
             TopologyError::Report(e) => e.exit_code(),
             TopologyError::Generate(e) => e.exit_code(),
-            TopologyError::NoValidRecord { .. } => EXIT_DATA,
-            TopologyError::Settings(_) => EXIT_USAGE,
+            TopologyError::NoValidRecord { .. } => crate::exit::DATA,
+            TopologyError::Settings(_) => crate::exit::USAGE,
             TopologyError::Config(e) => e.exit_code(),
             TopologyError::Pipeline(e) => e.exit_code(),
             TopologyError::Replay(e) => e.exit_code(),
             TopologyError::Loadtest(e) => e.exit_code(),
             TopologyError::Checkpoint(e) => e.exit_code(),
             TopologyError::Secret(e) => e.exit_code(),
-            TopologyError::Stdout(_) => EXIT_IO,
+            TopologyError::Stdout(_) => crate::exit::IO,
         }
     }
 
@@ -128,9 +117,6 @@ impl TopologyError {
         }
     }
 }
-
-/// The most counting or generating threads a command starts.
-pub const MAX_THREADS: usize = 1024;
 
 /// Settings of `viewpulse analyze`.
 #[derive(Debug, Clone)]
@@ -344,9 +330,10 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     if s.top == 0 {
         return Err(TopologyError::Settings("--top must be at least 1".into()));
     }
-    if s.threads > MAX_THREADS {
+    if s.threads > source::MAX_THREADS {
         return Err(TopologyError::Settings(format!(
-            "--threads must be at most {MAX_THREADS} (0 = one per core)"
+            "--threads must be at most {} (0 = one per core)",
+            source::MAX_THREADS
         )));
     }
     let url = if KafkaUrl::is_kafka(&s.views) {
@@ -593,8 +580,7 @@ fn write_report_html(
     Ok(html)
 }
 
-/// `viewpulse segment`, with its charts.
-/// The model folder changes all at once: every file, the charts included, is written into a
+/// `viewpulse segment`, with its charts. The model folder changes all at once: every file, the charts included, is written into a
 /// hidden folder beside it that replaces it at the end ([`segment::model::Staged`]).
 pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyError> {
     let staged = segment::model::Staged::new(&s.out)?;

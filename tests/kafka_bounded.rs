@@ -73,5 +73,5 @@ fn a_topic_that_does_not_exist_is_named() {
         topology::analyze(&settings(broker.url("no_such_topic"), dir.path(), None)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("no_such_topic"), "{msg}");
-    assert_eq!(err.exit_code(), topology::EXIT_UNAVAILABLE);
+    assert_eq!(err.exit_code(), viewpulse::exit::UNAVAILABLE);
 }

@@ -33,12 +33,6 @@ pub struct JsonLines {
     whole: Option<u64>,
 }
 
-/// Whether `path` is (or will be) a regular file, not `/dev/null`, a FIFO or a terminal,
-/// which can be neither cut back nor synced.
-fn regular(path: &Path) -> bool {
-    std::fs::metadata(path).map_or(true, |m| m.is_file())
-}
-
 impl JsonLines {
     /// Create (truncate) the file.
     pub fn create(path: &Path) -> Result<JsonLines, PipelineError> {
@@ -50,7 +44,7 @@ impl JsonLines {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let whole = regular(path).then_some(0);
+        let whole = crate::sink::is_regular(path).then_some(0);
         Ok(JsonLines {
             path: path.to_path_buf(),
             w: BufWriter::new(File::create(path).map_err(err)?),
@@ -69,7 +63,7 @@ impl JsonLines {
             path: path.display().to_string(),
             message: e,
         };
-        if !regular(path) {
+        if !crate::sink::is_regular(path) {
             // `/dev/null` or a pipe: nothing to keep or cut, and nothing to sync
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -158,13 +152,7 @@ impl SnapshotSink for JsonLines {
             }
             (Err(e), Some(whole)) => {
                 // cut the torn line off: the file ends with the last whole snapshot
-                // (the buffered rest is dropped, not flushed again later)
-                if let Ok(f) = self.w.get_ref().try_clone() {
-                    let old = std::mem::replace(&mut self.w, BufWriter::new(f));
-                    let (f, _unwritten) = old.into_parts();
-                    let _ = f.set_len(whole);
-                    let _ = std::io::Seek::seek(&mut self.w, std::io::SeekFrom::Start(whole));
-                }
+                crate::sink::cut_back(&mut self.w, whole);
                 Err(err(e.to_string()))
             }
             (Err(e), None) => Err(err(e.to_string())),

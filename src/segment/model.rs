@@ -199,13 +199,9 @@ impl Staged {
             return Err(write_err(&self.target)(e));
         }
         self.committed = true;
-        if let Some(parent) = std::path::absolute(&self.target)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
-            if let Ok(d) = File::open(parent) {
-                let _ = d.sync_all();
-            }
+        // the target is absolute (see `new`): its parent holds the renames
+        if let Some(d) = self.target.parent().and_then(|p| File::open(p).ok()) {
+            let _ = d.sync_all();
         }
         if had_old {
             if let Err(e) = std::fs::remove_dir_all(&old) {

@@ -152,6 +152,9 @@ pub struct FileCount {
     pub threads: usize,
 }
 
+/// The most counting or generating threads a command starts (`--threads`).
+pub const MAX_THREADS: usize = 1024;
+
 /// Threads to use for `requested` (0 = one per available core).
 pub fn threads(requested: usize) -> usize {
     if requested > 0 {
