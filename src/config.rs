@@ -446,10 +446,10 @@ impl RunConfig {
                     message: e.to_string(),
                 }
             })?;
-        } else if !Path::new(&self.source).is_file() {
+        } else if !Path::new(&self.source).exists() {
             return Err(ConfigError::Missing {
                 key: "source",
-                message: format!("{} is not a file", self.source),
+                message: format!("{} is not a file or a folder of views files", self.source),
             });
         } else if self.start()? == StartAt::Latest {
             return invalid(

@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod counters;
+pub mod dataset;
 pub mod exit;
 pub mod generate;
 pub mod kafka_broker;

@@ -84,7 +84,8 @@ enum Command {
     },
     /// Features, KMeans, distance, rank and PCA (SPEC 2 and 3); writes the model folder.
     Segment {
-        /// Demographics file, Parquet or CSV.
+        /// Demographics: a Parquet or CSV file, or a folder of part files (a Spark, pyarrow or
+        /// Polars dataset; `key=value` partition folders give their column).
         #[arg(long)]
         demographics: PathBuf,
         /// Model folder to write.
@@ -109,13 +110,18 @@ enum Command {
         /// Skip the PNG charts.
         #[arg(long)]
         no_charts: bool,
+        /// Write households as csv (households.csv, features.csv), parquet
+        /// (households.parquet, with each household's features), or csv,parquet.
+        #[arg(long, default_value = "csv")]
+        format: viewpulse::dataset::Formats,
     },
     /// Popularity, general population and diff-rank (SPEC 4) over a bounded views source.
     Analyze {
         /// Model folder (from `segment`, or one holding only households.csv).
         #[arg(long)]
         model: PathBuf,
-        /// Views: a file path (plain or .gz) or kafka://HOST:PORT/TOPIC (read to its end).
+        /// Views: a file (plain, .gz or Parquet with the seed's columns), a folder of such files
+        /// (read in name order), or kafka://HOST:PORT/TOPIC (read to its end).
         #[arg(long)]
         views: String,
         /// Output folder.
@@ -140,6 +146,9 @@ enum Command {
         /// repeatable. VALUE may be ${env:NAME} or ${file:PATH}.
         #[arg(short = 'X', long = "property", value_parser = property)]
         properties: Vec<(String, String)>,
+        /// Write the rating files as csv, parquet (typed: station_num a string) or csv,parquet.
+        #[arg(long, default_value = "csv")]
+        format: viewpulse::dataset::Formats,
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
     Run(Box<RunArgs>),
@@ -564,6 +573,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             sample,
             strict,
             no_charts,
+            format,
         } => {
             let s = SegmentSettings {
                 demographics,
@@ -576,6 +586,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                     ..KMeansSettings::default()
                 },
                 strict,
+                formats: format,
             };
             let seg = topology::segment(&s, !no_charts)?;
             outln!(
@@ -599,6 +610,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             dead_letter,
             no_report,
             properties,
+            format,
         } => {
             let subsets = Subset::parse_list(&subsets)
                 .map_err(|e| TopologyError::Settings(format!("--subsets {subsets:?}: {e}")))?;
@@ -612,6 +624,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 dead_letter,
                 report: !no_report,
                 properties: properties.into_iter().collect(),
+                formats: format,
             })?;
             let s = &a.summary;
             out!("{}", topology::side_by_side(&a.ratings, &subsets, top));

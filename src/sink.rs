@@ -32,6 +32,9 @@ pub enum SinkError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// A Parquet output cannot be written.
+    #[error(transparent)]
+    Parquet(#[from] crate::dataset::DatasetError),
 }
 
 impl SinkError {
@@ -44,6 +47,7 @@ impl SinkError {
     pub fn path(&self) -> &Path {
         match self {
             SinkError::Io { path, .. } | SinkError::Json { path, .. } => path,
+            SinkError::Parquet(e) => e.path(),
         }
     }
 
@@ -52,6 +56,7 @@ impl SinkError {
         match self {
             SinkError::Io { source, .. } => source.to_string(),
             SinkError::Json { source, .. } => source.to_string(),
+            SinkError::Parquet(e) => e.cause(),
         }
     }
 }
@@ -145,11 +150,158 @@ pub fn write_diff_rank(path: &Path, rows: &[DiffRankRow]) -> Result<(), SinkErro
     })
 }
 
-/// The three rating files into `dir`.
-pub fn write_ratings(dir: &Path, ratings: &Ratings) -> Result<(), SinkError> {
-    write_popularity(&dir.join("popularity.csv"), &ratings.popularity)?;
-    write_genpop(&dir.join("genpop.csv"), &ratings.genpop)?;
-    write_diff_rank(&dir.join("diff_rank.csv"), &ratings.diff_rank)
+/// The three rating files into `dir`, as CSV and/or Parquet.
+pub fn write_ratings(
+    dir: &Path,
+    ratings: &Ratings,
+    formats: crate::dataset::Formats,
+) -> Result<(), SinkError> {
+    if formats.csv {
+        write_popularity(&dir.join("popularity.csv"), &ratings.popularity)?;
+        write_genpop(&dir.join("genpop.csv"), &ratings.genpop)?;
+        write_diff_rank(&dir.join("diff_rank.csv"), &ratings.diff_rank)?;
+    }
+    if formats.parquet {
+        write_ratings_parquet(dir, ratings)?;
+    }
+    Ok(())
+}
+
+/// `popularity.parquet`, `genpop.parquet`, `diff_rank.parquet`: the CSVs' columns, typed
+/// (`station_num` and `subset` strings, `cluster` and `rank` int32, `views` int64, ratings
+/// double), so that no reader turns station `04321` into `4321`.
+pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkError> {
+    use arrow_array::{Float64Array, Int32Array, Int64Array, StringArray};
+    use std::sync::Arc;
+    let write = |name: &str, cols| -> Result<(), SinkError> {
+        Ok(crate::dataset::write_parquet(&dir.join(name), cols)?)
+    };
+    let p = &ratings.popularity;
+    write(
+        "popularity.parquet",
+        vec![
+            (
+                "subset",
+                false,
+                Arc::new(StringArray::from_iter_values(p.iter().map(|r| &r.subset))) as _,
+            ),
+            (
+                "cluster",
+                false,
+                Arc::new(Int32Array::from_iter_values(
+                    p.iter().map(|r| r.cluster as i32),
+                )) as _,
+            ),
+            (
+                "station_num",
+                false,
+                Arc::new(StringArray::from_iter_values(
+                    p.iter().map(|r| &r.station_num),
+                )) as _,
+            ),
+            (
+                "views",
+                false,
+                Arc::new(Int64Array::from_iter_values(
+                    p.iter().map(|r| r.views as i64),
+                )) as _,
+            ),
+            (
+                "popularity_rating",
+                false,
+                Arc::new(Float64Array::from_iter_values(
+                    p.iter().map(|r| r.popularity_rating),
+                )) as _,
+            ),
+            (
+                "rank",
+                false,
+                Arc::new(Int32Array::from_iter_values(
+                    p.iter().map(|r| r.rank as i32),
+                )) as _,
+            ),
+        ],
+    )?;
+    let g = &ratings.genpop;
+    write(
+        "genpop.parquet",
+        vec![
+            (
+                "station_num",
+                false,
+                Arc::new(StringArray::from_iter_values(
+                    g.iter().map(|r| &r.station_num),
+                )) as _,
+            ),
+            (
+                "views",
+                false,
+                Arc::new(Int64Array::from_iter_values(
+                    g.iter().map(|r| r.views as i64),
+                )) as _,
+            ),
+            (
+                "genpop_rating",
+                false,
+                Arc::new(Float64Array::from_iter_values(
+                    g.iter().map(|r| r.genpop_rating),
+                )) as _,
+            ),
+        ],
+    )?;
+    let d = &ratings.diff_rank;
+    write(
+        "diff_rank.parquet",
+        vec![
+            (
+                "subset",
+                false,
+                Arc::new(StringArray::from_iter_values(d.iter().map(|r| &r.subset))) as _,
+            ),
+            (
+                "cluster",
+                false,
+                Arc::new(Int32Array::from_iter_values(
+                    d.iter().map(|r| r.cluster as i32),
+                )) as _,
+            ),
+            (
+                "rank",
+                false,
+                Arc::new(Int32Array::from_iter_values(
+                    d.iter().map(|r| r.rank as i32),
+                )) as _,
+            ),
+            (
+                "station_num",
+                false,
+                Arc::new(StringArray::from_iter_values(
+                    d.iter().map(|r| &r.station_num),
+                )) as _,
+            ),
+            (
+                "diff_rank",
+                false,
+                Arc::new(Float64Array::from_iter_values(
+                    d.iter().map(|r| r.diff_rank),
+                )) as _,
+            ),
+            (
+                "popularity_rating",
+                false,
+                Arc::new(Float64Array::from_iter_values(
+                    d.iter().map(|r| r.popularity_rating),
+                )) as _,
+            ),
+            (
+                "genpop_rating",
+                false,
+                Arc::new(Float64Array::from_iter_values(
+                    d.iter().map(|r| r.genpop_rating),
+                )) as _,
+            ),
+        ],
+    )
 }
 
 /// Wall-clock time of each step of a batch run, in milliseconds.

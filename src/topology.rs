@@ -123,7 +123,8 @@ impl TopologyError {
 pub struct AnalyzeSettings {
     /// The model folder.
     pub model: PathBuf,
-    /// The views source: a file path (plain or gzip) or `kafka://HOST:PORT/TOPIC`.
+    /// The views source: a file (plain, gzip or Parquet), a folder of them, or
+    /// `kafka://HOST:PORT/TOPIC`.
     pub views: String,
     /// Output folder.
     pub out: PathBuf,
@@ -139,6 +140,8 @@ pub struct AnalyzeSettings {
     pub report: bool,
     /// librdkafka properties for a `kafka://` source (`-X`; references resolved here).
     pub properties: Properties,
+    /// The rating files as CSV, Parquet or both.
+    pub formats: crate::dataset::Formats,
 }
 
 /// What `analyze` produced.
@@ -226,6 +229,9 @@ fn analysis_file(name: &str) -> bool {
         "popularity.csv",
         "genpop.csv",
         "diff_rank.csv",
+        "popularity.parquet",
+        "genpop.parquet",
+        "diff_rank.parquet",
         "summary.json",
         "report.html",
     ]
@@ -259,6 +265,16 @@ fn check_analyze_paths(s: &AnalyzeSettings) -> Result<(), TopologyError> {
                 .is_some_and(|n| analysis_file(&n.to_string_lossy()))
     };
     let views = (!KafkaUrl::is_kafka(&s.views)).then(|| resolved(Path::new(&s.views)));
+    if views
+        .as_deref()
+        .is_some_and(|v| v.is_dir() && (out.starts_with(v) || v.starts_with(&out)))
+    {
+        return refuse(format!(
+            "--views {} is a folder that holds --out {} or is inside it: the analysis's files would become views; give the analysis another folder",
+            s.views,
+            s.out.display()
+        ));
+    }
     if views.as_deref().is_some_and(in_out) {
         return refuse(format!(
             "--views {} is a file the analysis writes in --out {}: give the analysis another folder",
@@ -306,6 +322,11 @@ fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
         let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
         let clash = if source.as_ref() == Some(p) {
             Some("the source file".to_string())
+        } else if source
+            .as_ref()
+            .is_some_and(|s| s.is_dir() && p.starts_with(s))
+        {
+            Some("inside the source folder, where it would be read as views".to_string())
         } else if p.starts_with(&model) {
             Some("in the model folder".to_string())
         } else {
@@ -345,6 +366,9 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     kafka::check_properties(&properties)
         .map_err(|m| TopologyError::Settings(format!("-X: {m}")))?;
     check_analyze_paths(s)?;
+    if !s.formats.csv && !s.formats.parquet {
+        return Err(TopologyError::Settings("--format names no format".into()));
+    }
     // the dead-letter file goes in place only if the whole analysis succeeds
     let dead = s.dead_letter.as_deref().map(sink::Staged::new);
     let dead_path = dead.as_ref().map(|d| d.path().to_path_buf());
@@ -420,7 +444,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         path: s.out.clone(),
         source: e,
     })?;
-    sink::write_ratings(&s.out, &r)?;
+    sink::write_ratings(&s.out, &r, s.formats)?;
     let mut summary = Summary {
         source: s.views.clone(),
         model: s.model.display().to_string(),
@@ -583,6 +607,17 @@ fn write_report_html(
 /// `viewpulse segment`, with its charts. The model folder changes all at once: every file, the charts included, is written into a
 /// hidden folder beside it that replaces it at the end ([`segment::model::Staged`]).
 pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyError> {
+    let demographics = resolved(&s.demographics);
+    if demographics.is_dir() && resolved(&s.out).starts_with(&demographics) {
+        return Err(TopologyError::Settings(format!(
+            "--out {} is inside the demographics folder {}: its files would be read as demographics next time; give the model a folder of its own",
+            s.out.display(),
+            s.demographics.display()
+        )));
+    }
+    if !s.formats.csv && !s.formats.parquet {
+        return Err(TopologyError::Settings("--format names no format".into()));
+    }
     let staged = segment::model::Staged::new(&s.out)?;
     let seg = segment::segment_into(s, staged.path())?;
     if charts {
@@ -897,6 +932,10 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
             out: model_dir.clone(),
             kmeans: segment::KMeansSettings::default(),
             strict: false,
+            formats: crate::dataset::Formats {
+                csv: true,
+                parquet: true,
+            },
         },
         true,
     )?;
@@ -911,6 +950,10 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
         dead_letter: Some(out.join("analysis").join("dead_letter.tsv")),
         report: true,
         properties: Properties::new(),
+        formats: crate::dataset::Formats {
+            csv: true,
+            parquet: true,
+        },
     })?;
     info!(
         "demo: streaming the stream views through an in-process Kafka (librdkafka's mock cluster)"

@@ -69,6 +69,7 @@ fn golden_ratings_equal_spark() {
             dead_letter: None,
             report: true,
             properties: Default::default(),
+            formats: Default::default(),
         })
         .unwrap();
         for f in ["popularity.csv", "genpop.csv", "diff_rank.csv"] {
@@ -91,6 +92,7 @@ fn golden_features_through_segment() {
                 out: out.path().to_path_buf(),
                 kmeans: viewpulse::segment::KMeansSettings::default(),
                 strict: true,
+                formats: Default::default(),
             },
             false,
         )

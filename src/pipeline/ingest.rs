@@ -433,10 +433,7 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
         line.clear();
         let n = r
             .read_until(b'\n', &mut line)
-            .map_err(|e| PipelineError::Read {
-                source_name: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| crate::source::read_error(path, None, e))?;
         if n == 0 {
             break;
         }

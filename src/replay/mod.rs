@@ -346,6 +346,18 @@ struct Input {
 
 impl Input {
     fn open(path: &Path) -> Result<Input, ReplayError> {
+        if path.is_dir() {
+            // a folder of views files, read one after the other in name order
+            let opened = crate::source::open(path)?;
+            return Ok(Input {
+                recording: None,
+                lines: Some((
+                    path.to_path_buf(),
+                    BufReader::with_capacity(1 << 20, opened.reader),
+                )),
+                line: Vec::with_capacity(256),
+            });
+        }
         if recording::is_recording(path)? {
             Ok(Input {
                 recording: Some(recording::Reader::open(path)?),
@@ -361,8 +373,10 @@ impl Input {
                     path: path.to_path_buf(),
                     source: e,
                 })?;
-            let gzip = head[..n].starts_with(&[0x1f, 0x8b]);
-            if !gzip && head[..n].contains(&0) {
+            // gzip and Parquet (whose rows are read as lines) are binary by design
+            let binary_format =
+                head[..n].starts_with(&[0x1f, 0x8b]) || head[..n].starts_with(b"PAR1");
+            if !binary_format && head[..n].contains(&0) {
                 return Err(RecordingError::NotARecording {
                     path: path.to_path_buf(),
                 }
@@ -395,10 +409,7 @@ impl Input {
         self.line.clear();
         let n = r
             .read_until(b'\n', &mut self.line)
-            .map_err(|e| SourceError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
+            .map_err(|e| crate::source::read_error(path, None, e))?;
         if n == 0 {
             return Ok(None);
         }
@@ -709,6 +720,11 @@ pub fn capture(
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) => ends.eof(p),
+            Some(Err(KafkaError::MessageConsumption(code)))
+                if crate::source::kafka::is_undecodable(code) =>
+            {
+                return Err(kafka(crate::source::kafka::undecodable(None, code, "")));
+            }
             Some(Err(e)) => consumer.context().consumer_error(url, &e),
             Some(Ok(m)) => {
                 consumer.context().reachable();

@@ -5,18 +5,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, ArrayRef};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 
 use super::SegmentError;
 use crate::counters::StableBuild;
+use crate::dataset::{self, Part, Sniffed};
 
 /// The numeric feature columns, in feature order (SPEC 2).
 pub const NUMERIC: [&str; 7] = [
@@ -108,6 +109,8 @@ enum Cell<'a> {
     Int(i64),
     Float(f64),
     Str(&'a str),
+    /// Bytes that are not UTF-8, shown lossily.
+    NotUtf8(String),
 }
 
 /// One parsed row, borrowed from the input.
@@ -126,6 +129,7 @@ fn cell_text(c: &Cell) -> String {
         Cell::Int(v) => v.to_string(),
         Cell::Float(v) => v.to_string(),
         Cell::Str(s) => s.to_string(),
+        Cell::NotUtf8(s) => s.clone(),
     }
 }
 
@@ -143,7 +147,7 @@ fn to_number(c: &Cell) -> Option<f64> {
         Cell::Int(v) => v as f64,
         Cell::Float(f) => f,
         Cell::Str(s) => s.trim().parse::<f64>().ok()?,
-        Cell::Null => return None,
+        Cell::Null | Cell::NotUtf8(_) => return None,
     };
     v.is_finite().then_some(v)
 }
@@ -168,46 +172,45 @@ impl Builder {
     }
 
     fn check(row: &Row) -> Result<(i64, [f64; 7]), Problem> {
+        // why a cell that did not convert is unusable
+        let why = |c: &Cell, otherwise: &'static str| match c {
+            Cell::Null => "is missing",
+            Cell::Str("") => "is missing",
+            Cell::NotUtf8(_) => "is not UTF-8 text",
+            _ => otherwise,
+        };
         let id = to_id(&row.id).ok_or_else(|| {
-            let v = cell_text(&row.id);
-            let why = if v.is_empty() {
-                "is missing"
-            } else {
-                "is not a 64-bit integer"
-            };
-            (KEY, v, why)
+            (
+                KEY,
+                cell_text(&row.id),
+                why(&row.id, "is not a 64-bit integer"),
+            )
         })?;
         let mut nums = [0.0; 7];
         for (i, c) in row.numeric.iter().enumerate() {
-            nums[i] = to_number(c).ok_or_else(|| {
-                let v = cell_text(c);
-                let why = if v.is_empty() {
-                    "is missing"
-                } else {
-                    "is not a number"
-                };
-                (NUMERIC[i], v, why)
-            })?;
+            nums[i] = to_number(c)
+                .ok_or_else(|| (NUMERIC[i], cell_text(c), why(c, "is not a number")))?;
         }
         for (i, c) in row.categorical.iter().enumerate() {
-            let empty = match c {
-                Cell::Null => true,
+            let bad = match c {
+                Cell::Null | Cell::NotUtf8(_) => true,
                 Cell::Str(s) => s.is_empty(),
                 _ => false,
             };
-            if empty {
-                return Err((CATEGORICAL[i], String::new(), "is missing"));
+            if bad {
+                return Err((CATEGORICAL[i], cell_text(c), why(c, "is missing")));
             }
         }
         Ok((id, nums))
     }
 
     /// Skip an unusable row (or refuse it under `strict`); the row is already counted read.
-    fn reject(&mut self, at: String, problem: Problem) -> Result<(), SegmentError> {
+    /// `path` is the part file the row is in.
+    fn reject(&mut self, path: &Path, at: String, problem: Problem) -> Result<(), SegmentError> {
         let (column, value, why) = problem;
         if self.strict {
             return Err(SegmentError::BadValue {
-                path: self.out.path.clone(),
+                path: path.to_path_buf(),
                 at,
                 column: column.to_string(),
                 value,
@@ -223,11 +226,17 @@ impl Builder {
         Ok(())
     }
 
-    /// `position` names the row for messages (`line 7`, `row 6`).
-    fn push(&mut self, row: Row, position: impl FnOnce() -> String) -> Result<(), SegmentError> {
+    /// `position` names the row for messages (`line 7`, `row 6`, `part-1.parquet row 6`);
+    /// `path` is the part file it is in.
+    fn push(
+        &mut self,
+        row: Row,
+        path: &Path,
+        position: impl FnOnce() -> String,
+    ) -> Result<(), SegmentError> {
         self.out.rows_read += 1;
         match Self::check(&row) {
-            Err(problem) => self.reject(position(), problem),
+            Err(problem) => self.reject(path, position(), problem),
             Ok((id, nums)) => {
                 if self.seen.insert(id, ()).is_some() {
                     self.out.duplicates += 1;
@@ -261,149 +270,52 @@ impl Builder {
     }
 }
 
-/// Read a demographics table; Parquet when the file starts with `PAR1`, CSV otherwise.
+/// Read a demographics table: a file or a folder of part files ([`dataset::files`]), each
+/// Parquet when it starts with `PAR1`, else CSV (plain or gzip). The parts are decoded on
+/// worker threads and their rows taken in the parts' order, so that the first row of a
+/// repeated household is the same whatever the threads do.
 pub fn read(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
-    let mut file = File::open(path).map_err(|e| SegmentError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let mut magic = [0u8; 4];
-    let is_parquet = {
-        use std::io::Read;
-        matches!(file.read(&mut magic), Ok(4)) && &magic == b"PAR1"
-    };
-    drop(file);
-    if is_parquet {
-        read_parquet(path, strict)
-    } else {
-        read_csv(path, strict)
-    }
-}
-
-/// Split one CSV line into fields, honouring double quotes (`""` inside quotes is a quote).
-fn split_csv(line: &str, out: &mut Vec<String>) -> Result<(), &'static str> {
-    out.clear();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some(ch) = chars.next() {
-        if quoted {
-            if ch == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    quoted = false;
-                }
-            } else {
-                field.push(ch);
-            }
-        } else if ch == '"' && at_start {
-            quoted = true;
-            at_start = false;
-        } else if ch == ',' {
-            out.push(std::mem::take(&mut field));
-            at_start = true;
-        } else {
-            field.push(ch);
-            at_start = false;
-        }
-    }
-    if quoted {
-        return Err("has an unterminated quoted field");
-    }
-    out.push(field);
-    Ok(())
-}
-
-fn read_csv(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
-    let io = |e| SegmentError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let file = File::open(path).map_err(io)?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = String::new();
-    let mut fields = Vec::new();
-    if reader.read_line(&mut line).map_err(io)? == 0 {
-        return Err(SegmentError::EmptyTable {
-            path: path.to_path_buf(),
-        });
-    }
-    let header = line
-        .trim_end_matches(['\n', '\r'])
-        .trim_start_matches('\u{feff}');
-    split_csv(header, &mut fields).map_err(|why| SegmentError::Csv {
-        path: path.to_path_buf(),
-        line: 1,
-        message: format!("header {why}"),
-    })?;
-    let find = |name: &str| -> Result<usize, SegmentError> {
-        fields
-            .iter()
-            .position(|f| f.trim() == name)
-            .ok_or_else(|| SegmentError::MissingColumn {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-            })
-    };
-    let id_col = find(KEY)?;
-    let mut num_cols = [0usize; 7];
-    for (i, name) in NUMERIC.iter().enumerate() {
-        num_cols[i] = find(name)?;
-    }
-    let mut cat_cols = [0usize; 5];
-    for (i, name) in CATEGORICAL.iter().enumerate() {
-        cat_cols[i] = find(name)?;
-    }
-    let width = fields.len();
+    let parts = dataset::files(path)?;
+    let many = path.is_dir();
     let mut b = Builder::new(path, strict);
-    let mut lineno = 1u64;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(|e| SegmentError::Csv {
-            path: path.to_path_buf(),
-            line: lineno + 1,
-            message: e.to_string(),
-        })? == 0
-        {
-            break;
+    let threads = crate::source::threads(0).min(parts.len()).max(1);
+    std::thread::scope(|scope| -> Result<(), SegmentError> {
+        // worker w decodes parts w, w + threads, …; each hands its parts over in order through
+        // a channel of its own, so that at most two parts a worker are held in memory
+        let mut rxs = Vec::with_capacity(threads);
+        for w in 0..threads {
+            let (tx, rx) = crossbeam_channel::bounded::<Result<Decoded, SegmentError>>(1);
+            rxs.push(rx);
+            let parts = &parts;
+            scope.spawn(move || {
+                for part in parts.iter().skip(w).step_by(threads) {
+                    if tx.send(decode(part)).is_err() {
+                        break;
+                    }
+                }
+            });
         }
-        lineno += 1;
-        let text = line.trim_end_matches(['\n', '\r']);
-        if text.is_empty() {
-            continue;
-        }
-        split_csv(text, &mut fields).map_err(|why| SegmentError::Csv {
-            path: path.to_path_buf(),
-            line: lineno,
-            message: format!("the row {why}"),
-        })?;
-        if fields.len() != width {
-            b.out.rows_read += 1;
-            let problem = (
-                "(row)",
-                text.to_string(),
-                "has a field count unlike the header's",
-            );
-            b.reject(format!("line {lineno}"), problem)?;
-            continue;
-        }
-        let cell = |i: usize| {
-            if fields[i].is_empty() {
-                Cell::Null
-            } else {
-                Cell::Str(fields[i].as_str())
+        for (i, part) in parts.iter().enumerate() {
+            let decoded = rxs[i % threads]
+                .recv()
+                .map_err(|_| SegmentError::Parquet {
+                    path: part.path.clone(),
+                    message: "the decoding thread stopped".into(),
+                })??;
+            let label = |n: u64, unit: &str| {
+                if many {
+                    format!("{} {unit} {n}", part.name)
+                } else {
+                    format!("{unit} {n}")
+                }
+            };
+            match decoded {
+                Decoded::Parquet(batches) => push_batches(&mut b, part, &batches, &label)?,
+                Decoded::Csv(reader) => push_csv(&mut b, part, reader, &label)?,
             }
-        };
-        let row = Row {
-            id: cell(id_col),
-            numeric: num_cols.map(cell),
-            categorical: cat_cols.map(cell),
-        };
-        b.push(row, || format!("line {lineno}"))?;
-    }
+        }
+        Ok(())
+    })?;
     if b.out.rows_read == 0 {
         return Err(SegmentError::EmptyTable {
             path: path.to_path_buf(),
@@ -412,11 +324,155 @@ fn read_csv(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
     b.finish()
 }
 
+/// A part as a worker hands it over.
+enum Decoded {
+    /// The projected record batches of a Parquet file.
+    Parquet(Vec<RecordBatch>),
+    /// A CSV file opened (and decompressed when gzip), read by the caller.
+    Csv(Box<dyn Read + Send>),
+}
+
+fn decode(part: &Part) -> Result<Decoded, SegmentError> {
+    let io = |e| SegmentError::Io {
+        path: part.path.clone(),
+        source: e,
+    };
+    match dataset::sniff(&part.path).map_err(io)? {
+        Sniffed::Parquet => decode_parquet(part).map(Decoded::Parquet),
+        Sniffed::Gzip => {
+            let f = File::open(&part.path).map_err(io)?;
+            Ok(Decoded::Csv(Box::new(flate2::read::MultiGzDecoder::new(
+                std::io::BufReader::with_capacity(1 << 20, f),
+            ))))
+        }
+        Sniffed::Text => Ok(Decoded::Csv(Box::new(File::open(&part.path).map_err(io)?))),
+    }
+}
+
+/// Every column [`read`] needs, key first.
+fn needed() -> impl Iterator<Item = &'static str> {
+    std::iter::once(KEY).chain(NUMERIC).chain(CATEGORICAL)
+}
+
+fn push_csv(
+    b: &mut Builder,
+    part: &Part,
+    reader: Box<dyn Read + Send>,
+    label: &dyn Fn(u64, &str) -> String,
+) -> Result<(), SegmentError> {
+    let path = &part.path;
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        // Spark writes a quote inside a quoted field as \" (its default escape); "" works too
+        .escape(Some(b'\\'))
+        .buffer_capacity(1 << 20)
+        .from_reader(reader);
+    let csv_err = |e: csv::Error| {
+        let line = e.position().map(|p| p.line()).unwrap_or(0);
+        let message = match e.into_kind() {
+            csv::ErrorKind::Io(e) => format!("cannot be read: {e}"),
+            other => format!("{other:?}"),
+        };
+        SegmentError::Csv {
+            path: path.clone(),
+            line,
+            message,
+        }
+    };
+    let mut header = csv::ByteRecord::new();
+    if !rdr.read_byte_record(&mut header).map_err(csv_err)? {
+        return Err(SegmentError::EmptyTable { path: path.clone() });
+    }
+    let names: Vec<String> = header
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = String::from_utf8_lossy(f);
+            let f = if i == 0 {
+                f.trim_start_matches('\u{feff}')
+            } else {
+                &f
+            };
+            f.trim().to_string()
+        })
+        .collect();
+    // a column absent from the file may come from a `key=value` folder above it
+    enum Source<'p> {
+        Field(usize),
+        Fixed(Option<&'p str>),
+    }
+    let find = |name: &str| -> Result<Source, SegmentError> {
+        match names.iter().position(|f| f == name) {
+            Some(i) => Ok(Source::Field(i)),
+            None => part
+                .partition_value(name)
+                .map(Source::Fixed)
+                .ok_or_else(|| SegmentError::MissingColumn {
+                    path: path.clone(),
+                    column: name.to_string(),
+                }),
+        }
+    };
+    let id_col = find(KEY)?;
+    let num_cols: Vec<Source> = NUMERIC.iter().map(|n| find(n)).collect::<Result<_, _>>()?;
+    let cat_cols: Vec<Source> = CATEGORICAL
+        .iter()
+        .map(|n| find(n))
+        .collect::<Result<_, _>>()?;
+    let width = names.len();
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        if !rdr.read_byte_record(&mut rec).map_err(csv_err)? {
+            break;
+        }
+        let (line, next_line) = (
+            rec.position().map(|p| p.line()).unwrap_or(0),
+            rdr.position().line(),
+        );
+        if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
+            continue; // a blank line
+        }
+        if rec.len() != width {
+            b.out.rows_read += 1;
+            let spans = next_line.saturating_sub(line);
+            let why = if spans > 1 {
+                "has a field count unlike the header's, and a quoted field that runs on over several lines (a quote that is not closed?)"
+            } else {
+                "has a field count unlike the header's"
+            };
+            let text = String::from_utf8_lossy(rec.as_slice()).into_owned();
+            b.reject(path, label(line, "line"), ("(row)", text, why))?;
+            continue;
+        }
+        fn cell<'a>(s: &Source<'a>, rec: &'a csv::ByteRecord) -> Cell<'a> {
+            match s {
+                Source::Fixed(None) => Cell::Null,
+                Source::Fixed(Some(v)) => Cell::Str(v),
+                Source::Field(i) => match rec.get(*i).map(std::str::from_utf8) {
+                    None | Some(Ok("")) => Cell::Null,
+                    Some(Ok(t)) => Cell::Str(t),
+                    Some(Err(_)) => Cell::NotUtf8(String::from_utf8_lossy(&rec[*i]).into_owned()),
+                },
+            }
+        }
+        let row = Row {
+            id: cell(&id_col, &rec),
+            numeric: std::array::from_fn(|j| cell(&num_cols[j], &rec)),
+            categorical: std::array::from_fn(|j| cell(&cat_cols[j], &rec)),
+        };
+        b.push(row, path, || label(line, "line"))?;
+    }
+    Ok(())
+}
+
 /// A column of a record batch, its type resolved once per batch.
 enum Col {
     I64(ArrayRef),
     F64(ArrayRef),
     Str(ArrayRef),
+    /// A value from a `key=value` folder, the same on every row.
+    Fixed(Option<String>),
 }
 
 fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> {
@@ -439,7 +495,25 @@ fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> 
             Col::F64(cast(&DataType::Float64)?)
         }
         DataType::Utf8 => Col::Str(arr.clone()),
-        DataType::Decimal128(..) | DataType::Decimal256(..) => Col::F64(cast(&DataType::Float64)?),
+        // Spark's decimal(20,0) ids and pandas' exact decimals: integers stay exact
+        DataType::Decimal32(_, 0)
+        | DataType::Decimal64(_, 0)
+        | DataType::Decimal128(_, 0)
+        | DataType::Decimal256(_, 0) => {
+            let opts = arrow_cast::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            match arrow_cast::cast_with_options(arr, &DataType::Int64, &opts) {
+                Ok(a) => Col::I64(a),
+                Err(_) => Col::F64(cast(&DataType::Float64)?),
+            }
+        }
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => Col::F64(cast(&DataType::Float64)?),
+        // large strings, string views, dictionaries (pandas' categoricals), booleans, nulls
         _ => Col::Str(cast(&DataType::Utf8)?),
     })
 }
@@ -447,6 +521,8 @@ fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> 
 impl Col {
     fn get(&self, i: usize) -> Cell<'_> {
         match self {
+            Col::Fixed(None) => Cell::Null,
+            Col::Fixed(Some(v)) => Cell::Str(v),
             Col::I64(a) if a.is_null(i) => Cell::Null,
             Col::F64(a) if a.is_null(i) => Cell::Null,
             Col::Str(a) if a.is_null(i) => Cell::Null,
@@ -457,59 +533,77 @@ impl Col {
     }
 }
 
-fn read_parquet(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
-    let pq = |e: parquet::errors::ParquetError| SegmentError::Parquet {
+fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> SegmentError + '_ {
+    move |e| SegmentError::Parquet {
         path: path.to_path_buf(),
         message: e.to_string(),
-    };
+    }
+}
+
+/// Decode the columns [`read`] needs of one Parquet part (those a `key=value` folder gives
+/// are not in the file).
+fn decode_parquet(part: &Part) -> Result<Vec<RecordBatch>, SegmentError> {
+    let path = &part.path;
     let file = File::open(path).map_err(|e| SegmentError::Io {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source: e,
     })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
     let schema = builder.schema().clone();
-    let mut names: Vec<&str> = vec![KEY];
-    names.extend(NUMERIC);
-    names.extend(CATEGORICAL);
-    for n in &names {
-        if schema.field_with_name(n).is_err() {
+    let mut present = Vec::new();
+    for n in needed() {
+        if schema.field_with_name(n).is_ok() {
+            present.push(n);
+        } else if part.partition_value(n).is_none() {
             return Err(SegmentError::MissingColumn {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 column: n.to_string(),
             });
         }
     }
-    let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+    let mask = ProjectionMask::columns(builder.parquet_schema(), present.iter().copied());
     let reader = builder
         .with_projection(mask)
         .with_batch_size(65_536)
         .build()
-        .map_err(pq)?;
-    let mut b = Builder::new(path, strict);
+        .map_err(parquet_err(path))?;
+    reader
+        .map(|batch| {
+            batch.map_err(|e| SegmentError::Parquet {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn push_batches(
+    b: &mut Builder,
+    part: &Part,
+    batches: &[RecordBatch],
+    label: &dyn Fn(u64, &str) -> String,
+) -> Result<(), SegmentError> {
+    let path = &part.path;
     let mut row_base = 0u64;
-    for batch in reader {
-        let batch = batch.map_err(|e| SegmentError::Parquet {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    for batch in batches {
         let get = |name: &str| -> Result<Col, SegmentError> {
-            let arr = batch
-                .column_by_name(name)
-                .ok_or_else(|| SegmentError::MissingColumn {
-                    path: path.to_path_buf(),
-                    column: name.to_string(),
-                })?;
-            col_of(path, name, arr)
+            match batch.column_by_name(name) {
+                Some(arr) => col_of(path, name, arr),
+                None => match part.partition_value(name) {
+                    Some(v) => Ok(Col::Fixed(v.map(str::to_string))),
+                    None => Err(SegmentError::MissingColumn {
+                        path: path.clone(),
+                        column: name.to_string(),
+                    }),
+                },
+            }
         };
         let id = get(KEY)?;
-        let mut nums = Vec::with_capacity(7);
-        for n in NUMERIC {
-            nums.push(get(n)?);
-        }
-        let mut cats = Vec::with_capacity(5);
-        for n in CATEGORICAL {
-            cats.push(get(n)?);
-        }
+        let nums: Vec<Col> = NUMERIC.iter().map(|n| get(n)).collect::<Result<_, _>>()?;
+        let cats: Vec<Col> = CATEGORICAL
+            .iter()
+            .map(|n| get(n))
+            .collect::<Result<_, _>>()?;
         for i in 0..batch.num_rows() {
             let row = Row {
                 id: id.get(i),
@@ -517,16 +611,11 @@ fn read_parquet(path: &Path, strict: bool) -> Result<Demographics, SegmentError>
                 categorical: std::array::from_fn(|j| cats[j].get(i)),
             };
             let n = row_base + i as u64 + 1;
-            b.push(row, || format!("row {n}"))?;
+            b.push(row, path, || label(n, "row"))?;
         }
         row_base += batch.num_rows() as u64;
     }
-    if b.out.rows_read == 0 {
-        return Err(SegmentError::EmptyTable {
-            path: path.to_path_buf(),
-        });
-    }
-    b.finish()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -619,6 +708,49 @@ mod tests {
                 .collect();
             assert_eq!(va, vb);
         }
+    }
+
+    #[test]
+    fn csv_quotes_line_breaks_bom_crlf_and_backslash_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = HEADER.trim_end();
+        let body = format!(
+            "\u{feff}{header}\r\n1,4,2,2,\"M\r\nX\",W,S,O,10,15,8,M,3\r\n2,1,1,1,\"S \\\"q\\\"\",A,M,R,0,5,1,F,7\r\n3,1,1,1,\"S \"\"q\"\"\",A,M,R,0,5,1,F,7\r\n"
+        );
+        let p = write(dir.path(), "q.csv", &body);
+        let d = read(&p, true).unwrap();
+        assert_eq!(d.household_id, vec![1, 2, 3]);
+        // a BOM before the header, a line break inside quotes, Spark's \" and CSV's ""
+        assert_eq!(d.categorical[0].values, vec!["M\r\nX", "S \"q\""]);
+        assert_eq!(d.categorical[0].codes, vec![0, 1, 1]);
+        assert_eq!(d.numeric[6], vec![3.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn an_unclosed_quote_and_bytes_that_are_not_utf8_are_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut body = HEADER.as_bytes().to_vec();
+        body.extend_from_slice(b"1,4,2,2,M,W,S,O,10,15,8,M,3\n2,1,1,1,\xff\xfe,A,M,R,0,5,1,F,7\n");
+        body.extend_from_slice(b"3,1,1,1,\"S,A,M,R,0,5,1,F,7\n4,1,1,1,S,A,M,R,0,5,1,F,7\n");
+        let p = dir.path().join("bad.csv");
+        std::fs::write(&p, &body).unwrap();
+        let d = read(&p, false).unwrap();
+        assert_eq!(d.household_id, vec![1]);
+        assert_eq!(d.skipped, 2);
+        assert!(
+            d.skipped_examples[0].contains("line 3") && d.skipped_examples[0].contains("UTF-8"),
+            "{:?}",
+            d.skipped_examples
+        );
+        // the quote opened on line 4 runs to the end: one row, named, and said why
+        assert!(
+            d.skipped_examples[1].contains("line 4")
+                && d.skipped_examples[1].contains("quote that is not closed"),
+            "{:?}",
+            d.skipped_examples
+        );
+        let err = read(&p, true).unwrap_err().to_string();
+        assert!(err.contains("bad.csv: line 3"), "{err}");
     }
 
     #[test]

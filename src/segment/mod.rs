@@ -99,6 +99,9 @@ pub enum SegmentError {
         /// The first problems.
         examples: String,
     },
+    /// The demographics folder cannot be listed, or a Parquet output not written.
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
     /// A setting is impossible.
     #[error("{0}")]
     Settings(String),
@@ -141,8 +144,8 @@ pub enum SegmentError {
         /// How.
         what: String,
     },
-    /// The model folder is missing or holds neither model.bin nor households.csv.
-    #[error("{path}: not a model folder (no model.bin or households.csv); run `viewpulse segment` first")]
+    /// The model folder is missing or holds none of model.bin, households.csv, households.parquet.
+    #[error("{path}: not a model folder (no model.bin, households.csv or households.parquet); run `viewpulse segment` first")]
     NoModel {
         /// The folder.
         path: PathBuf,
@@ -155,6 +158,7 @@ impl SegmentError {
         match self {
             SegmentError::Io { source, .. } => crate::exit::reading(source),
             SegmentError::NoModel { .. } => crate::exit::NO_INPUT,
+            SegmentError::Dataset(e) => e.exit_code(),
             SegmentError::Write { .. } => crate::exit::IO,
             SegmentError::Settings(_) | SegmentError::KTooLarge { .. } => crate::exit::USAGE,
             _ => crate::exit::DATA,
@@ -165,7 +169,7 @@ impl SegmentError {
 /// Settings of `viewpulse segment`.
 #[derive(Debug, Clone)]
 pub struct SegmentSettings {
-    /// Demographics file (Parquet or CSV).
+    /// Demographics: a file (Parquet or CSV) or a folder of part files.
     pub demographics: PathBuf,
     /// Model folder to write.
     pub out: PathBuf,
@@ -173,6 +177,8 @@ pub struct SegmentSettings {
     pub kmeans: KMeansSettings,
     /// Refuse rows with missing or unparseable values instead of skipping them.
     pub strict: bool,
+    /// `households` (and `features`) as CSV, `households.parquet`, or both.
+    pub formats: crate::dataset::Formats,
 }
 
 /// What `segment` produced.
@@ -263,20 +269,22 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
     let p = pca::fit(x.view());
     timing.insert("pca_ms".to_string(), ms(t));
 
-    let mut households: Vec<Household> = (0..d.len())
+    // each household with its row in the feature matrix, by cluster then rank
+    let mut rows: Vec<(Household, usize)> = (0..d.len())
         .map(|i| {
             let (px, py) = p.project(x.row(i));
-            Household {
+            let h = Household {
                 household_id: d.household_id[i],
                 cluster: cl.cluster[i],
                 distance: cl.distance[i],
                 rank: cl.rank[i],
                 pca_x: px,
                 pca_y: py,
-            }
+            };
+            (h, i)
         })
         .collect();
-    households.sort_unstable_by_key(|h| (h.cluster, h.rank));
+    rows.sort_unstable_by_key(|(h, _)| (h.cluster, h.rank));
 
     let mut info = ModelInfo {
         viewpulse: env!("CARGO_PKG_VERSION").to_string(),
@@ -331,11 +339,17 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
 
     let t = Instant::now();
     let spin = crate::progress::spinner("writing the model");
-    info.households_csv = Some(model::write_households(
-        &dir.join("households.csv"),
-        &households,
-    )?);
-    model::write_features(&dir.join("features.csv"), &d.household_id, x.view())?;
+    if s.formats.parquet {
+        model::write_households_parquet(&dir.join("households.parquet"), &rows, x.view())?;
+    }
+    let households: Vec<Household> = rows.into_iter().map(|(h, _)| h).collect();
+    if s.formats.csv {
+        info.households_csv = Some(model::write_households(
+            &dir.join("households.csv"),
+            &households,
+        )?);
+        model::write_features(&dir.join("features.csv"), &d.household_id, x.view())?;
+    }
     write_json(&dir.join("model.json"), &info)?;
     let bin = ModelBin {
         info: info.clone(),

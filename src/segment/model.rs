@@ -26,6 +26,7 @@ pub const VERSION: u32 = 2;
 /// replaced.
 pub const MODEL_FILES: &[&str] = &[
     "households.csv",
+    "households.parquet",
     "features.csv",
     "model.json",
     "model.bin",
@@ -380,6 +381,240 @@ pub fn write_households(path: &Path, rows: &[Household]) -> Result<Digest, Segme
     })
 }
 
+/// Write `households.parquet` (by cluster then rank): the seed's `ranked_df` columns
+/// `household_id` (int64), `cluster` (int32, Spark's prediction type), `distance` (double),
+/// `rank` (int32), then `pca_x`, `pca_y` and `features_for_cluster` (a list of doubles, in
+/// feature order). `features` holds each household's vector, indexed by `rows[i].1`.
+pub fn write_households_parquet(
+    path: &Path,
+    rows: &[(Household, usize)],
+    features: ndarray::ArrayView2<f64>,
+) -> Result<(), SegmentError> {
+    use arrow_array::builder::{Float64Builder, ListBuilder};
+    use arrow_array::{Float64Array, Int32Array, Int64Array};
+    use std::sync::Arc;
+    let mut list = ListBuilder::with_capacity(
+        Float64Builder::with_capacity(rows.len() * features.ncols()),
+        rows.len(),
+    )
+    .with_field(Arc::new(arrow_schema::Field::new(
+        "element",
+        arrow_schema::DataType::Float64,
+        false,
+    )));
+    for (_, i) in rows {
+        list.values().append_slice(&features.row(*i).to_vec());
+        list.append(true);
+    }
+    let h = || rows.iter().map(|(h, _)| h);
+    crate::dataset::write_parquet(
+        path,
+        vec![
+            (
+                "household_id",
+                false,
+                Arc::new(Int64Array::from_iter_values(h().map(|h| h.household_id))) as _,
+            ),
+            (
+                "cluster",
+                false,
+                Arc::new(Int32Array::from_iter_values(h().map(|h| h.cluster as i32))) as _,
+            ),
+            (
+                "distance",
+                false,
+                Arc::new(Float64Array::from_iter_values(h().map(|h| h.distance))) as _,
+            ),
+            (
+                "rank",
+                false,
+                Arc::new(Int32Array::from_iter_values(h().map(|h| h.rank as i32))) as _,
+            ),
+            (
+                "pca_x",
+                false,
+                Arc::new(Float64Array::from_iter_values(h().map(|h| h.pca_x))) as _,
+            ),
+            (
+                "pca_y",
+                false,
+                Arc::new(Float64Array::from_iter_values(h().map(|h| h.pca_y))) as _,
+            ),
+            ("features_for_cluster", false, Arc::new(list.finish()) as _),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Give households without a `rank` column theirs (SPEC 3): by `distance` ascending inside
+/// each cluster, ties (and households without a distance) by household_id ascending.
+pub fn rank_by_distance(households: &mut [Household]) {
+    let mut order: Vec<usize> = (0..households.len()).collect();
+    let key = |h: &Household| {
+        if h.distance.is_nan() {
+            f64::INFINITY
+        } else {
+            h.distance
+        }
+    };
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&households[a], &households[b]);
+        x.cluster
+            .cmp(&y.cluster)
+            .then(key(x).total_cmp(&key(y)))
+            .then(x.household_id.cmp(&y.household_id))
+    });
+    let mut rank = 0u32;
+    let mut cluster = None;
+    for i in order {
+        if cluster != Some(households[i].cluster) {
+            cluster = Some(households[i].cluster);
+            rank = 0;
+        }
+        rank += 1;
+        households[i].rank = rank;
+    }
+}
+
+/// Read a `households.parquet` made by another system (a Spark job's `ranked_df`, pandas):
+/// `household_id` and `cluster` (integer columns of any width, or integral decimals),
+/// `distance` and `rank` when present (without `rank`, households are ranked by distance as
+/// SPEC 3 says), `pca_x`/`pca_y` when present. Every other column is ignored.
+pub fn read_households_parquet(path: &Path) -> Result<Vec<Household>, SegmentError> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type};
+    use arrow_array::Array;
+    use arrow_schema::DataType;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+    let pq = |message: String| SegmentError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq(e.to_string()))?;
+    let schema = builder.schema().clone();
+    let has = |n: &str| schema.field_with_name(n).is_ok();
+    for need in ["household_id", "cluster"] {
+        if !has(need) {
+            return Err(SegmentError::MissingColumn {
+                path: path.to_path_buf(),
+                column: need.to_string(),
+            });
+        }
+    }
+    let wanted: Vec<&str> = [
+        "household_id",
+        "cluster",
+        "distance",
+        "rank",
+        "pca_x",
+        "pca_y",
+    ]
+    .into_iter()
+    .filter(|n| has(n))
+    .collect();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(65_536)
+        .build()
+        .map_err(|e| pq(e.to_string()))?;
+    let bad = |row: u64, message: String| SegmentError::BadValue {
+        path: path.to_path_buf(),
+        at: format!("row {row}"),
+        column: String::new(),
+        value: String::new(),
+        why: message,
+    };
+    let cast = |name: &str, a: &arrow_array::ArrayRef, to: &DataType| {
+        let opts = arrow_cast::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow_cast::cast_with_options(a, to, &opts).map_err(|e| SegmentError::BadColumnType {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            found: format!("{} ({e})", a.data_type()),
+        })
+    };
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    let mut row = 0u64;
+    let has_rank = has("rank");
+    for batch in reader {
+        let batch = batch.map_err(|e| pq(format!("corrupt data after row {row}: {e}")))?;
+        let ints = |n: &str| -> Result<Option<arrow_array::ArrayRef>, SegmentError> {
+            batch
+                .column_by_name(n)
+                .map(|a| cast(n, a, &DataType::Int64))
+                .transpose()
+        };
+        let floats = |n: &str| -> Result<Option<arrow_array::ArrayRef>, SegmentError> {
+            batch
+                .column_by_name(n)
+                .map(|a| cast(n, a, &DataType::Float64))
+                .transpose()
+        };
+        let (ids, clusters, ranks) = (ints("household_id")?, ints("cluster")?, ints("rank")?);
+        let (dist, px, py) = (floats("distance")?, floats("pca_x")?, floats("pca_y")?);
+        let float_at = |a: &Option<arrow_array::ArrayRef>, i: usize| match a {
+            Some(a) if !a.is_null(i) => a.as_primitive::<Float64Type>().value(i),
+            _ => f64::NAN,
+        };
+        for i in 0..batch.num_rows() {
+            row += 1;
+            let int_at =
+                |a: &Option<arrow_array::ArrayRef>, name: &str| -> Result<i64, SegmentError> {
+                    match a {
+                        Some(a) if !a.is_null(i) => Ok(a.as_primitive::<Int64Type>().value(i)),
+                        _ => Err(bad(row, format!("column {name} is null"))),
+                    }
+                };
+            let id = int_at(&ids, "household_id")?;
+            let cluster = int_at(&clusters, "cluster")?;
+            if !(0..i64::from(u16::MAX)).contains(&cluster) {
+                return Err(bad(
+                    row,
+                    format!("column cluster: {cluster} is out of range 0..65534"),
+                ));
+            }
+            let rank = if has_rank {
+                let r = int_at(&ranks, "rank")?;
+                if !(1..=i64::from(u32::MAX)).contains(&r) {
+                    return Err(bad(row, format!("column rank: {r} must be at least 1")));
+                }
+                r as u32
+            } else {
+                0
+            };
+            if let Some(first) = seen.insert(id, row) {
+                return Err(bad(
+                    row,
+                    format!("household_id {id} is already on row {first}; a household is in one cluster"),
+                ));
+            }
+            out.push(Household {
+                household_id: id,
+                cluster: cluster as u32,
+                distance: float_at(&dist, i),
+                rank,
+                pca_x: float_at(&px, i),
+                pca_y: float_at(&py, i),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(SegmentError::EmptyTable {
+            path: path.to_path_buf(),
+        });
+    }
+    if !has_rank {
+        rank_by_distance(&mut out);
+    }
+    Ok(out)
+}
+
 /// Write `features.csv`: `household_id,f0,…`, by household_id ascending.
 pub fn write_features(
     path: &Path,
@@ -469,8 +704,9 @@ fn decode_message(e: &bincode::error::DecodeError) -> String {
     }
 }
 
-/// Read a `households.csv`: needs `household_id`, `cluster` and `rank` columns (by name);
-/// `distance`, `pca_x`, `pca_y` are read when present.
+/// Read a `households.csv`: needs `household_id` and `cluster` columns (by name);
+/// `distance`, `rank`, `pca_x`, `pca_y` are read when present (without `rank`, households
+/// are ranked by distance as SPEC 3 says).
 pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> {
     let f = File::open(path).map_err(io_err(path))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
@@ -497,7 +733,7 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
             column: name.to_string(),
         })
     };
-    let (ci, cc, cr) = (need("household_id")?, need("cluster")?, need("rank")?);
+    let (ci, cc, cr) = (need("household_id")?, need("cluster")?, col("rank"));
     let (cd, cx, cy) = (col("distance"), col("pca_x"), col("pca_y"));
     let mut out = Vec::new();
     let mut seen: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
@@ -540,7 +776,10 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
         };
         let id = int(ci, "household_id")?;
         let cluster = int(cc, "cluster")?;
-        let rank = int(cr, "rank")?;
+        let rank = match cr {
+            Some(cr) => int(cr, "rank")?,
+            None => 1, // ranked by distance below
+        };
         if !(0..i64::from(u16::MAX)).contains(&cluster) {
             return Err(bad(
                 lineno,
@@ -574,6 +813,9 @@ pub fn read_households_csv(path: &Path) -> Result<Vec<Household>, SegmentError> 
         return Err(SegmentError::EmptyTable {
             path: path.to_path_buf(),
         });
+    }
+    if cr.is_none() {
+        rank_by_distance(&mut out);
     }
     Ok(out)
 }
@@ -654,15 +896,20 @@ pub fn load(dir: &Path) -> Result<LoadedModel, SegmentError> {
             households: m.households,
         });
     }
-    if !csv.is_file() {
+    let parquet = dir.join("households.parquet");
+    let households = if csv.is_file() {
+        if let Some(j) = &json_info {
+            check_csv(j, &json)?;
+        }
+        read_households_csv(&csv)?
+    } else if parquet.is_file() {
+        read_households_parquet(&parquet)?
+    } else {
         return Err(SegmentError::NoModel {
             path: dir.to_path_buf(),
         });
-    }
-    if let Some(j) = &json_info {
-        check_csv(j, &json)?;
-    }
-    let households = read_households_csv(&csv)?;
+    };
+    let csv = if csv.is_file() { csv } else { parquet };
     if let Some(j) = &json_info {
         check_shape(j, &households).map_err(|w| mixed(&csv, &json, w))?;
     }
@@ -783,6 +1030,28 @@ mod tests {
     }
 
     #[test]
+    fn without_a_rank_column_households_are_ranked_by_distance_then_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("households.csv");
+        // cluster 0: 9 and 4 tie at 0.5 (4 first), 7 at 0.1; without distances, by id
+        std::fs::write(
+            &p,
+            "household_id,cluster,distance\n9,0,0.5\n4,0,0.5\n7,0,0.1\n8,1,2.0\n3,1,1.0\n",
+        )
+        .unwrap();
+        let got = read_households_csv(&p).unwrap();
+        let ranks: Vec<(i64, u32)> = got.iter().map(|h| (h.household_id, h.rank)).collect();
+        assert_eq!(ranks, [(9, 3), (4, 2), (7, 1), (8, 2), (3, 1)]);
+        let mut hs = got.clone();
+        for h in &mut hs {
+            h.distance = f64::NAN;
+        }
+        rank_by_distance(&mut hs);
+        let ranks: Vec<(i64, u32)> = hs.iter().map(|h| (h.household_id, h.rank)).collect();
+        assert_eq!(ranks, [(9, 3), (4, 1), (7, 2), (8, 2), (3, 1)]);
+    }
+
+    #[test]
     fn households_csv_errors_name_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("households.csv");
@@ -793,9 +1062,9 @@ mod tests {
         .unwrap();
         let err = read_households_csv(&p).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("cluster"), "{err}");
-        std::fs::write(&p, "household_id,cluster,distance\n1,0,0.5\n").unwrap();
+        std::fs::write(&p, "household_id,cluster\n1\n").unwrap();
         let err = read_households_csv(&p).unwrap_err().to_string();
-        assert!(err.contains("rank"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
         std::fs::write(&p, "household_id,cluster,distance,rank\n1,0,0.5,0\n").unwrap();
         let err = read_households_csv(&p).unwrap_err().to_string();
         assert!(err.contains("rank"), "{err}");

@@ -34,6 +34,18 @@ pub enum Polled<'a> {
     End(i32),
     /// An error from the client or a partition.
     Error(KafkaError),
+    /// A message of `partition` at `offset` that could not be delivered, with librdkafka's
+    /// text (a batch that does not decompress says so here).
+    Failed {
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// The error.
+        code: RDKafkaErrorCode,
+        /// librdkafka's description.
+        text: String,
+    },
 }
 
 /// The split-off queue of some partitions of one consumer.
@@ -142,9 +154,24 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
                     rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
                         f(Polled::End(msg.partition))
                     }
-                    err => f(Polled::Error(KafkaError::MessageConsumption(
-                        RDKafkaErrorCode::from(err),
-                    ))),
+                    err => {
+                        // librdkafka puts its error text in the payload of an error message
+                        let text = if msg.payload.is_null() {
+                            String::new()
+                        } else {
+                            String::from_utf8_lossy(std::slice::from_raw_parts(
+                                msg.payload as *const u8,
+                                msg.len,
+                            ))
+                            .into_owned()
+                        };
+                        f(Polled::Failed {
+                            partition: msg.partition,
+                            offset: msg.offset,
+                            code: RDKafkaErrorCode::from(err),
+                            text,
+                        })
+                    }
                 }
                 rdsys::rd_kafka_message_destroy(m);
             }

@@ -323,6 +323,11 @@ pub fn stream_group(
         match consumer.poll(Duration::from_millis(20)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => consumer.context().inner.reachable(),
+            Some(Err(KafkaError::MessageConsumption(code)))
+                if super::kafka::is_undecodable(code) =>
+            {
+                return Err(kafka(super::kafka::undecodable(None, code, "")));
+            }
             Some(Err(e)) => consumer.context().inner.consumer_error(url, &e),
             Some(Ok(m)) => {
                 consumer.context().inner.reachable();

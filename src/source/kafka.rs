@@ -481,12 +481,26 @@ pub fn count_topic(
     while !ends.all(partitions.len()) {
         let ctx = consumer.context();
         let mut heard = false;
+        let mut fatal: Option<String> = None;
         queue.poll(Duration::from_millis(100), |polled| match polled {
             Polled::End(p) => {
                 ends.eof(p);
                 heard = true;
             }
             Polled::Error(e) => ctx.consumer_error(url, &e),
+            Polled::Failed {
+                partition,
+                offset,
+                code,
+                text,
+            } => {
+                if is_undecodable(code) {
+                    fatal
+                        .get_or_insert_with(|| undecodable(Some((partition, offset)), code, &text));
+                } else {
+                    ctx.consumer_error(url, &KafkaError::MessageConsumption(code));
+                }
+            }
             Polled::Record {
                 partition: p,
                 offset,
@@ -504,6 +518,9 @@ pub fn count_topic(
                 offsets.insert(p, offset + 1);
             }
         });
+        if let Some(m) = fatal {
+            return Err(kafka(m));
+        }
         if heard {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > opts.idle_timeout {
@@ -534,6 +551,57 @@ pub fn count_topic(
         dead_letters,
         offsets,
     })
+}
+
+/// The compression codecs this build decompresses (rdkafka's `gzip`, `snappy`, `lz4` and
+/// `zstd`: every codec Kafka has).
+pub const CODECS: &str = "none, gzip, snappy, lz4 and zstd";
+
+/// The name of Kafka's compression codec `id` (the attribute bits of a record batch).
+pub fn codec_name(id: u32) -> Option<&'static str> {
+    match id {
+        0 => Some("none"),
+        1 => Some("gzip"),
+        2 => Some("snappy"),
+        3 => Some("lz4"),
+        4 => Some("zstd"),
+        _ => None,
+    }
+}
+
+/// Whether a message error means librdkafka could not decompress its record batch.
+pub fn is_undecodable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BadCompression | RDKafkaErrorCode::NotImplemented
+    )
+}
+
+/// One sentence for a record batch librdkafka could not decompress, at `at` (partition,
+/// offset) when known, naming the codec from librdkafka's `text` (`… codec 0xN …`).
+pub fn undecodable(at: Option<(i32, i64)>, code: RDKafkaErrorCode, text: &str) -> String {
+    let codec = text
+        .split_once("codec 0x")
+        .and_then(|(_, rest)| {
+            let hex: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+            u32::from_str_radix(&hex, 16).ok()
+        })
+        .map(|id| match codec_name(id) {
+            Some(name) => format!("{name} (codec {id})"),
+            None => format!("an unknown codec {id}"),
+        })
+        .unwrap_or_else(|| "a codec librdkafka did not name".into());
+    let text = if text.is_empty() {
+        code.to_string()
+    } else {
+        text.to_string()
+    };
+    let at = at.map_or(String::new(), |(p, o)| {
+        format!("partition {p} at offset {o}: ")
+    });
+    format!(
+        "{at}a record batch compressed with {codec} cannot be decompressed ({text}); this build reads {CODECS}: a corrupt batch, or a producer with another codec"
+    )
 }
 
 /// Serve the client's queued events (logs, errors: rdkafka routes them through the queue
@@ -861,12 +929,25 @@ pub fn stream_topic(
             }
         }
         let ctx = consumer.context();
+        let mut fatal: Option<String> = None;
         queue.poll(Duration::from_millis(20), |polled| match polled {
             Polled::End(p) => {
                 ctx.reachable();
                 ends.eof(p);
             }
             Polled::Error(e) => ctx.consumer_error(url, &e),
+            Polled::Failed {
+                partition,
+                offset,
+                code,
+                text,
+            } => {
+                if is_undecodable(code) {
+                    fatal.get_or_insert_with(|| undecodable(Some((partition, offset)), code, &text));
+                } else {
+                    ctx.consumer_error(url, &KafkaError::MessageConsumption(code));
+                }
+            }
             Polled::Record {
                 partition: p,
                 offset,
@@ -890,6 +971,13 @@ pub fn stream_topic(
                 offsets.insert(p, offset + 1);
             }
         });
+        if let Some(message) = fatal {
+            send(&mut batch);
+            return Err(SourceError::Kafka {
+                url: url.to_string(),
+                message,
+            });
+        }
         if batch.ends.len() >= opts.batch_records
             || (!batch.ends.is_empty() && since.elapsed() >= opts.batch_wait)
         {
@@ -915,6 +1003,26 @@ pub fn stream_topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undecodable_batch_names_its_codec_and_position() {
+        let text = "Decompression (codec 0x4) of message at 12 of 345 bytes failed: Local: Not implemented";
+        assert!(is_undecodable(RDKafkaErrorCode::NotImplemented));
+        assert!(is_undecodable(RDKafkaErrorCode::BadCompression));
+        assert!(!is_undecodable(RDKafkaErrorCode::BrokerTransportFailure));
+        let m = undecodable(Some((3, 12)), RDKafkaErrorCode::NotImplemented, text);
+        assert!(m.starts_with("partition 3 at offset 12: "), "{m}");
+        assert!(m.contains("compressed with zstd (codec 4)"), "{m}");
+        assert!(m.contains(text), "{m}");
+        let m = undecodable(None, RDKafkaErrorCode::BadCompression, "codec 0x9 bad");
+        assert!(
+            m.starts_with("a record batch compressed with an unknown codec 9"),
+            "{m}"
+        );
+        let m = undecodable(None, RDKafkaErrorCode::BadCompression, "");
+        assert!(m.contains("a codec librdkafka did not name"), "{m}");
+        assert_eq!(codec_name(1), Some("gzip"));
+    }
 
     #[test]
     fn urls() {

@@ -21,6 +21,7 @@ use crate::sink::{DeadLetter, SinkError};
 pub mod batch;
 pub mod group;
 pub mod kafka;
+pub mod parquet;
 
 /// Errors of a bounded source.
 #[derive(Debug, Error)]
@@ -60,15 +61,21 @@ pub enum SourceError {
         source: io::Error,
     },
     /// The gzip stream is corrupt.
-    #[error("{path}: corrupt gzip data after {offset} uncompressed bytes: {message}")]
+    #[error("{path}: corrupt gzip data{}: {message}", after_bytes(*offset))]
     Gzip {
         /// The file.
         path: PathBuf,
-        /// Uncompressed bytes read before the error.
-        offset: u64,
+        /// Uncompressed bytes read before the error, when the reader counted them.
+        offset: Option<u64>,
         /// The decoder's message.
         message: String,
     },
+    /// A Parquet views file cannot be read as views.
+    #[error("{0}")]
+    Parquet(parquet::ParquetFault),
+    /// The views folder cannot be listed or holds no data file.
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
     /// The dead-letter file failed.
     #[error(transparent)]
     DeadLetter(#[from] SinkError),
@@ -86,6 +93,11 @@ pub enum SourceError {
         /// The file.
         path: PathBuf,
     },
+}
+
+/// ` after N uncompressed bytes`, when known.
+fn after_bytes(offset: Option<u64>) -> String {
+    offset.map_or(String::new(), |n| format!(" after {n} uncompressed bytes"))
 }
 
 impl SourceError {
@@ -111,7 +123,8 @@ impl SourceError {
             SourceError::BadUrl { .. } | SourceError::Config { .. } => crate::exit::USAGE,
             SourceError::Kafka { .. } | SourceError::Outage { .. } => crate::exit::UNAVAILABLE,
             SourceError::Io { source, .. } => crate::exit::reading(source),
-            SourceError::Gzip { .. } => crate::exit::DATA,
+            SourceError::Gzip { .. } | SourceError::Parquet(_) => crate::exit::DATA,
+            SourceError::Dataset(e) => e.exit_code(),
             SourceError::DeadLetter(e) => e.exit_code(),
             SourceError::Worker { .. } => crate::exit::SOFTWARE,
         }
@@ -181,7 +194,7 @@ impl<R: Read> Read for Metered<R> {
 }
 
 struct Block {
-    /// Position of the block in the file: dead letters are written in this order.
+    /// Position of the block in its file: dead letters are written in this order.
     seq: u64,
     first_line: u64,
     data: Vec<u8>,
@@ -190,62 +203,220 @@ struct Block {
 /// A malformed record on its way to the dead-letter file: line, kind, bytes.
 type Bad = (u64, &'static str, Vec<u8>);
 
-/// The dead-letter file of a multi-threaded read: the workers finish blocks in any order, and
-/// each block's malformed records wait here until the blocks before it are written, so that
-/// the file is in line order whatever the threads do.
+/// The dead-letter file of a multi-threaded read: the workers finish blocks (and the files
+/// of a folder) in any order, and each block's malformed records wait here until the blocks
+/// before it are written, so that the file is in line order (files in name order) whatever
+/// the threads do.
 struct InOrder {
     file: DeadLetter,
-    next: u64,
-    waiting: std::collections::BTreeMap<u64, Vec<Bad>>,
+    /// How each file's positions begin: empty for a single file (`line 7`), else its name
+    /// in the folder (`part-2.csv.gz line 7`).
+    labels: Vec<String>,
+    /// The next (file, block) to write.
+    next: (usize, u64),
+    waiting: std::collections::BTreeMap<(usize, u64), Vec<Bad>>,
+    /// Blocks of each file whose reading ended.
+    blocks: std::collections::HashMap<usize, u64>,
 }
 
 impl InOrder {
-    fn block_done(&mut self, seq: u64, bad: Vec<Bad>) -> Result<(), SinkError> {
-        self.waiting.insert(seq, bad);
-        while let Some(bad) = self.waiting.remove(&self.next) {
-            for (l, kind, rec) in bad {
-                self.file.write(&format!("line {l}"), kind, &rec)?;
-            }
-            self.next += 1;
+    fn new(file: DeadLetter, labels: Vec<String>) -> InOrder {
+        InOrder {
+            file,
+            labels,
+            next: (0, 0),
+            waiting: Default::default(),
+            blocks: Default::default(),
         }
-        Ok(())
+    }
+
+    fn block_done(&mut self, file: usize, seq: u64, bad: Vec<Bad>) -> Result<(), SinkError> {
+        self.waiting.insert((file, seq), bad);
+        self.advance()
+    }
+
+    /// File `file` was read to its end in `blocks` blocks.
+    fn file_done(&mut self, file: usize, blocks: u64) -> Result<(), SinkError> {
+        self.blocks.insert(file, blocks);
+        self.advance()
+    }
+
+    fn advance(&mut self) -> Result<(), SinkError> {
+        loop {
+            if let Some(bad) = self.waiting.remove(&self.next) {
+                let label = self.labels.get(self.next.0).map_or("", String::as_str);
+                for (l, kind, rec) in bad {
+                    let at = if label.is_empty() {
+                        format!("line {l}")
+                    } else {
+                        format!("{label} line {l}")
+                    };
+                    self.file.write(&at, kind, &rec)?;
+                }
+                self.next.1 += 1;
+            } else if self.blocks.get(&self.next.0) == Some(&self.next.1) {
+                self.next = (self.next.0 + 1, 0);
+            } else {
+                return Ok(());
+            }
+        }
     }
 }
 
-/// An opened views file.
+/// An opened views source.
 pub struct Opened {
-    /// The records' bytes, decompressed.
+    /// The records' bytes, decompressed (Parquet rows as lines; a folder's files one after
+    /// the other).
     pub reader: Box<dyn Read + Send>,
-    /// The file's size on disk.
+    /// The size on disk.
     pub len: u64,
     /// Bytes read from disk so far (compressed bytes for gzip), for progress.
     pub read: Arc<AtomicU64>,
 }
 
-/// Open a views file, transparently decompressing gzip (detected by its magic bytes).
+/// A read error of a folder's file, naming it.
+#[derive(Debug)]
+struct InPart {
+    path: PathBuf,
+    /// Bytes the file had given before the error.
+    offset: u64,
+    inner: io::Error,
+}
+
+impl std::fmt::Display for InPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.inner)
+    }
+}
+
+impl std::error::Error for InPart {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner)
+    }
+}
+
+/// The files of a folder read one after the other, a newline put between two where the
+/// first does not end with one, so that no record spans two files.
+struct Chain {
+    parts: std::collections::VecDeque<crate::dataset::Part>,
+    current: Option<(PathBuf, Box<dyn Read + Send>)>,
+    /// The last byte the current file gave (b'\n' before any).
+    last: u8,
+    /// Bytes the current file gave.
+    at: u64,
+    read: Arc<AtomicU64>,
+}
+
+impl Read for Chain {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.current.is_none() {
+                let Some(part) = self.parts.pop_front() else {
+                    return Ok(0);
+                };
+                let opened = open_file(&part.path).map_err(|e| match e {
+                    SourceError::Io { path, source } => io::Error::new(
+                        source.kind(),
+                        InPart {
+                            path,
+                            offset: 0,
+                            inner: source,
+                        },
+                    ),
+                    SourceError::Parquet(f) => io::Error::new(io::ErrorKind::InvalidData, f),
+                    other => io::Error::other(other.to_string()),
+                })?;
+                self.current = Some((part.path, opened.reader));
+                self.last = b'\n';
+                self.at = 0;
+            }
+            let Some((path, r)) = self.current.as_mut() else {
+                continue;
+            };
+            match r.read(buf) {
+                Ok(0) => {
+                    self.current = None;
+                    if self.last != b'\n' {
+                        self.last = b'\n';
+                        buf[0] = b'\n';
+                        return Ok(1);
+                    }
+                }
+                Ok(n) => {
+                    self.last = buf[n - 1];
+                    self.at += n as u64;
+                    self.read.fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        InPart {
+                            path: path.clone(),
+                            offset: self.at,
+                            inner: e,
+                        },
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Open a views source: a file (plain, gzip or Parquet, told by its first bytes), or a folder
+/// of such files ([`crate::dataset::files`]) read one after the other in name order, its
+/// lines numbered on across the files.
 pub fn open(path: &Path) -> Result<Opened, SourceError> {
+    if !path.is_dir() {
+        return open_file(path);
+    }
+    let parts = crate::dataset::files(path)?;
+    let len = parts
+        .iter()
+        .map(|p| std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let read = Arc::new(AtomicU64::new(0));
+    Ok(Opened {
+        reader: Box::new(Chain {
+            parts: parts.into(),
+            current: None,
+            last: b'\n',
+            at: 0,
+            read: read.clone(),
+        }),
+        len,
+        read,
+    })
+}
+
+/// Open one views file, transparently decompressing gzip and turning Parquet rows into lines.
+fn open_file(path: &Path) -> Result<Opened, SourceError> {
     let io_err = |e| SourceError::Io {
         path: path.to_path_buf(),
         source: e,
     };
-    let mut f = File::open(path).map_err(io_err)?;
-    let len = f.metadata().map_err(io_err)?.len();
-    let mut magic = [0u8; 2];
-    let n = f.read(&mut magic).map_err(io_err)?;
-    drop(f);
     let f = File::open(path).map_err(io_err)?;
+    let len = f.metadata().map_err(io_err)?.len();
+    let kind = crate::dataset::sniff(path).map_err(io_err)?;
     let read = Arc::new(AtomicU64::new(0));
     let metered = Metered {
         inner: f,
         read: read.clone(),
     };
-    let r: Box<dyn Read + Send> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(MultiGzDecoder::new(io::BufReader::with_capacity(
-            1 << 20,
-            metered,
-        )))
-    } else {
-        Box::new(metered)
+    let r: Box<dyn Read + Send> = match kind {
+        crate::dataset::Sniffed::Gzip => Box::new(MultiGzDecoder::new(
+            io::BufReader::with_capacity(1 << 20, metered),
+        )),
+        crate::dataset::Sniffed::Parquet => {
+            drop(metered);
+            read.store(len, Ordering::Relaxed);
+            Box::new(parquet::ParquetLines::open(path).map_err(SourceError::Parquet)?)
+        }
+        crate::dataset::Sniffed::Text => Box::new(metered),
     };
     Ok(Opened {
         reader: r,
@@ -254,50 +425,210 @@ pub fn open(path: &Path) -> Result<Opened, SourceError> {
     })
 }
 
-/// Read and count every record of a views file.
+/// The source error a failed read of `path` means, `offset` bytes into its records (when the
+/// reader counts them): a
+/// Parquet fault, a corrupt gzip stream, or an I/O error, naming the folder's file it
+/// happened in.
+pub fn read_error(path: &Path, offset: Option<u64>, e: io::Error) -> SourceError {
+    let kind = e.kind();
+    let Some(inner) = e.get_ref() else {
+        return SourceError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+    };
+    if let Some(f) = inner.downcast_ref::<parquet::ParquetFault>() {
+        return SourceError::Parquet(parquet::ParquetFault {
+            path: f.path.clone(),
+            message: f.message.clone(),
+        });
+    }
+    if inner.is::<InPart>() {
+        if let Some(Ok(part)) = e.into_inner().map(|b| b.downcast::<InPart>()) {
+            return read_error(&part.path, Some(part.offset), part.inner);
+        }
+        return SourceError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::new(kind, "a file of the folder failed"),
+        };
+    }
+    if matches!(
+        kind,
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    ) {
+        return SourceError::Gzip {
+            path: path.to_path_buf(),
+            offset,
+            message: e.to_string(),
+        };
+    }
+    SourceError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Read and count every record of a views file or folder. The files of a folder are counted
+/// several at a time (one per counting thread, each decompressed on a thread of its own),
+/// so that a folder of gzip files reads faster than one file of the same records.
 pub fn count_file(
     path: &Path,
     membership: &Membership,
     opts: &FileOptions,
 ) -> Result<FileCount, SourceError> {
-    count_opened(open(path)?, path, membership, opts)
+    let n_threads = threads(opts.threads);
+    if !path.is_dir() {
+        let dead = match &opts.dead_letter {
+            Some(p) => Some(Mutex::new(InOrder::new(DeadLetter::create(p)?, Vec::new()))),
+            None => None,
+        };
+        let bar = progress::bar(0, &format!("counting {}", path.display()), Unit::Bytes);
+        let (parts, bytes) = count_opened(
+            open_file(path)?,
+            path,
+            membership,
+            n_threads,
+            opts.block_bytes,
+            dead.as_ref().map(|d| (d, 0)),
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        return finish(parts, bytes, dead, path, membership, n_threads);
+    }
+    let files = crate::dataset::files(path)?;
+    let at_once = n_threads.min(files.len()).max(1);
+    let per_file = (n_threads / at_once).max(1);
+    let dead = match &opts.dead_letter {
+        Some(p) => Some(Mutex::new(InOrder::new(
+            DeadLetter::create(p)?,
+            files.iter().map(|f| f.name.clone()).collect(),
+        ))),
+        None => None,
+    };
+    let total: u64 = files
+        .iter()
+        .map(|p| std::fs::metadata(&p.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = progress::bar(total, &format!("counting {}", path.display()), Unit::Bytes);
+    let next = AtomicU64::new(0);
+    let results = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..at_once)
+            .map(|_| {
+                let (files, next, dead, bar) = (&files, &next, dead.as_ref(), &bar);
+                scope.spawn(move || -> Result<(Vec<Counters>, u64), SourceError> {
+                    let mut counted = Vec::new();
+                    let mut bytes = 0;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(file) = files.get(i) else {
+                            return Ok((counted, bytes));
+                        };
+                        let (c, b) = count_opened(
+                            open_file(&file.path)?,
+                            &file.path,
+                            membership,
+                            per_file,
+                            opts.block_bytes,
+                            dead.map(|d| (d, i)),
+                            bar,
+                        )?;
+                        counted.extend(c);
+                        bytes += b;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(SourceError::Worker {
+                        path: path.to_path_buf(),
+                    })
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    bar.finish_and_clear();
+    let mut parts = Vec::new();
+    let mut bytes = 0;
+    for r in results {
+        let (c, b) = r?;
+        parts.extend(c);
+        bytes += b;
+    }
+    finish(parts, bytes, dead, path, membership, n_threads)
 }
 
-/// [`count_file`] over an opened file (`path` names it in errors and dead letters). The
-/// time is linear in the input whatever its lines: a line longer than a block is read on
-/// into the same buffer, doubled each time, and only the new bytes are searched for its end.
+/// Merge the counting threads' counters and close the dead-letter file.
+fn finish(
+    parts: Vec<Counters>,
+    bytes: u64,
+    dead: Option<Mutex<InOrder>>,
+    path: &Path,
+    membership: &Membership,
+    threads: usize,
+) -> Result<FileCount, SourceError> {
+    let mut it = parts.into_iter();
+    let mut counters = it
+        .next()
+        .unwrap_or_else(|| Counters::for_membership(membership));
+    for p in it {
+        counters.merge(&p);
+    }
+    let dead_letters = match dead {
+        Some(d) => match d.into_inner() {
+            Ok(d) => d.file.finish()?,
+            Err(_) => {
+                return Err(SourceError::Worker {
+                    path: path.to_path_buf(),
+                })
+            }
+        },
+        None => 0,
+    };
+    debug!(records = counters.records, bytes, "views counted");
+    Ok(FileCount {
+        counters,
+        bytes,
+        dead_letters,
+        threads,
+    })
+}
+
+/// Count every record of one opened file (`path` names it in errors) on `n_threads`
+/// counting threads, its malformed records handed to `dead` as file number `.1`; returns
+/// the threads' counters and the bytes of records read. The time is linear in the input
+/// whatever its lines: a line longer than a block is read on into the same buffer, doubled
+/// each time, and only the new bytes are searched for its end.
 fn count_opened(
     opened: Opened,
     path: &Path,
     membership: &Membership,
-    opts: &FileOptions,
-) -> Result<FileCount, SourceError> {
+    n_threads: usize,
+    block_bytes: usize,
+    dead: Option<(&Mutex<InOrder>, usize)>,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<Counters>, u64), SourceError> {
     let Opened {
         mut reader,
         len,
         read: read_bytes,
     } = opened;
-    let n_threads = threads(opts.threads);
-    let dead = match &opts.dead_letter {
-        Some(p) => Some(Mutex::new(InOrder {
-            file: DeadLetter::create(p)?,
-            next: 0,
-            waiting: Default::default(),
-        })),
-        None => None,
-    };
+    if bar.length() == Some(0) {
+        bar.set_length(len);
+    }
+    let bar_base = bar.position();
     let keep_lines = dead.is_some();
-    let block_bytes = opts.block_bytes.max(4096);
+    let block_bytes = block_bytes.max(4096);
     let (tx, rx) = bounded::<Block>(n_threads * 2);
     let (free_tx, free_rx) = bounded::<Vec<u8>>(n_threads * 3 + 2);
-    let bar = progress::bar(len, &format!("counting {}", path.display()), Unit::Bytes);
 
-    let result = std::thread::scope(|scope| -> Result<(Vec<Counters>, u64), SourceError> {
+    std::thread::scope(|scope| -> Result<(Vec<Counters>, u64), SourceError> {
         let mut workers = Vec::with_capacity(n_threads);
         for _ in 0..n_threads {
             let rx = rx.clone();
             let free_tx = free_tx.clone();
-            let dead = dead.as_ref();
             workers.push(scope.spawn(move || -> Result<Counters, SourceError> {
                 let mut c = Counters::for_membership(membership);
                 let mut bad: Vec<Bad> = Vec::new();
@@ -320,11 +651,11 @@ fn count_opened(
                             bad.push((block.first_line + i as u64, kind.name(), rec.to_vec()));
                         }
                     });
-                    if let Some(d) = dead {
+                    if let Some((d, file)) = dead {
                         let mut d = d.lock().map_err(|_| SourceError::Worker {
                             path: path.to_path_buf(),
                         })?;
-                        d.block_done(block.seq, std::mem::take(&mut bad))?;
+                        d.block_done(file, block.seq, std::mem::take(&mut bad))?;
                     }
                     let mut buf = block.data;
                     buf.clear();
@@ -334,7 +665,7 @@ fn count_opened(
             }));
         }
         drop(rx);
-        let reading = (|| -> Result<u64, SourceError> {
+        let reading = (|| -> Result<(u64, u64), SourceError> {
             let mut total = 0u64;
             let mut line = 1u64;
             let mut next_seq = 0u64;
@@ -361,25 +692,7 @@ fn count_opened(
                             }
                             Ok(n) => filled += n,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                return Err(
-                                    if e.kind() == io::ErrorKind::InvalidInput
-                                        || e.kind() == io::ErrorKind::InvalidData
-                                        || e.kind() == io::ErrorKind::UnexpectedEof
-                                    {
-                                        SourceError::Gzip {
-                                            path: path.to_path_buf(),
-                                            offset: total + filled as u64,
-                                            message: e.to_string(),
-                                        }
-                                    } else {
-                                        SourceError::Io {
-                                            path: path.to_path_buf(),
-                                            source: e,
-                                        }
-                                    },
-                                );
-                            }
+                            Err(e) => return Err(read_error(path, Some(total + filled as u64), e)),
                         }
                     }
                     buf.truncate(filled);
@@ -407,7 +720,7 @@ fn count_opened(
                 if keep_lines {
                     line += memchr::memchr_iter(b'\n', &buf).count() as u64;
                 }
-                bar.set_position(read_bytes.load(Ordering::Relaxed));
+                bar.set_position(bar_base + read_bytes.load(Ordering::Relaxed));
                 if tx
                     .send(Block {
                         seq,
@@ -419,7 +732,7 @@ fn count_opened(
                     break; // every worker stopped: their error is reported below
                 }
             }
-            Ok(total)
+            Ok((total, next_seq))
         })();
         drop(tx);
         let mut parts = Vec::with_capacity(n_threads);
@@ -435,38 +748,17 @@ fn count_opened(
                 }
             }
         }
-        let total = reading?;
+        let (total, blocks) = reading?;
         if let Some(e) = worker_err {
             return Err(e);
         }
+        if let Some((d, file)) = dead {
+            let mut d = d.lock().map_err(|_| SourceError::Worker {
+                path: path.to_path_buf(),
+            })?;
+            d.file_done(file, blocks)?;
+        }
         Ok((parts, total))
-    });
-    bar.finish_and_clear();
-    let (parts, bytes) = result?;
-    let mut it = parts.into_iter();
-    let mut counters = it
-        .next()
-        .unwrap_or_else(|| Counters::for_membership(membership));
-    for p in it {
-        counters.merge(&p);
-    }
-    let dead_letters = match dead {
-        Some(d) => match d.into_inner() {
-            Ok(d) => d.file.finish()?,
-            Err(_) => {
-                return Err(SourceError::Worker {
-                    path: path.to_path_buf(),
-                })
-            }
-        },
-        None => 0,
-    };
-    debug!(records = counters.records, bytes, "file counted");
-    Ok(FileCount {
-        counters,
-        bytes,
-        dead_letters,
-        threads: n_threads,
     })
 }
 
@@ -662,22 +954,118 @@ mod tests {
             len: line.len() as u64,
             read: Arc::new(AtomicU64::new(0)),
         };
-        let got = count_opened(
+        let (counters, bytes) = count_opened(
             opened,
             Path::new("one-line.csv"),
+            &m,
+            1,
+            4096,
+            None,
+            &indicatif::ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(counters[0].records, 1);
+        assert_eq!(counters[0].malformed.total(), 1);
+        assert_eq!(bytes, line.len() as u64);
+        let n = reads.load(Ordering::Relaxed);
+        assert!(n < 40, "{n} reads for one 8 MiB line");
+    }
+
+    #[test]
+    fn a_folder_counts_like_its_files_joined_with_dead_letters_in_file_order() {
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("views");
+        std::fs::create_dir(&folder).unwrap();
+        let text = sample(4000);
+        // four files, split mid-way through the text, the first without a final newline
+        // (its last record must not run into the next file's first), one gzip
+        let cuts = [0, 999, 2100, 3000, text.len()];
+        let mut joined = Vec::new();
+        for i in 0..4 {
+            let mut part = text[cuts[i]..cuts[i + 1]].to_vec();
+            if i == 0 {
+                while part.last() == Some(&b'\n') {
+                    part.pop();
+                }
+            }
+            joined.extend_from_slice(&part);
+            if !joined.ends_with(b"\n") {
+                joined.push(b'\n');
+            }
+            let name = format!("part-{i}.csv{}", if i == 2 { ".gz" } else { "" });
+            let bytes = if i == 2 {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&part).unwrap();
+                enc.finish().unwrap()
+            } else {
+                part
+            };
+            std::fs::write(folder.join(name), bytes).unwrap();
+        }
+        std::fs::write(folder.join("_SUCCESS"), b"").unwrap();
+        std::fs::write(folder.join(".part-0.csv.crc"), b"\x00\x01junk").unwrap();
+        let want = brute(&joined, &m);
+        let single = dir.path().join("dead-single.tsv");
+        let joined_path = dir.path().join("joined.csv");
+        std::fs::write(&joined_path, &joined).unwrap();
+        count_file(
+            &joined_path,
             &m,
             &FileOptions {
                 threads: 1,
                 block_bytes: 4096,
-                dead_letter: None,
+                dead_letter: Some(single.clone()),
             },
         )
         .unwrap();
-        assert_eq!(got.counters.records, 1);
-        assert_eq!(got.counters.malformed.total(), 1);
-        assert_eq!(got.bytes, line.len() as u64);
-        let n = reads.load(Ordering::Relaxed);
-        assert!(n < 40, "{n} reads for one 8 MiB line");
+        let single_records: Vec<String> = std::fs::read_to_string(&single)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split_once('\t').unwrap().1.to_string())
+            .collect();
+        for threads in [1, 2, 5] {
+            let dl = dir.path().join(format!("dead-{threads}.tsv"));
+            let got = count_file(
+                &folder,
+                &m,
+                &FileOptions {
+                    threads,
+                    block_bytes: 4096,
+                    dead_letter: Some(dl.clone()),
+                },
+            )
+            .unwrap();
+            same(&got.counters, &want);
+            let body = std::fs::read_to_string(&dl).unwrap();
+            let positions: Vec<(String, u64)> = body
+                .lines()
+                .skip(1)
+                .map(|l| {
+                    let at = l.split('\t').next().unwrap();
+                    let (file, line) = at.split_once(" line ").unwrap();
+                    (file.to_string(), line.parse().unwrap())
+                })
+                .collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "in file, line order"
+            );
+            assert!(positions.iter().any(|p| p.0 == "part-2.csv.gz"));
+            let records: Vec<String> = body
+                .lines()
+                .skip(1)
+                .map(|l| l.split_once('\t').unwrap().1.to_string())
+                .collect();
+            assert_eq!(records, single_records, "{threads} threads");
+        }
+        // the joined reader (the daemon's and replay's) gives the same bytes
+        let mut r = open(&folder).unwrap().reader;
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(all, joined);
     }
 
     #[test]

@@ -409,6 +409,7 @@ pub fn generated_model(
             out: model.clone(),
             kmeans: viewpulse::segment::KMeansSettings::default(),
             strict: false,
+            formats: Default::default(),
         },
         false,
     )
@@ -435,4 +436,50 @@ pub fn generated(cfg: &viewpulse::generate::GenerateConfig) -> Generated {
         model,
         stream,
     }
+}
+
+/// The interop tests' Python (pyarrow, Polars, pandas, confluent-kafka), made once from PyPI
+/// by `tests/python/venv.sh` (which `.ci/run` also calls first).
+pub fn python() -> PathBuf {
+    static PY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let got = PY.get_or_init(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/venv.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    match got {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("the interop tests need their Python packages: {e}"),
+    }
+}
+
+/// Run `tests/python/interop.py` with `args`; its stdout, or a panic with its stderr.
+pub fn interop<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run interop.py");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "interop.py {:?}: {}{}",
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
