@@ -52,12 +52,13 @@ pub struct Categorical {
     pub values: Vec<String>,
     /// Code of each kept row.
     pub codes: Vec<u32>,
-    index: HashMap<String, u32>,
+    index: HashMap<String, u32, StableBuild>,
 }
 
 impl Categorical {
-    fn push(&mut self, value: &str) {
-        let code = match self.index.get(value) {
+    /// The code of `value`, interned on first sight.
+    fn code(&mut self, value: &str) -> u32 {
+        match self.index.get(value) {
             Some(&c) => c,
             None => {
                 let c = self.values.len() as u32;
@@ -65,7 +66,11 @@ impl Categorical {
                 self.index.insert(value.to_string(), c);
                 c
             }
-        };
+        }
+    }
+
+    fn push(&mut self, value: &str) {
+        let code = self.code(value);
         self.codes.push(code);
     }
 }
@@ -205,12 +210,11 @@ impl Builder {
     }
 
     /// Skip an unusable row (or refuse it under `strict`); the row is already counted read.
-    /// `path` is the part file the row is in.
-    fn reject(&mut self, path: &Path, at: String, problem: Problem) -> Result<(), SegmentError> {
+    fn reject(&mut self, at: String, problem: Problem) -> Result<(), SegmentError> {
         let (column, value, why) = problem;
         if self.strict {
             return Err(SegmentError::BadValue {
-                path: path.to_path_buf(),
+                path: self.out.path.clone(),
                 at,
                 column: column.to_string(),
                 value,
@@ -226,17 +230,11 @@ impl Builder {
         Ok(())
     }
 
-    /// `position` names the row for messages (`line 7`, `row 6`, `part-1.parquet row 6`);
-    /// `path` is the part file it is in.
-    fn push(
-        &mut self,
-        row: Row,
-        path: &Path,
-        position: impl FnOnce() -> String,
-    ) -> Result<(), SegmentError> {
+    /// `position` names the row for messages (`line 7`, `row 6`, `part-1.parquet row 6`).
+    fn push(&mut self, row: Row, position: impl FnOnce() -> String) -> Result<(), SegmentError> {
         self.out.rows_read += 1;
         match Self::check(&row) {
-            Err(problem) => self.reject(path, position(), problem),
+            Err(problem) => self.reject(position(), problem),
             Ok((id, nums)) => {
                 if self.seen.insert(id, ()).is_some() {
                     self.out.duplicates += 1;
@@ -271,57 +269,134 @@ impl Builder {
 }
 
 /// Read a demographics table: a file or a folder of part files ([`dataset::files`]), each
-/// Parquet when it starts with `PAR1`, else CSV (plain or gzip). The parts are decoded on
-/// worker threads and their rows taken in the parts' order, so that the first row of a
-/// repeated household is the same whatever the threads do.
+/// Parquet when it starts with `PAR1`, else CSV (plain or gzip). Worker threads decode the
+/// parts and apply the row rules to each ([`read_part`]); the parts are then merged in their
+/// order ([`merge`]), so that counts, examples, the first row of a repeated household and
+/// the first error under `strict` are those of reading the parts one after the other.
 pub fn read(path: &Path, strict: bool) -> Result<Demographics, SegmentError> {
     let parts = dataset::files(path)?;
     let many = path.is_dir();
-    let mut b = Builder::new(path, strict);
+    let mut out = Demographics {
+        path: path.to_path_buf(),
+        ..Demographics::default()
+    };
+    let mut seen: HashMap<i64, (), StableBuild> = HashMap::default();
     let threads = crate::source::threads(0).min(parts.len()).max(1);
     std::thread::scope(|scope| -> Result<(), SegmentError> {
-        // worker w decodes parts w, w + threads, …; each hands its parts over in order through
+        // worker w reads parts w, w + threads, …; each hands its parts over in order through
         // a channel of its own, so that at most two parts a worker are held in memory
         let mut rxs = Vec::with_capacity(threads);
         for w in 0..threads {
-            let (tx, rx) = crossbeam_channel::bounded::<Result<Decoded, SegmentError>>(1);
+            let (tx, rx) = crossbeam_channel::bounded::<Result<Demographics, SegmentError>>(1);
             rxs.push(rx);
             let parts = &parts;
             scope.spawn(move || {
                 for part in parts.iter().skip(w).step_by(threads) {
-                    if tx.send(decode(part)).is_err() {
+                    if tx.send(read_part(path, part, many, strict)).is_err() {
                         break;
                     }
                 }
             });
         }
         for (i, part) in parts.iter().enumerate() {
-            let decoded = rxs[i % threads]
+            let chunk = rxs[i % threads]
                 .recv()
                 .map_err(|_| SegmentError::Parquet {
                     path: part.path.clone(),
-                    message: "the decoding thread stopped".into(),
+                    message: "the reading thread stopped".into(),
                 })??;
-            let label = |n: u64, unit: &str| {
-                if many {
-                    format!("{} {unit} {n}", part.name)
-                } else {
-                    format!("{unit} {n}")
-                }
-            };
-            match decoded {
-                Decoded::Parquet(batches) => push_batches(&mut b, part, &batches, &label)?,
-                Decoded::Csv(reader) => push_csv(&mut b, part, reader, &label)?,
+            if parts.len() == 1 {
+                // one part: its rows are the table's, nothing to merge
+                out = Demographics {
+                    path: path.to_path_buf(),
+                    ..chunk
+                };
+            } else {
+                merge(&mut out, &mut seen, chunk);
             }
         }
         Ok(())
     })?;
-    if b.out.rows_read == 0 {
+    if out.rows_read == 0 {
         return Err(SegmentError::EmptyTable {
             path: path.to_path_buf(),
         });
     }
-    b.finish()
+    Builder {
+        out,
+        strict,
+        seen: HashMap::default(),
+    }
+    .finish()
+}
+
+/// Decode one part and apply the row rules to it on its own (duplicates inside the part
+/// already dropped); rows are named `row N` / `line N`, prefixed by the part's name (its
+/// path in the folder `root`) when `many`.
+fn read_part(
+    root: &Path,
+    part: &Part,
+    many: bool,
+    strict: bool,
+) -> Result<Demographics, SegmentError> {
+    let mut b = Builder::new(if many { root } else { &part.path }, strict);
+    let label = |n: u64, unit: &str| {
+        if many {
+            format!("{} {unit} {n}", part.name)
+        } else {
+            format!("{unit} {n}")
+        }
+    };
+    match decode(part)? {
+        Decoded::Parquet(batches) => push_batches(&mut b, part, &batches, &label)?,
+        Decoded::Csv(reader) => push_csv(&mut b, part, reader, &label)?,
+    }
+    Ok(b.out)
+}
+
+/// Append `chunk` (the next part, read by [`read_part`]) to `out`: a household already kept
+/// from an earlier part is a duplicate, category codes are re-interned into `out`'s.
+fn merge(out: &mut Demographics, seen: &mut HashMap<i64, (), StableBuild>, chunk: Demographics) {
+    out.rows_read += chunk.rows_read;
+    out.skipped += chunk.skipped;
+    out.duplicates += chunk.duplicates;
+    for e in chunk.skipped_examples {
+        if out.skipped_examples.len() < EXAMPLES {
+            out.skipped_examples.push(e);
+        }
+    }
+    out.household_id.reserve(chunk.household_id.len());
+    for j in 0..7 {
+        out.numeric[j].reserve(chunk.household_id.len());
+    }
+    for j in 0..5 {
+        out.categorical[j].codes.reserve(chunk.household_id.len());
+    }
+    // chunk code → out code, filled on first use so that values keep their first-seen order
+    let mut remap: [Vec<Option<u32>>; 5] =
+        std::array::from_fn(|j| vec![None; chunk.categorical[j].values.len()]);
+    for (i, &id) in chunk.household_id.iter().enumerate() {
+        if seen.insert(id, ()).is_some() {
+            out.duplicates += 1;
+            continue;
+        }
+        out.household_id.push(id);
+        for j in 0..7 {
+            out.numeric[j].push(chunk.numeric[j][i]);
+        }
+        for (j, m) in remap.iter_mut().enumerate() {
+            let code = chunk.categorical[j].codes[i] as usize;
+            let global = match m[code] {
+                Some(g) => g,
+                None => {
+                    let g = out.categorical[j].code(&chunk.categorical[j].values[code]);
+                    m[code] = Some(g);
+                    g
+                }
+            };
+            out.categorical[j].codes.push(global);
+        }
+    }
 }
 
 /// A part as a worker hands it over.
@@ -442,7 +517,7 @@ fn push_csv(
                 "has a field count unlike the header's"
             };
             let text = String::from_utf8_lossy(rec.as_slice()).into_owned();
-            b.reject(path, label(line, "line"), ("(row)", text, why))?;
+            b.reject(label(line, "line"), ("(row)", text, why))?;
             continue;
         }
         fn cell<'a>(s: &Source<'a>, rec: &'a csv::ByteRecord) -> Cell<'a> {
@@ -461,7 +536,7 @@ fn push_csv(
             numeric: std::array::from_fn(|j| cell(&num_cols[j], &rec)),
             categorical: std::array::from_fn(|j| cell(&cat_cols[j], &rec)),
         };
-        b.push(row, path, || label(line, "line"))?;
+        b.push(row, || label(line, "line"))?;
     }
     Ok(())
 }
@@ -611,7 +686,7 @@ fn push_batches(
                 categorical: std::array::from_fn(|j| cats[j].get(i)),
             };
             let n = row_base + i as u64 + 1;
-            b.push(row, path, || label(n, "row"))?;
+            b.push(row, || label(n, "row"))?;
         }
         row_base += batch.num_rows() as u64;
     }
@@ -751,6 +826,70 @@ mod tests {
         );
         let err = read(&p, true).unwrap_err().to_string();
         assert!(err.contains("bad.csv: line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_of_parts_reads_like_its_rows_in_one_file() {
+        // duplicates inside a part and across parts, bad rows in several parts: the merge
+        // keeps the first row of a household, counts and examples as one file would
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = Vec::new();
+        for i in 0..400u32 {
+            let id = (i * 7919) % 250; // every id below 150 appears twice
+            let size = if i % 37 == 5 {
+                "x".to_string()
+            } else {
+                (i % 6 + 1).to_string()
+            };
+            let marital = ["M", "S", "D", "W"][(i % 4) as usize];
+            rows.push(format!(
+                "{id},{size},2,1,{marital},W,S,O,{},15,8,M,{}\n",
+                i % 11,
+                i % 5
+            ));
+        }
+        let single = write(dir.path(), "one.csv", &format!("{HEADER}{}", rows.concat()));
+        let folder = dir.path().join("parts");
+        std::fs::create_dir(&folder).unwrap();
+        for (k, chunk) in rows.chunks(57).enumerate() {
+            write(
+                &folder,
+                &format!("part-{k:05}.csv"),
+                &format!("{HEADER}{}", chunk.concat()),
+            );
+        }
+        write(&folder, "_SUCCESS", "");
+        let a = read(&single, false).unwrap();
+        let b = read(&folder, false).unwrap();
+        assert_eq!(a.household_id, b.household_id);
+        assert_eq!(a.numeric, b.numeric);
+        for j in 0..5 {
+            assert_eq!(a.categorical[j].values, b.categorical[j].values);
+            assert_eq!(a.categorical[j].codes, b.categorical[j].codes);
+        }
+        assert_eq!(
+            (a.rows_read, a.skipped, a.duplicates),
+            (b.rows_read, b.skipped, b.duplicates)
+        );
+        assert!(
+            a.duplicates > 100 && a.skipped > 5,
+            "{} {}",
+            a.duplicates,
+            a.skipped
+        );
+        assert_eq!(a.skipped_examples.len(), b.skipped_examples.len());
+        // the folder's examples name the part and its line
+        assert!(
+            b.skipped_examples[0].starts_with("part-00000.csv line 7:"),
+            "{:?}",
+            b.skipped_examples
+        );
+        // under --strict, the first bad row in part order is the error, named by its part
+        let err = read(&folder, true).unwrap_err().to_string();
+        assert!(
+            err.contains("part-00000.csv") && err.contains("line 7"),
+            "{err}"
+        );
     }
 
     #[test]

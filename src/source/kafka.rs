@@ -553,9 +553,25 @@ pub fn count_topic(
     })
 }
 
-/// The compression codecs this build decompresses (rdkafka's `gzip`, `snappy`, `lz4` and
-/// `zstd`: every codec Kafka has).
-pub const CODECS: &str = "none, gzip, snappy, lz4 and zstd";
+/// The compression codecs this build's librdkafka decompresses, from its `builtin.features`
+/// (every codec Kafka has: rdkafka is built with `zstd`, and gzip, snappy and lz4 are built in).
+pub fn codecs() -> String {
+    let features = ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_default();
+    let have: Vec<&str> = features.split(',').collect();
+    let mut names = vec!["none"];
+    names.extend(
+        ["gzip", "snappy", "lz4", "zstd"]
+            .into_iter()
+            .filter(|c| have.contains(c)),
+    );
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
 
 /// The name of Kafka's compression codec `id` (the attribute bits of a record batch).
 pub fn codec_name(id: u32) -> Option<&'static str> {
@@ -600,7 +616,8 @@ pub fn undecodable(at: Option<(i32, i64)>, code: RDKafkaErrorCode, text: &str) -
         format!("partition {p} at offset {o}: ")
     });
     format!(
-        "{at}a record batch compressed with {codec} cannot be decompressed ({text}); this build reads {CODECS}: a corrupt batch, or a producer with another codec"
+        "{at}a record batch compressed with {codec} cannot be decompressed ({text}); this build reads {}: a corrupt batch, or a producer with another codec",
+        codecs()
     )
 }
 
@@ -1022,6 +1039,8 @@ mod tests {
         let m = undecodable(None, RDKafkaErrorCode::BadCompression, "");
         assert!(m.contains("a codec librdkafka did not name"), "{m}");
         assert_eq!(codec_name(1), Some("gzip"));
+        // librdkafka is built with every codec Kafka has
+        assert_eq!(codecs(), "none, gzip, snappy, lz4 and zstd");
     }
 
     #[test]
