@@ -299,6 +299,26 @@ impl std::fmt::Display for Formats {
     }
 }
 
+/// A non-null string column.
+pub fn strings<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(arrow_array::StringArray::from_iter_values(values))
+}
+
+/// A non-null int32 column.
+pub fn int32(values: impl Iterator<Item = i32>) -> ArrayRef {
+    Arc::new(arrow_array::Int32Array::from_iter_values(values))
+}
+
+/// A non-null int64 column.
+pub fn int64(values: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(arrow_array::Int64Array::from_iter_values(values))
+}
+
+/// A non-null double column.
+pub fn doubles(values: impl Iterator<Item = f64>) -> ArrayRef {
+    Arc::new(arrow_array::Float64Array::from_iter_values(values))
+}
+
 /// Write one Parquet file of `columns` (name, nullable, values), snappy-compressed, in row
 /// groups of at most a million rows. The file is created at `path` (callers stage it).
 pub fn write_parquet(

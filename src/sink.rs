@@ -171,137 +171,78 @@ pub fn write_ratings(
 /// (`station_num` and `subset` strings, `cluster` and `rank` int32, `views` int64, ratings
 /// double), so that no reader turns station `04321` into `4321`.
 pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkError> {
-    use arrow_array::{Float64Array, Int32Array, Int64Array, StringArray};
-    use std::sync::Arc;
-    let write = |name: &str, cols| -> Result<(), SinkError> {
-        Ok(crate::dataset::write_parquet(&dir.join(name), cols)?)
-    };
+    use crate::dataset::{doubles, int32, int64, strings, write_parquet};
     let p = &ratings.popularity;
-    write(
-        "popularity.parquet",
+    write_parquet(
+        &dir.join("popularity.parquet"),
         vec![
             (
                 "subset",
                 false,
-                Arc::new(StringArray::from_iter_values(p.iter().map(|r| &r.subset))) as _,
+                strings(p.iter().map(|r| r.subset.as_str())),
             ),
-            (
-                "cluster",
-                false,
-                Arc::new(Int32Array::from_iter_values(
-                    p.iter().map(|r| r.cluster as i32),
-                )) as _,
-            ),
+            ("cluster", false, int32(p.iter().map(|r| r.cluster as i32))),
             (
                 "station_num",
                 false,
-                Arc::new(StringArray::from_iter_values(
-                    p.iter().map(|r| &r.station_num),
-                )) as _,
+                strings(p.iter().map(|r| r.station_num.as_str())),
             ),
-            (
-                "views",
-                false,
-                Arc::new(Int64Array::from_iter_values(
-                    p.iter().map(|r| r.views as i64),
-                )) as _,
-            ),
+            ("views", false, int64(p.iter().map(|r| r.views as i64))),
             (
                 "popularity_rating",
                 false,
-                Arc::new(Float64Array::from_iter_values(
-                    p.iter().map(|r| r.popularity_rating),
-                )) as _,
+                doubles(p.iter().map(|r| r.popularity_rating)),
             ),
-            (
-                "rank",
-                false,
-                Arc::new(Int32Array::from_iter_values(
-                    p.iter().map(|r| r.rank as i32),
-                )) as _,
-            ),
+            ("rank", false, int32(p.iter().map(|r| r.rank as i32))),
         ],
     )?;
     let g = &ratings.genpop;
-    write(
-        "genpop.parquet",
+    write_parquet(
+        &dir.join("genpop.parquet"),
         vec![
             (
                 "station_num",
                 false,
-                Arc::new(StringArray::from_iter_values(
-                    g.iter().map(|r| &r.station_num),
-                )) as _,
+                strings(g.iter().map(|r| r.station_num.as_str())),
             ),
-            (
-                "views",
-                false,
-                Arc::new(Int64Array::from_iter_values(
-                    g.iter().map(|r| r.views as i64),
-                )) as _,
-            ),
+            ("views", false, int64(g.iter().map(|r| r.views as i64))),
             (
                 "genpop_rating",
                 false,
-                Arc::new(Float64Array::from_iter_values(
-                    g.iter().map(|r| r.genpop_rating),
-                )) as _,
+                doubles(g.iter().map(|r| r.genpop_rating)),
             ),
         ],
     )?;
     let d = &ratings.diff_rank;
-    write(
-        "diff_rank.parquet",
+    write_parquet(
+        &dir.join("diff_rank.parquet"),
         vec![
             (
                 "subset",
                 false,
-                Arc::new(StringArray::from_iter_values(d.iter().map(|r| &r.subset))) as _,
+                strings(d.iter().map(|r| r.subset.as_str())),
             ),
-            (
-                "cluster",
-                false,
-                Arc::new(Int32Array::from_iter_values(
-                    d.iter().map(|r| r.cluster as i32),
-                )) as _,
-            ),
-            (
-                "rank",
-                false,
-                Arc::new(Int32Array::from_iter_values(
-                    d.iter().map(|r| r.rank as i32),
-                )) as _,
-            ),
+            ("cluster", false, int32(d.iter().map(|r| r.cluster as i32))),
+            ("rank", false, int32(d.iter().map(|r| r.rank as i32))),
             (
                 "station_num",
                 false,
-                Arc::new(StringArray::from_iter_values(
-                    d.iter().map(|r| &r.station_num),
-                )) as _,
+                strings(d.iter().map(|r| r.station_num.as_str())),
             ),
-            (
-                "diff_rank",
-                false,
-                Arc::new(Float64Array::from_iter_values(
-                    d.iter().map(|r| r.diff_rank),
-                )) as _,
-            ),
+            ("diff_rank", false, doubles(d.iter().map(|r| r.diff_rank))),
             (
                 "popularity_rating",
                 false,
-                Arc::new(Float64Array::from_iter_values(
-                    d.iter().map(|r| r.popularity_rating),
-                )) as _,
+                doubles(d.iter().map(|r| r.popularity_rating)),
             ),
             (
                 "genpop_rating",
                 false,
-                Arc::new(Float64Array::from_iter_values(
-                    d.iter().map(|r| r.genpop_rating),
-                )) as _,
+                doubles(d.iter().map(|r| r.genpop_rating)),
             ),
         ],
-    )
+    )?;
+    Ok(())
 }
 
 /// Wall-clock time of each step of a batch run, in milliseconds.

@@ -46,6 +46,22 @@ fn fails<S: AsRef<std::ffi::OsStr>>(code: i32, args: &[S]) -> String {
     err
 }
 
+/// `analyze --model GOLDEN --views VIEWS --out OUT`, expected to exit `code`; its stderr.
+fn analyze_fails(code: i32, views: &str, out: &Path) -> String {
+    fails(
+        code,
+        &[
+            "analyze",
+            "--model",
+            &s(&golden()),
+            "--views",
+            views,
+            "--out",
+            &s(out),
+        ],
+    )
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -367,18 +383,7 @@ fn unreadable_datasets_are_named_with_the_file_and_the_reason() {
         ],
     );
     assert!(err.contains("holds no data file"), "{err}");
-    let err = fails(
-        66,
-        &[
-            "analyze",
-            "--model",
-            &s(&golden()),
-            "--views",
-            &s(&empty),
-            "--out",
-            &s(&d.join("o")),
-        ],
-    );
+    let err = analyze_fails(66, &s(&empty), &d.join("o"));
     assert!(err.contains("holds no data file"), "{err}");
     // a Parquet views file without the seed's columns names what is missing
     common::interop(&[
@@ -386,18 +391,7 @@ fn unreadable_datasets_are_named_with_the_file_and_the_reason() {
         s(&golden().join("households.csv")),
         s(&d.join("hh")),
     ]);
-    let err = fails(
-        65,
-        &[
-            "analyze",
-            "--model",
-            &s(&golden()),
-            "--views",
-            &s(&d.join("hh/households.parquet")),
-            "--out",
-            &s(&d.join("o")),
-        ],
-    );
+    let err = analyze_fails(65, &s(&d.join("hh/households.parquet")), &d.join("o"));
     assert!(
         err.contains("households.parquet") && err.contains("missing device_id"),
         "{err}"
@@ -415,18 +409,7 @@ fn unreadable_datasets_are_named_with_the_file_and_the_reason() {
     let n = bytes.len();
     bytes.truncate(n / 2);
     std::fs::write(&part, &bytes).unwrap();
-    let err = fails(
-        65,
-        &[
-            "analyze",
-            "--model",
-            &s(&golden()),
-            "--views",
-            &s(&gz),
-            "--out",
-            &s(&d.join("o")),
-        ],
-    );
+    let err = analyze_fails(65, &s(&gz), &d.join("o"));
     assert!(
         err.contains("part-00001.csv.gz") && err.contains("corrupt gzip"),
         "{err}"

@@ -391,7 +391,6 @@ pub fn write_households_parquet(
     features: ndarray::ArrayView2<f64>,
 ) -> Result<(), SegmentError> {
     use arrow_array::builder::{Float64Builder, ListBuilder};
-    use arrow_array::{Float64Array, Int32Array, Int64Array};
     use std::sync::Arc;
     let mut list = ListBuilder::with_capacity(
         Float64Builder::with_capacity(rows.len() * features.ncols()),
@@ -403,43 +402,22 @@ pub fn write_households_parquet(
         false,
     )));
     for (_, i) in rows {
-        list.values().append_slice(&features.row(*i).to_vec());
+        for &v in features.row(*i) {
+            list.values().append_value(v);
+        }
         list.append(true);
     }
+    use crate::dataset::{doubles, int32, int64};
     let h = || rows.iter().map(|(h, _)| h);
     crate::dataset::write_parquet(
         path,
         vec![
-            (
-                "household_id",
-                false,
-                Arc::new(Int64Array::from_iter_values(h().map(|h| h.household_id))) as _,
-            ),
-            (
-                "cluster",
-                false,
-                Arc::new(Int32Array::from_iter_values(h().map(|h| h.cluster as i32))) as _,
-            ),
-            (
-                "distance",
-                false,
-                Arc::new(Float64Array::from_iter_values(h().map(|h| h.distance))) as _,
-            ),
-            (
-                "rank",
-                false,
-                Arc::new(Int32Array::from_iter_values(h().map(|h| h.rank as i32))) as _,
-            ),
-            (
-                "pca_x",
-                false,
-                Arc::new(Float64Array::from_iter_values(h().map(|h| h.pca_x))) as _,
-            ),
-            (
-                "pca_y",
-                false,
-                Arc::new(Float64Array::from_iter_values(h().map(|h| h.pca_y))) as _,
-            ),
+            ("household_id", false, int64(h().map(|h| h.household_id))),
+            ("cluster", false, int32(h().map(|h| h.cluster as i32))),
+            ("distance", false, doubles(h().map(|h| h.distance))),
+            ("rank", false, int32(h().map(|h| h.rank as i32))),
+            ("pca_x", false, doubles(h().map(|h| h.pca_x))),
+            ("pca_y", false, doubles(h().map(|h| h.pca_y))),
             ("features_for_cluster", false, Arc::new(list.finish()) as _),
         ],
     )?;

@@ -34,18 +34,21 @@ pub enum Polled<'a> {
     End(i32),
     /// An error from the client or a partition.
     Error(KafkaError),
-    /// A message of `partition` at `offset` that could not be delivered, with librdkafka's
-    /// text (a batch that does not decompress says so here).
-    Failed {
-        /// Its partition.
-        partition: i32,
-        /// Its offset.
-        offset: i64,
-        /// The error.
-        code: RDKafkaErrorCode,
-        /// librdkafka's description.
-        text: String,
-    },
+    /// A message that could not be delivered (a batch that does not decompress says so here).
+    Failed(Failure),
+}
+
+/// A message of `partition` at `offset` that librdkafka could not deliver, with its text.
+#[derive(Debug)]
+pub struct Failure {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The error.
+    pub code: RDKafkaErrorCode,
+    /// librdkafka's description.
+    pub text: String,
 }
 
 /// The split-off queue of some partitions of one consumer.
@@ -165,12 +168,12 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
                             ))
                             .into_owned()
                         };
-                        f(Polled::Failed {
+                        f(Polled::Failed(Failure {
                             partition: msg.partition,
                             offset: msg.offset,
                             code: RDKafkaErrorCode::from(err),
                             text,
-                        })
+                        }))
                     }
                 }
                 rdsys::rd_kafka_message_destroy(m);

@@ -18,7 +18,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
-use super::batch::{BatchQueue, Polled};
+use super::batch::{BatchQueue, Failure, Polled};
 use super::SourceError;
 use crate::counters::{Counters, Membership};
 use crate::secret::{client_error, Properties};
@@ -67,6 +67,16 @@ impl Context {
         } else {
             warn!(%url, error = %e, "consumer error; retrying");
         }
+    }
+
+    /// A message librdkafka could not deliver: the sentence that stops the read when its
+    /// batch cannot be decompressed ([`undecodable`]), else logged like any consumer error.
+    pub fn failed(&self, url: &dyn std::fmt::Display, f: &Failure) -> Option<String> {
+        if is_undecodable(f.code) {
+            return Some(undecodable(Some((f.partition, f.offset)), f.code, &f.text));
+        }
+        self.consumer_error(url, &KafkaError::MessageConsumption(f.code));
+        None
     }
 
     /// Whether `e` means the brokers cannot be reached (rather than a bad request).
@@ -488,17 +498,9 @@ pub fn count_topic(
                 heard = true;
             }
             Polled::Error(e) => ctx.consumer_error(url, &e),
-            Polled::Failed {
-                partition,
-                offset,
-                code,
-                text,
-            } => {
-                if is_undecodable(code) {
-                    fatal
-                        .get_or_insert_with(|| undecodable(Some((partition, offset)), code, &text));
-                } else {
-                    ctx.consumer_error(url, &KafkaError::MessageConsumption(code));
+            Polled::Failed(f) => {
+                if let Some(m) = ctx.failed(url, &f) {
+                    fatal.get_or_insert(m);
                 }
             }
             Polled::Record {
@@ -953,16 +955,9 @@ pub fn stream_topic(
                 ends.eof(p);
             }
             Polled::Error(e) => ctx.consumer_error(url, &e),
-            Polled::Failed {
-                partition,
-                offset,
-                code,
-                text,
-            } => {
-                if is_undecodable(code) {
-                    fatal.get_or_insert_with(|| undecodable(Some((partition, offset)), code, &text));
-                } else {
-                    ctx.consumer_error(url, &KafkaError::MessageConsumption(code));
+            Polled::Failed(f) => {
+                if let Some(m) = ctx.failed(url, &f) {
+                    fatal.get_or_insert(m);
                 }
             }
             Polled::Record {

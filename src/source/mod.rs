@@ -788,6 +788,15 @@ mod tests {
         c
     }
 
+    /// Small blocks, so that a test file spans many, and `threads` counting threads.
+    fn small_blocks(threads: usize, dead_letter: Option<PathBuf>) -> FileOptions {
+        FileOptions {
+            threads,
+            block_bytes: 4096,
+            dead_letter,
+        }
+    }
+
     fn same(a: &Counters, b: &Counters) {
         assert_eq!(a.records, b.records);
         assert_eq!(a.valid, b.valid);
@@ -851,16 +860,7 @@ mod tests {
         let plain = dir.path().join("v.csv");
         std::fs::write(&plain, &text).unwrap();
         let dl = dir.path().join("dead.tsv");
-        let got = count_file(
-            &plain,
-            &m,
-            &FileOptions {
-                threads: 2,
-                block_bytes: 4096,
-                dead_letter: Some(dl.clone()),
-            },
-        )
-        .unwrap();
+        let got = count_file(&plain, &m, &small_blocks(2, Some(dl.clone()))).unwrap();
         let body = std::fs::read_to_string(&dl).unwrap();
         let mut lines: Vec<u64> = body
             .lines()
@@ -896,16 +896,7 @@ mod tests {
         let dl = dir.path().join("dead.tsv");
         let mut first: Option<String> = None;
         for threads in [4, 3, 1] {
-            count_file(
-                &plain,
-                &m,
-                &FileOptions {
-                    threads,
-                    block_bytes: 4096,
-                    dead_letter: Some(dl.clone()),
-                },
-            )
-            .unwrap();
+            count_file(&plain, &m, &small_blocks(threads, Some(dl.clone()))).unwrap();
             let body = std::fs::read_to_string(&dl).unwrap();
             let lines: Vec<u64> = body
                 .lines()
@@ -1010,16 +1001,7 @@ mod tests {
         let single = dir.path().join("dead-single.tsv");
         let joined_path = dir.path().join("joined.csv");
         std::fs::write(&joined_path, &joined).unwrap();
-        count_file(
-            &joined_path,
-            &m,
-            &FileOptions {
-                threads: 1,
-                block_bytes: 4096,
-                dead_letter: Some(single.clone()),
-            },
-        )
-        .unwrap();
+        count_file(&joined_path, &m, &small_blocks(1, Some(single.clone()))).unwrap();
         let single_records: Vec<String> = std::fs::read_to_string(&single)
             .unwrap()
             .lines()
@@ -1028,16 +1010,7 @@ mod tests {
             .collect();
         for threads in [1, 2, 5] {
             let dl = dir.path().join(format!("dead-{threads}.tsv"));
-            let got = count_file(
-                &folder,
-                &m,
-                &FileOptions {
-                    threads,
-                    block_bytes: 4096,
-                    dead_letter: Some(dl.clone()),
-                },
-            )
-            .unwrap();
+            let got = count_file(&folder, &m, &small_blocks(threads, Some(dl.clone()))).unwrap();
             same(&got.counters, &want);
             let body = std::fs::read_to_string(&dl).unwrap();
             let positions: Vec<(String, u64)> = body
