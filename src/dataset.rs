@@ -37,6 +37,15 @@ pub enum DatasetError {
         /// Entries ignored.
         skipped: usize,
     },
+    /// A file or folder reached twice through symbolic links (a link to an ancestor loops
+    /// for ever; a link to a sibling would read its files twice).
+    #[error("{path}: {first} is reached twice through symbolic links, so its files would be read twice (or for ever); remove the link or give the folder it points to")]
+    Twice {
+        /// The dataset folder.
+        path: PathBuf,
+        /// The entry reached again, relative to the folder.
+        first: String,
+    },
     /// A Parquet output could not be written.
     #[error("{path}: cannot write Parquet: {message}")]
     Write {
@@ -53,6 +62,7 @@ impl DatasetError {
         match self {
             DatasetError::Io { source, .. } => crate::exit::reading(source),
             DatasetError::Empty { .. } => crate::exit::NO_INPUT,
+            DatasetError::Twice { .. } => crate::exit::DATA,
             DatasetError::Write { .. } => crate::exit::IO,
         }
     }
@@ -62,6 +72,7 @@ impl DatasetError {
         match self {
             DatasetError::Io { path, .. }
             | DatasetError::Empty { path, .. }
+            | DatasetError::Twice { path, .. }
             | DatasetError::Write { path, .. } => path,
         }
     }
@@ -71,6 +82,9 @@ impl DatasetError {
         match self {
             DatasetError::Io { source, .. } => source.to_string(),
             DatasetError::Empty { .. } => "the folder holds no data file".into(),
+            DatasetError::Twice { first, .. } => {
+                format!("{first} is reached twice through symbolic links")
+            }
             DatasetError::Write { message, .. } => message.clone(),
         }
     }
@@ -148,8 +162,16 @@ pub fn files(path: &Path) -> Result<Vec<Part>, DatasetError> {
         }]);
     }
     let mut out = Vec::new();
-    let mut skipped = 0usize;
-    walk(path, "", &mut Vec::new(), &mut out, &mut skipped)?;
+    let mut walk_state = Walk {
+        root: path,
+        skipped: 0,
+        seen: std::collections::HashSet::new(),
+    };
+    if let Ok(c) = std::fs::canonicalize(path) {
+        walk_state.seen.insert(c);
+    }
+    walk_state.walk(path, "", &mut Vec::new(), &mut out)?;
+    let skipped = walk_state.skipped;
     if out.is_empty() {
         return Err(DatasetError::Empty {
             path: path.to_path_buf(),
@@ -159,60 +181,81 @@ pub fn files(path: &Path) -> Result<Vec<Part>, DatasetError> {
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    partition: &mut Vec<(String, Option<String>)>,
-    out: &mut Vec<Part>,
-    skipped: &mut usize,
-) -> Result<(), DatasetError> {
-    let io = |e| DatasetError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    };
-    let mut entries: Vec<(Vec<u8>, String, PathBuf)> = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io)? {
-        let e = e.map_err(io)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if ignored(&name) {
-            *skipped += 1;
-            continue;
-        }
-        entries.push((name.as_bytes().to_vec(), name, e.path()));
-    }
-    entries.sort();
-    for (_, name, p) in entries {
-        let meta = std::fs::metadata(&p).map_err(|e| DatasetError::Io {
-            path: p.clone(),
+/// The state of listing one dataset folder.
+struct Walk<'a> {
+    root: &'a Path,
+    /// Entries ignored as bookkeeping.
+    skipped: usize,
+    /// Canonical paths of the folders and files listed so far.
+    seen: std::collections::HashSet<PathBuf>,
+}
+
+impl Walk<'_> {
+    fn walk(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        partition: &mut Vec<(String, Option<String>)>,
+        out: &mut Vec<Part>,
+    ) -> Result<(), DatasetError> {
+        let io = |e| DatasetError::Io {
+            path: dir.to_path_buf(),
             source: e,
-        })?;
-        let rel = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
         };
-        if meta.is_dir() {
-            let pushed = match name.split_once('=') {
-                Some((k, v)) if !k.is_empty() => {
-                    let v = (v != "__HIVE_DEFAULT_PARTITION__").then(|| unescape(v));
-                    partition.push((unescape(k), v));
-                    true
-                }
-                _ => false,
-            };
-            walk(&p, &rel, partition, out, skipped)?;
-            if pushed {
-                partition.pop();
+        let mut entries: Vec<(Vec<u8>, String, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io)? {
+            let e = e.map_err(io)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ignored(&name) {
+                self.skipped += 1;
+                continue;
             }
-        } else {
-            out.push(Part {
-                path: p,
-                name: rel,
-                partition: partition.clone(),
-            });
+            entries.push((name.as_bytes().to_vec(), name, e.path()));
         }
+        entries.sort();
+        for (_, name, p) in entries {
+            let meta = std::fs::metadata(&p).map_err(|e| DatasetError::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let canonical = std::fs::canonicalize(&p).map_err(|e| DatasetError::Io {
+                path: p.clone(),
+                source: e,
+            })?;
+            if !self.seen.insert(canonical) {
+                return Err(DatasetError::Twice {
+                    path: self.root.to_path_buf(),
+                    first: rel,
+                });
+            }
+            if meta.is_dir() {
+                let pushed = match name.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => {
+                        let v = (v != "__HIVE_DEFAULT_PARTITION__").then(|| unescape(v));
+                        partition.push((unescape(k), v));
+                        true
+                    }
+                    _ => false,
+                };
+                self.walk(&p, &rel, partition, out)?;
+                if pushed {
+                    partition.pop();
+                }
+            } else {
+                out.push(Part {
+                    path: p,
+                    name: rel,
+                    partition: partition.clone(),
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A data file's format, told by its first bytes.
@@ -405,6 +448,28 @@ mod tests {
         let err = files(&d.path().join("nope")).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
         assert_eq!(err.exit_code(), crate::exit::NO_INPUT);
+    }
+
+    #[test]
+    fn regression_a_symlink_loop_or_a_second_way_to_a_folder_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("set");
+        touch(&root.join("a/part-0.parquet"));
+        std::os::unix::fs::symlink(&root, root.join("a/up")).unwrap();
+        let err = files(&root).unwrap_err();
+        assert!(matches!(err, DatasetError::Twice { .. }), "{err}");
+        assert!(err.to_string().contains("a/up is reached twice"), "{err}");
+        assert_eq!(err.exit_code(), crate::exit::DATA);
+        std::fs::remove_file(root.join("a/up")).unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("b")).unwrap();
+        let err = files(&root).unwrap_err();
+        assert!(err.to_string().contains("b is reached twice"), "{err}");
+        std::fs::remove_file(root.join("b")).unwrap();
+        // a link to data outside the folder is read once, like a file of the folder
+        touch(&d.path().join("outside/part-9.parquet"));
+        std::os::unix::fs::symlink(d.path().join("outside"), root.join("c")).unwrap();
+        let names: Vec<String> = files(&root).unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["a/part-0.parquet", "c/part-9.parquet"]);
     }
 
     #[test]

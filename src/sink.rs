@@ -164,6 +164,18 @@ pub fn write_ratings(
     if formats.parquet {
         write_ratings_parquet(dir, ratings)?;
     }
+    // a format not written this time must not leave an earlier run's files beside the new
+    for (written, ext) in [(formats.csv, "csv"), (formats.parquet, "parquet")] {
+        if written {
+            continue;
+        }
+        for name in ["popularity", "genpop", "diff_rank"] {
+            let stale = dir.join(format!("{name}.{ext}"));
+            if stale.is_file() {
+                std::fs::remove_file(&stale).map_err(io_err(&stale))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -286,6 +286,11 @@ fn check_analyze_paths(s: &AnalyzeSettings) -> Result<(), TopologyError> {
         let dead = resolved(dl);
         let clash = if Some(&dead) == views.as_ref() {
             Some("the views file")
+        } else if views
+            .as_ref()
+            .is_some_and(|v| v.is_dir() && dead.starts_with(v))
+        {
+            Some("inside the views folder, where it would replace or become views")
         } else if dead.starts_with(&model) {
             Some("in the model folder")
         } else if dead == out {
@@ -428,6 +433,10 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         );
     }
     if c.valid == 0 {
+        // the dead letters are what explains this failure: keep them
+        if let Some(d) = dead {
+            d.commit()?;
+        }
         return Err(TopologyError::NoValidRecord {
             source_name: s.views.clone(),
             records: c.records,

@@ -454,3 +454,76 @@ fn unreadable_datasets_are_named_with_the_file_and_the_reason() {
     );
     assert!(err.contains("inside the demographics folder"), "{err}");
 }
+
+#[test]
+fn regression_analysis_outputs_never_land_in_or_linger_beside_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let views = d.join("views");
+    common::interop(&[
+        "views-gzip-folder".to_string(),
+        s(&golden().join("input/views_static.csv")),
+        s(&views),
+        "2".into(),
+    ]);
+    let part = views.join("part-00000.csv.gz");
+    let before = read(&part);
+    // a dead-letter file inside the views folder would replace a part or become views
+    for dead in [part.clone(), views.join("dead.tsv")] {
+        let err = fails(
+            2,
+            &[
+                "analyze",
+                "--model",
+                &s(&golden()),
+                "--views",
+                &s(&views),
+                "--out",
+                &s(&d.join("o")),
+                "--dead-letter",
+                &s(&dead),
+            ],
+        );
+        assert!(err.contains("inside the views folder"), "{err}");
+    }
+    assert!(read(&part) == before && !views.join("dead.tsv").exists());
+    // --format parquet into a folder holding an earlier run's CSVs: no stale CSV is left
+    let out = d.join("out");
+    analyze(
+        &golden(),
+        &golden().join("input/views_static.csv"),
+        &out,
+        &[],
+    );
+    analyze(
+        &golden(),
+        &golden().join("input/views_stream.csv"),
+        &out,
+        &["--format", "parquet"],
+    );
+    for f in ["popularity", "genpop", "diff_rank"] {
+        assert!(!out.join(format!("{f}.csv")).exists(), "{f}.csv left over");
+        assert!(out.join(format!("{f}.parquet")).is_file());
+    }
+    // no valid record: the analysis fails, and the dead letters that say why are kept
+    let bad = d.join("bad.csv");
+    std::fs::write(&bad, "x,y\n,,,,,\n").unwrap();
+    let dead = d.join("bad.dead");
+    let err = fails(
+        65,
+        &[
+            "analyze",
+            "--model",
+            &s(&golden()),
+            "--views",
+            &s(&bad),
+            "--out",
+            &s(&d.join("o2")),
+            "--dead-letter",
+            &s(&dead),
+        ],
+    );
+    assert!(err.contains("no valid view record"), "{err}");
+    let body = String::from_utf8_lossy(&read(&dead)).into_owned();
+    assert_eq!(body.lines().count(), 3, "{body}");
+}

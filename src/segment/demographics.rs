@@ -116,6 +116,8 @@ enum Cell<'a> {
     Str(&'a str),
     /// Bytes that are not UTF-8, shown lossily.
     NotUtf8(String),
+    /// A number written exactly (a decimal, an unsigned integer above i64's range).
+    Exact(String),
 }
 
 /// One parsed row, borrowed from the input.
@@ -134,15 +136,30 @@ fn cell_text(c: &Cell) -> String {
         Cell::Int(v) => v.to_string(),
         Cell::Float(v) => v.to_string(),
         Cell::Str(s) => s.to_string(),
-        Cell::NotUtf8(s) => s.clone(),
+        Cell::NotUtf8(s) | Cell::Exact(s) => s.clone(),
     }
+}
+
+/// 2^53: below it every integer is a double of its own; from it on a double stands for
+/// several ids (`9007199254740993.0` reads as 2^53), so a double id there is refused.
+const EXACT_IN_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
+fn integral_double(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < EXACT_IN_DOUBLE).then_some(f as i64)
 }
 
 fn to_id(c: &Cell) -> Option<i64> {
     match *c {
         Cell::Int(v) => Some(v),
-        Cell::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Some(f as i64),
-        Cell::Str(s) => s.trim().parse::<i64>().ok(),
+        Cell::Float(f) => integral_double(f),
+        // pandas writes an integer column holding a null as doubles: `657209.0`
+        Cell::Str(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(integral_double))
+        }
+        Cell::Exact(ref s) => s.parse::<i64>().ok(),
         _ => None,
     }
 }
@@ -152,6 +169,7 @@ fn to_number(c: &Cell) -> Option<f64> {
         Cell::Int(v) => v as f64,
         Cell::Float(f) => f,
         Cell::Str(s) => s.trim().parse::<f64>().ok()?,
+        Cell::Exact(ref s) => s.parse::<f64>().ok()?,
         Cell::Null | Cell::NotUtf8(_) => return None,
     };
     v.is_finite().then_some(v)
@@ -349,7 +367,7 @@ fn read_part(
     };
     match decode(part)? {
         Decoded::Parquet(batches) => push_batches(&mut b, part, &batches, &label)?,
-        Decoded::Csv(reader) => push_csv(&mut b, part, reader, &label)?,
+        Decoded::Csv(reader) => push_csv(&mut b, part, many, reader, &label)?,
     }
     Ok(b.out)
 }
@@ -424,6 +442,11 @@ fn decode(part: &Part) -> Result<Decoded, SegmentError> {
     }
 }
 
+/// Whether `path` is a gzip file (its reading errors are the stream's).
+fn part_is_gzip(path: &Path) -> bool {
+    dataset::sniff(path).is_ok_and(|k| k == Sniffed::Gzip)
+}
+
 /// Every column [`read`] needs, key first.
 fn needed() -> impl Iterator<Item = &'static str> {
     std::iter::once(KEY).chain(NUMERIC).chain(CATEGORICAL)
@@ -432,6 +455,7 @@ fn needed() -> impl Iterator<Item = &'static str> {
 fn push_csv(
     b: &mut Builder,
     part: &Part,
+    many: bool,
     reader: Box<dyn Read + Send>,
     label: &dyn Fn(u64, &str) -> String,
 ) -> Result<(), SegmentError> {
@@ -443,9 +467,12 @@ fn push_csv(
         .escape(Some(b'\\'))
         .buffer_capacity(1 << 20)
         .from_reader(reader);
-    let csv_err = |e: csv::Error| {
-        let line = e.position().map(|p| p.line()).unwrap_or(0);
+    // `line` is where the reader stood when the error has no position of its own (a gzip
+    // stream cut short)
+    let csv_err = |e: csv::Error, line: u64| {
+        let line = e.position().map_or(line, |p| p.line());
         let message = match e.into_kind() {
+            csv::ErrorKind::Io(e) if part_is_gzip(path) => format!("corrupt gzip data: {e}"),
             csv::ErrorKind::Io(e) => format!("cannot be read: {e}"),
             other => format!("{other:?}"),
         };
@@ -456,8 +483,23 @@ fn push_csv(
         }
     };
     let mut header = csv::ByteRecord::new();
-    if !rdr.read_byte_record(&mut header).map_err(csv_err)? {
-        return Err(SegmentError::EmptyTable { path: path.clone() });
+    let has_header = match rdr.read_byte_record(&mut header) {
+        Ok(h) => h,
+        Err(e) => return Err(csv_err(e, rdr.position().line())),
+    };
+    // an empty part (a zero-byte file, an empty gzip, a lone BOM) adds no row to a folder,
+    // as Spark reads one; a file given on its own must have rows
+    let blank = !has_header
+        || (header.len() == 1
+            && header
+                .get(0)
+                .is_some_and(|f| f.is_empty() || f == "\u{feff}".as_bytes()));
+    if blank {
+        return if many {
+            Ok(())
+        } else {
+            Err(SegmentError::EmptyTable { path: path.clone() })
+        };
     }
     let names: Vec<String> = header
         .iter()
@@ -498,8 +540,10 @@ fn push_csv(
     let width = names.len();
     let mut rec = csv::ByteRecord::new();
     loop {
-        if !rdr.read_byte_record(&mut rec).map_err(csv_err)? {
-            break;
+        match rdr.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(csv_err(e, rdr.position().line())),
         }
         let (line, next_line) = (
             rec.position().map(|p| p.line()).unwrap_or(0),
@@ -546,11 +590,22 @@ enum Col {
     I64(ArrayRef),
     F64(ArrayRef),
     Str(ArrayRef),
+    /// Bytes, UTF-8 or not (Parquet `binary` without a string annotation).
+    Bin(ArrayRef),
+    /// Unsigned 64-bit integers, exact (the key column).
+    U64(ArrayRef),
+    /// 128-bit decimals, exact (the key column): precision, scale.
+    Dec(ArrayRef, u8, i8),
     /// A value from a `key=value` folder, the same on every row.
     Fixed(Option<String>),
 }
 
 fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> {
+    let opts = arrow_cast::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let exact = name == KEY;
     let cast = |to: &DataType| {
         arrow_cast::cast(arr, to).map_err(|e| SegmentError::BadColumnType {
             path: path.to_path_buf(),
@@ -559,6 +614,22 @@ fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> 
         })
     };
     Ok(match arr.data_type() {
+        // an id must stay exact: no detour through doubles
+        DataType::UInt64 if exact => Col::U64(arr.clone()),
+        DataType::Decimal128(p, sc) if exact => Col::Dec(arr.clone(), *p, *sc),
+        DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal256(..) if exact => {
+            let a = arrow_cast::cast_with_options(arr, &DataType::Decimal128(38, 0), &opts)
+                .map_err(|e| SegmentError::BadColumnType {
+                    path: path.to_path_buf(),
+                    column: name.to_string(),
+                    found: format!("{} ({e})", arr.data_type()),
+                })?;
+            Col::Dec(a, 38, 0)
+        }
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => Col::Bin(cast(&DataType::Binary)?),
         DataType::Int64 => Col::I64(arr.clone()),
         DataType::Int8
         | DataType::Int16
@@ -570,20 +641,6 @@ fn col_of(path: &Path, name: &str, arr: &ArrayRef) -> Result<Col, SegmentError> 
             Col::F64(cast(&DataType::Float64)?)
         }
         DataType::Utf8 => Col::Str(arr.clone()),
-        // Spark's decimal(20,0) ids and pandas' exact decimals: integers stay exact
-        DataType::Decimal32(_, 0)
-        | DataType::Decimal64(_, 0)
-        | DataType::Decimal128(_, 0)
-        | DataType::Decimal256(_, 0) => {
-            let opts = arrow_cast::CastOptions {
-                safe: false,
-                ..Default::default()
-            };
-            match arrow_cast::cast_with_options(arr, &DataType::Int64, &opts) {
-                Ok(a) => Col::I64(a),
-                Err(_) => Col::F64(cast(&DataType::Float64)?),
-            }
-        }
         DataType::Decimal32(..)
         | DataType::Decimal64(..)
         | DataType::Decimal128(..)
@@ -601,6 +658,30 @@ impl Col {
             Col::I64(a) if a.is_null(i) => Cell::Null,
             Col::F64(a) if a.is_null(i) => Cell::Null,
             Col::Str(a) if a.is_null(i) => Cell::Null,
+            Col::Bin(a) | Col::U64(a) | Col::Dec(a, ..) if a.is_null(i) => Cell::Null,
+            Col::Bin(a) => {
+                let b = a.as_binary::<i32>().value(i);
+                match std::str::from_utf8(b) {
+                    Ok(t) => Cell::Str(t),
+                    Err(_) => Cell::NotUtf8(String::from_utf8_lossy(b).into_owned()),
+                }
+            }
+            Col::U64(a) => {
+                let v = a.as_primitive::<arrow_array::types::UInt64Type>().value(i);
+                match i64::try_from(v) {
+                    Ok(v) => Cell::Int(v),
+                    Err(_) => Cell::Exact(v.to_string()),
+                }
+            }
+            Col::Dec(a, p, sc) => {
+                let v = a
+                    .as_primitive::<arrow_array::types::Decimal128Type>()
+                    .value(i);
+                match (*sc, i64::try_from(v)) {
+                    (0, Ok(v)) => Cell::Int(v),
+                    _ => Cell::Exact(<arrow_array::types::Decimal128Type as arrow_array::types::DecimalType>::format_decimal(v, *p, *sc)),
+                }
+            }
             Col::I64(a) => Cell::Int(a.as_primitive::<Int64Type>().value(i)),
             Col::F64(a) => Cell::Float(a.as_primitive::<Float64Type>().value(i)),
             Col::Str(a) => Cell::Str(a.as_string::<i32>().value(i)),
@@ -890,6 +971,130 @@ mod tests {
             err.contains("part-00000.csv") && err.contains("line 7"),
             "{err}"
         );
+    }
+
+    /// A Parquet file of the golden columns, `id` and `race_code` replaced.
+    fn parquet_with(dir: &Path, name: &str, id: ArrayRef, race: Option<ArrayRef>) -> PathBuf {
+        use crate::dataset::{doubles, strings, write_parquet};
+        let n = id.len();
+        let mut cols: Vec<(&str, bool, ArrayRef)> = vec![(KEY, true, id)];
+        for c in NUMERIC {
+            cols.push((c, false, doubles((0..n).map(|i| (i % 5) as f64))));
+        }
+        for c in CATEGORICAL {
+            let a = match (c, &race) {
+                ("race_code", Some(r)) => r.clone(),
+                _ => strings((0..n).map(|i| ["A", "B"][i % 2])),
+            };
+            cols.push((c, true, a));
+        }
+        let p = dir.join(name);
+        write_parquet(&p, cols).unwrap();
+        p
+    }
+
+    #[test]
+    fn regression_unsigned_and_decimal_ids_stay_exact() {
+        // above 2^53 a double cannot tell neighbouring ids apart: they were merged as duplicates
+        let dir = tempfile::tempdir().unwrap();
+        let base = 1u64 << 53;
+        let mut ids: Vec<u64> = (0..6).map(|i| base + i).collect();
+        ids.push(u64::MAX);
+        let p = parquet_with(
+            dir.path(),
+            "u.parquet",
+            std::sync::Arc::new(arrow_array::UInt64Array::from(ids.clone())),
+            None,
+        );
+        let d = read(&p, false).unwrap();
+        let want: Vec<i64> = ids[..6].iter().map(|&v| v as i64).collect();
+        assert_eq!(d.household_id, want);
+        assert_eq!((d.duplicates, d.skipped), (0, 1));
+        assert!(
+            d.skipped_examples[0].contains("\"18446744073709551615\" is not a 64-bit integer"),
+            "{:?}",
+            d.skipped_examples
+        );
+        let dec = arrow_array::Decimal128Array::from(vec![
+            base as i128,
+            base as i128 + 1,
+            i64::MAX as i128 + 1,
+        ])
+        .with_precision_and_scale(20, 0)
+        .unwrap();
+        let p = parquet_with(dir.path(), "d.parquet", std::sync::Arc::new(dec), None);
+        let d = read(&p, false).unwrap();
+        assert_eq!(d.household_id, vec![base as i64, base as i64 + 1]);
+        assert!(
+            d.skipped_examples[0].contains("9223372036854775808"),
+            "{:?}",
+            d.skipped_examples
+        );
+    }
+
+    #[test]
+    fn regression_bytes_that_are_not_utf8_are_named_not_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let race: ArrayRef = std::sync::Arc::new(arrow_array::BinaryArray::from(vec![
+            &b"W"[..],
+            &b"\xff\xfe"[..],
+            &b"B"[..],
+        ]));
+        let ids = std::sync::Arc::new(arrow_array::Int64Array::from(vec![1, 2, 3]));
+        let p = parquet_with(dir.path(), "b.parquet", ids, Some(race));
+        let d = read(&p, false).unwrap();
+        assert_eq!(d.household_id, vec![1, 3]);
+        assert_eq!(d.categorical[1].values, vec!["W", "B"]);
+        assert!(
+            d.skipped_examples[0].contains("row 2: column race_code")
+                && d.skipped_examples[0].contains("is not UTF-8 text"),
+            "{:?}",
+            d.skipped_examples
+        );
+    }
+
+    #[test]
+    fn regression_an_empty_part_adds_no_row_and_pandas_float_ids_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("parts");
+        std::fs::create_dir(&folder).unwrap();
+        write(&folder, "part-0.csv", &format!("{HEADER}657209.0,4,2,2,M,W,S,O,10,15,8,M,3\n9007199254740993.0,4,2,2,M,W,S,O,10,15,8,M,3\n"));
+        write(&folder, "part-1.csv", "");
+        write(&folder, "part-2.csv", "\u{feff}");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, b"").unwrap();
+        std::fs::write(folder.join("part-3.csv.gz"), enc.finish().unwrap()).unwrap();
+        write(
+            &folder,
+            "part-4.csv",
+            &format!("{HEADER}5,1,1,1,S,A,M,R,0,5,1,F,7\n"),
+        );
+        let d = read(&folder, false).unwrap();
+        // a double above 2^53 stands for several ids: refused
+        assert_eq!(d.household_id, vec![657209, 5]);
+        assert_eq!(d.skipped, 1);
+        // on its own, an empty file is still an empty table
+        assert!(matches!(
+            read(&folder.join("part-1.csv"), false),
+            Err(SegmentError::EmptyTable { .. })
+        ));
+    }
+
+    #[test]
+    fn regression_a_cut_gzip_csv_names_the_line_it_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut body = HEADER.to_string();
+        for i in 0..2000 {
+            body.push_str(&format!("{i},4,2,2,M,W,S,O,10,15,8,M,3\n"));
+        }
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, body.as_bytes()).unwrap();
+        let gz = enc.finish().unwrap();
+        let p = dir.path().join("d.csv.gz");
+        std::fs::write(&p, &gz[..gz.len() - 6]).unwrap();
+        let err = read(&p, false).unwrap_err().to_string();
+        assert!(err.contains("corrupt gzip data"), "{err}");
+        assert!(!err.contains("line 0:"), "{err}");
     }
 
     #[test]

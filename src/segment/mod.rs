@@ -79,6 +79,16 @@ pub enum SegmentError {
         /// Why it is unusable.
         why: String,
     },
+    /// A row of a table that cannot be used, said in words.
+    #[error("{path}: {at}: {message}")]
+    Row {
+        /// The file.
+        path: PathBuf,
+        /// `row N`.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The table has no data row.
     #[error("{path}: the table has no data rows")]
     EmptyTable {

@@ -498,12 +498,10 @@ pub fn read_households_parquet(path: &Path) -> Result<Vec<Household>, SegmentErr
         .with_batch_size(65_536)
         .build()
         .map_err(|e| pq(e.to_string()))?;
-    let bad = |row: u64, message: String| SegmentError::BadValue {
+    let bad = |row: u64, message: String| SegmentError::Row {
         path: path.to_path_buf(),
         at: format!("row {row}"),
-        column: String::new(),
-        value: String::new(),
-        why: message,
+        message,
     };
     let cast = |name: &str, a: &arrow_array::ArrayRef, to: &DataType| {
         let opts = arrow_cast::CastOptions {
@@ -522,11 +520,29 @@ pub fn read_households_parquet(path: &Path) -> Result<Vec<Household>, SegmentErr
     let has_rank = has("rank");
     for batch in reader {
         let batch = batch.map_err(|e| pq(format!("corrupt data after row {row}: {e}")))?;
-        let ints = |n: &str| -> Result<Option<arrow_array::ArrayRef>, SegmentError> {
-            batch
-                .column_by_name(n)
-                .map(|a| cast(n, a, &DataType::Int64))
-                .transpose()
+        // an integer column as written, as exact int64 (null where a value does not fit), and
+        // as doubles when it holds floats (whose fractions must be refused, not truncated)
+        type Ints = Option<(
+            arrow_array::ArrayRef,
+            arrow_array::ArrayRef,
+            Option<arrow_array::ArrayRef>,
+        )>;
+        let ints = |n: &str| -> Result<Ints, SegmentError> {
+            let Some(a) = batch.column_by_name(n) else {
+                return Ok(None);
+            };
+            let exact =
+                arrow_cast::cast(a, &DataType::Int64).map_err(|e| SegmentError::BadColumnType {
+                    path: path.to_path_buf(),
+                    column: n.to_string(),
+                    found: format!("{} ({e})", a.data_type()),
+                })?;
+            let floats = if a.data_type().is_floating() {
+                Some(cast(n, a, &DataType::Float64)?)
+            } else {
+                None
+            };
+            Ok(Some((a.clone(), exact, floats)))
         };
         let floats = |n: &str| -> Result<Option<arrow_array::ArrayRef>, SegmentError> {
             batch
@@ -542,13 +558,27 @@ pub fn read_households_parquet(path: &Path) -> Result<Vec<Household>, SegmentErr
         };
         for i in 0..batch.num_rows() {
             row += 1;
-            let int_at =
-                |a: &Option<arrow_array::ArrayRef>, name: &str| -> Result<i64, SegmentError> {
-                    match a {
-                        Some(a) if !a.is_null(i) => Ok(a.as_primitive::<Int64Type>().value(i)),
-                        _ => Err(bad(row, format!("column {name} is null"))),
-                    }
+            let int_at = |c: &Ints, name: &str| -> Result<i64, SegmentError> {
+                let Some((orig, exact, floats)) = c else {
+                    return Err(bad(row, format!("column {name} is missing")));
                 };
+                if orig.is_null(i) {
+                    return Err(bad(row, format!("column {name} is null")));
+                }
+                let fraction = floats.as_ref().is_some_and(|f| {
+                    let v = f.as_primitive::<Float64Type>().value(i);
+                    v.fract() != 0.0 || !v.is_finite()
+                });
+                if exact.is_null(i) || fraction {
+                    let shown = arrow_cast::display::array_value_to_string(orig, i)
+                        .unwrap_or_else(|_| "?".into());
+                    return Err(bad(
+                        row,
+                        format!("column {name}: {shown} is not a 64-bit integer"),
+                    ));
+                }
+                Ok(exact.as_primitive::<Int64Type>().value(i))
+            };
             let id = int_at(&ids, "household_id")?;
             let cluster = int_at(&clusters, "cluster")?;
             if !(0..i64::from(u16::MAX)).contains(&cluster) {
@@ -560,7 +590,10 @@ pub fn read_households_parquet(path: &Path) -> Result<Vec<Household>, SegmentErr
             let rank = if has_rank {
                 let r = int_at(&ranks, "rank")?;
                 if !(1..=i64::from(u32::MAX)).contains(&r) {
-                    return Err(bad(row, format!("column rank: {r} must be at least 1")));
+                    return Err(bad(
+                        row,
+                        format!("column rank: {r} is out of range 1..=4294967295"),
+                    ));
                 }
                 r as u32
             } else {
@@ -1027,6 +1060,40 @@ mod tests {
         rank_by_distance(&mut hs);
         let ranks: Vec<(i64, u32)> = hs.iter().map(|h| (h.household_id, h.rank)).collect();
         assert_eq!(ranks, [(9, 3), (4, 1), (7, 2), (8, 2), (3, 1)]);
+    }
+
+    #[test]
+    fn regression_a_households_parquet_with_fractions_or_repeats_is_refused_by_row() {
+        use crate::dataset::{doubles, int64, write_parquet};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("households.parquet");
+        let write = |ids: Vec<i64>, clusters: Vec<f64>| {
+            write_parquet(
+                &p,
+                vec![
+                    ("household_id", false, int64(ids.into_iter())),
+                    ("cluster", false, doubles(clusters.into_iter())),
+                ],
+            )
+            .unwrap()
+        };
+        write(vec![1, 2, 3], vec![0.0, 1.0, 1.0]);
+        let got = read_households_parquet(&p).unwrap();
+        assert_eq!(got.iter().map(|h| h.cluster).collect::<Vec<_>>(), [0, 1, 1]);
+        write(vec![1, 2, 3], vec![0.0, 1.5, 1.0]);
+        let err = read_households_parquet(&p).unwrap_err().to_string();
+        assert!(
+            err.ends_with("households.parquet: row 2: column cluster: 1.5 is not a 64-bit integer"),
+            "{err}"
+        );
+        write(vec![1, 2, 1], vec![0.0, 1.0, 1.0]);
+        let err = read_households_parquet(&p).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "row 3: household_id 1 is already on row 1; a household is in one cluster"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -317,7 +317,7 @@ impl Read for Chain {
                 let Some(part) = self.parts.pop_front() else {
                     return Ok(0);
                 };
-                let opened = open_file(&part.path).map_err(|e| match e {
+                let opened = open_file(&part.path, &part.partition).map_err(|e| match e {
                     SourceError::Io { path, source } => io::Error::new(
                         source.kind(),
                         InPart {
@@ -372,7 +372,7 @@ impl Read for Chain {
 /// lines numbered on across the files.
 pub fn open(path: &Path) -> Result<Opened, SourceError> {
     if !path.is_dir() {
-        return open_file(path);
+        return open_file(path, &[]);
     }
     let parts = crate::dataset::files(path)?;
     let len = parts
@@ -393,8 +393,9 @@ pub fn open(path: &Path) -> Result<Opened, SourceError> {
     })
 }
 
-/// Open one views file, transparently decompressing gzip and turning Parquet rows into lines.
-fn open_file(path: &Path) -> Result<Opened, SourceError> {
+/// Open one views file, transparently decompressing gzip and turning Parquet rows into lines
+/// (`partition`: the values its `key=value` folders give the columns a Parquet file lacks).
+fn open_file(path: &Path, partition: &[(String, Option<String>)]) -> Result<Opened, SourceError> {
     let io_err = |e| SourceError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -414,7 +415,7 @@ fn open_file(path: &Path) -> Result<Opened, SourceError> {
         crate::dataset::Sniffed::Parquet => {
             drop(metered);
             read.store(len, Ordering::Relaxed);
-            Box::new(parquet::ParquetLines::open(path).map_err(SourceError::Parquet)?)
+            Box::new(parquet::ParquetLines::open(path, partition).map_err(SourceError::Parquet)?)
         }
         crate::dataset::Sniffed::Text => Box::new(metered),
     };
@@ -431,19 +432,16 @@ fn open_file(path: &Path) -> Result<Opened, SourceError> {
 /// happened in.
 pub fn read_error(path: &Path, offset: Option<u64>, e: io::Error) -> SourceError {
     let kind = e.kind();
-    let Some(inner) = e.get_ref() else {
-        return SourceError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
-    };
-    if let Some(f) = inner.downcast_ref::<parquet::ParquetFault>() {
+    if let Some(f) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<parquet::ParquetFault>())
+    {
         return SourceError::Parquet(parquet::ParquetFault {
             path: f.path.clone(),
             message: f.message.clone(),
         });
     }
-    if inner.is::<InPart>() {
+    if e.get_ref().is_some_and(|i| i.is::<InPart>()) {
         if let Some(Ok(part)) = e.into_inner().map(|b| b.downcast::<InPart>()) {
             return read_error(&part.path, Some(part.offset), part.inner);
         }
@@ -484,7 +482,7 @@ pub fn count_file(
         };
         let bar = progress::bar(0, &format!("counting {}", path.display()), Unit::Bytes);
         let (parts, bytes) = count_opened(
-            open_file(path)?,
+            open_file(path, &[])?,
             path,
             membership,
             n_threads,
@@ -524,7 +522,7 @@ pub fn count_file(
                             return Ok((counted, bytes));
                         };
                         let (c, b) = count_opened(
-                            open_file(&file.path)?,
+                            open_file(&file.path, &file.partition)?,
                             &file.path,
                             membership,
                             per_file,
@@ -1039,6 +1037,58 @@ mod tests {
         let mut all = Vec::new();
         r.read_to_end(&mut all).unwrap();
         assert_eq!(all, joined);
+    }
+
+    #[test]
+    fn regression_hive_partitioned_parquet_views_and_binary_cells() {
+        // pyarrow's write_to_dataset(partition_cols=["event_date"]) leaves event_date out of
+        // the files: the folder names give it
+        use crate::dataset::{int64, strings, write_parquet};
+        use arrow_array::ArrayRef;
+        let m = membership();
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"d1,20150114,000001,04321,EP1,1\nd2,20150115,000002,4321,EP1,2\nd3,20150114,000003,777,EP2,3\nd4,20150114,000004,\xff1,EP2,1\n";
+        let want = brute(text, &m);
+        let root = dir.path().join("views");
+        for (date, rows) in [("20150114", vec![0usize, 2, 3]), ("20150115", vec![1])] {
+            let folder = root.join(format!("event_date={date}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            let lines: Vec<Vec<&[u8]>> = text
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.split(|&b| b == b',').collect())
+                .collect();
+            let (lines, rows) = (&lines, &rows);
+            let pick = |j: usize| rows.iter().map(move |&r| lines[r][j]);
+            let as_str = |j: usize| -> ArrayRef {
+                strings(pick(j).map(|b| std::str::from_utf8(b).unwrap_or("?")))
+            };
+            // station_num as binary, so that the non-UTF-8 cell is kept as its bytes
+            let stations: ArrayRef = std::sync::Arc::new(arrow_array::BinaryArray::from(
+                pick(3).collect::<Vec<&[u8]>>(),
+            ));
+            let ids = int64(pick(5).map(|b| std::str::from_utf8(b).unwrap().parse().unwrap()));
+            write_parquet(
+                &folder.join("part-0.parquet"),
+                vec![
+                    ("device_id", false, as_str(0)),
+                    ("event_time", false, as_str(2)),
+                    ("station_num", false, stations),
+                    ("prog_code", false, as_str(4)),
+                    ("household_id", false, ids),
+                ],
+            )
+            .unwrap();
+        }
+        let dl = dir.path().join("dead.tsv");
+        let got = count_file(&root, &m, &small_blocks(2, Some(dl.clone()))).unwrap();
+        same(&got.counters, &want);
+        assert_eq!(got.counters.malformed.total(), 1);
+        let body = std::fs::read_to_string(&dl).unwrap();
+        assert!(
+            body.contains("event_date=20150114/part-0.parquet line 3\tnon_ascii\td4,20150114,000004,\\xff1,EP2,1"),
+            "{body}"
+        );
     }
 
     #[test]

@@ -61,11 +61,18 @@ pub struct ParquetLines {
     at: usize,
     /// Rows turned into lines so far.
     pub rows: u64,
+    /// Per column, the value a `key=value` folder gives it (`Some(None)`: a null), for the
+    /// columns the file lacks.
+    fixed: Vec<Option<Option<String>>>,
 }
 
 impl ParquetLines {
-    /// Open `path`; a missing column is refused here, before any record is read.
-    pub fn open(path: &Path) -> Result<ParquetLines, ParquetFault> {
+    /// Open `path`; a column missing from the file may come from a `key=value` folder above it
+    /// (`partition`), else it is refused here, before any record is read.
+    pub fn open(
+        path: &Path,
+        partition: &[(String, Option<String>)],
+    ) -> Result<ParquetLines, ParquetFault> {
         let fault = |message: String| ParquetFault {
             path: path.to_path_buf(),
             message,
@@ -74,10 +81,17 @@ impl ParquetLines {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| fault(format!("not a readable Parquet file: {e}")))?;
         let schema = builder.schema().clone();
+        let fixed = |c: &str| {
+            partition
+                .iter()
+                .rev()
+                .find(|(k, _)| k == c)
+                .map(|(_, v)| v.clone())
+        };
         let missing: Vec<&str> = COLUMNS
             .iter()
             .copied()
-            .filter(|c| schema.field_with_name(c).is_err())
+            .filter(|c| schema.field_with_name(c).is_err() && fixed(c).is_none())
             .collect();
         if !missing.is_empty() {
             let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -88,7 +102,21 @@ impl ParquetLines {
                 have.join(", ")
             )));
         }
-        let mask = ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
+        let fixed: Vec<Option<Option<String>>> = COLUMNS
+            .iter()
+            .map(|c| {
+                if schema.field_with_name(c).is_ok() {
+                    None
+                } else {
+                    fixed(c)
+                }
+            })
+            .collect();
+        let present = COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| schema.field_with_name(c).is_ok());
+        let mask = ProjectionMask::columns(builder.parquet_schema(), present);
         let batches = builder
             .with_projection(mask)
             .with_batch_size(16_384)
@@ -100,6 +128,7 @@ impl ParquetLines {
             buf: Vec::with_capacity(1 << 20),
             at: 0,
             rows: 0,
+            fixed,
         })
     }
 
@@ -116,7 +145,7 @@ impl ParquetLines {
             .map_err(|e| fault(format!("corrupt Parquet data after row {}: {e}", self.rows)))?;
         self.buf.clear();
         self.at = 0;
-        lines_of(&batch, &mut self.buf).map_err(fault)?;
+        lines_of(&batch, &self.fixed, &mut self.buf).map_err(fault)?;
         self.rows += batch.num_rows() as u64;
         Ok(true)
     }
@@ -137,13 +166,17 @@ impl Read for ParquetLines {
 }
 
 /// One column of a batch, ready to print.
-enum Text {
+enum Text<'a> {
     Str(ArrayRef),
+    /// Bytes as they are (not UTF-8 text: counted malformed, kept in the dead letter).
+    Bin(ArrayRef),
     F64(ArrayRef),
     F32(ArrayRef),
+    /// The same value on every row, from a `key=value` folder.
+    Fixed(Option<&'a str>),
 }
 
-fn text_of(name: &str, a: &ArrayRef) -> Result<Text, String> {
+fn text_of(name: &str, a: &ArrayRef) -> Result<Text<'static>, String> {
     let cast = |to: &DataType| {
         arrow_cast::cast(a, to).map_err(|e| {
             format!(
@@ -157,6 +190,10 @@ fn text_of(name: &str, a: &ArrayRef) -> Result<Text, String> {
         DataType::Float64 => Text::F64(a.clone()),
         DataType::Float32 => Text::F32(a.clone()),
         DataType::Float16 => Text::F64(cast(&DataType::Float64)?),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => Text::Bin(cast(&DataType::Binary)?),
         _ => Text::Str(cast(&DataType::Utf8)?),
     })
 }
@@ -164,22 +201,42 @@ fn text_of(name: &str, a: &ArrayRef) -> Result<Text, String> {
 /// A double as a record field: an integral value as that integer (pandas writes a nullable
 /// integer column as doubles), anything else in the shortest round-trip form.
 fn push_float(v: f64, out: &mut Vec<u8>) {
-    if v.fract() == 0.0 && v.abs() < 9.0e18 {
+    // from 2^53 on a double stands for several integers: printed as a double, it is malformed
+    if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
         out.extend_from_slice((v as i64).to_string().as_bytes());
     } else {
         out.extend_from_slice(ryu::Buffer::new().format(v).as_bytes());
     }
 }
 
-/// Append one line per row of `batch` to `out`.
-fn lines_of(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
+/// A cell's bytes, its line breaks made 0xFF so that the row stays one record.
+fn push_bytes(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(bytes);
+    for b in &mut out[start..] {
+        if *b == b'\n' || *b == b'\r' {
+            *b = 0xFF;
+        }
+    }
+}
+
+/// Append one line per row of `batch` to `out`; `fixed` gives the columns the file lacks.
+fn lines_of(
+    batch: &RecordBatch,
+    fixed: &[Option<Option<String>>],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     let cols: Vec<Text> = COLUMNS
         .iter()
-        .map(|name| {
-            let a = batch
-                .column_by_name(name)
-                .ok_or_else(|| format!("column {name} is missing from a row group"))?;
-            text_of(name, a)
+        .zip(fixed)
+        .map(|(name, fixed)| match fixed {
+            Some(v) => Ok(Text::Fixed(v.as_deref())),
+            None => {
+                let a = batch
+                    .column_by_name(name)
+                    .ok_or_else(|| format!("column {name} is missing from a row group"))?;
+                text_of(name, a)
+            }
         })
         .collect::<Result<_, _>>()?;
     for i in 0..batch.num_rows() {
@@ -191,15 +248,11 @@ fn lines_of(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), String> {
                 Text::Str(a) if a.is_null(i) => {}
                 Text::F64(a) if a.is_null(i) => {}
                 Text::F32(a) if a.is_null(i) => {}
-                Text::Str(a) => {
-                    let start = out.len();
-                    out.extend_from_slice(a.as_string::<i32>().value(i).as_bytes());
-                    for b in &mut out[start..] {
-                        if *b == b'\n' || *b == b'\r' {
-                            *b = 0xFF;
-                        }
-                    }
-                }
+                Text::Bin(a) if a.is_null(i) => {}
+                Text::Fixed(None) => {}
+                Text::Fixed(Some(v)) => push_bytes(v.as_bytes(), out),
+                Text::Str(a) => push_bytes(a.as_string::<i32>().value(i).as_bytes(), out),
+                Text::Bin(a) => push_bytes(a.as_binary::<i32>().value(i), out),
                 Text::F64(a) => push_float(a.as_primitive::<Float64Type>().value(i), out),
                 Text::F32(a) => {
                     push_float(f64::from(a.as_primitive::<Float32Type>().value(i)), out)
