@@ -267,10 +267,10 @@ fn check_analyze_paths(s: &AnalyzeSettings) -> Result<(), TopologyError> {
     let views = (!KafkaUrl::is_kafka(&s.views)).then(|| resolved(Path::new(&s.views)));
     if views
         .as_deref()
-        .is_some_and(|v| v.is_dir() && (out.starts_with(v) || v.starts_with(&out)))
+        .is_some_and(|v| v.is_dir() && out.starts_with(v))
     {
         return refuse(format!(
-            "--views {} is a folder that holds --out {} or is inside it: the analysis's files would become views; give the analysis another folder",
+            "--views {} is a folder that holds --out {}: the analysis's files would become views; give the analysis another folder",
             s.views,
             s.out.display()
         ));

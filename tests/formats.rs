@@ -487,6 +487,11 @@ fn regression_analysis_outputs_never_land_in_or_linger_beside_their_inputs() {
         assert!(err.contains("inside the views folder"), "{err}");
     }
     assert!(read(&part) == before && !views.join("dead.tsv").exists());
+    // --out inside the views folder is refused; the views inside --out are fine
+    let err = analyze_fails(2, &s(&views), &views.join("o"));
+    assert!(err.contains("is a folder that holds --out"), "{err}");
+    analyze(&golden(), &views, d, &[]);
+    assert!(d.join("diff_rank.csv").is_file() && read(&part) == before);
     // --format parquet into a folder holding an earlier run's CSVs: no stale CSV is left
     let out = d.join("out");
     analyze(
