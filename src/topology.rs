@@ -50,7 +50,7 @@ pub enum TopologyError {
     #[error(transparent)]
     Generate(#[from] GenerateError),
     /// The views hold no valid record, so no rating exists.
-    #[error("{source_name}: no valid view record among {records} records ({malformed} malformed); see SPEC 1.2 for the format")]
+    #[error("{source_name}: no valid view record among {records} records ({malformed} malformed: {kinds}); see SPEC 1.2 for the format")]
     NoValidRecord {
         /// The views source.
         source_name: String,
@@ -58,6 +58,8 @@ pub enum TopologyError {
         records: u64,
         /// Malformed records.
         malformed: u64,
+        /// Malformed records by kind (`too_few_fields 2, empty 1`).
+        kinds: String,
     },
     /// A setting is impossible.
     #[error("{0}")]
@@ -433,14 +435,19 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         );
     }
     if c.valid == 0 {
-        // the dead letters are what explains this failure: keep them
-        if let Some(d) = dead {
-            d.commit()?;
-        }
+        // the outputs, the dead letters included, change only when the analysis succeeds:
+        // the message says what the malformed records were
         return Err(TopologyError::NoValidRecord {
             source_name: s.views.clone(),
             records: c.records,
             malformed: c.malformed.total(),
+            kinds: c
+                .malformed
+                .by_kind()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
 
