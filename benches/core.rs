@@ -244,6 +244,96 @@ fn trigger_percentiles(bench: bool) {
     );
 }
 
+/// The same trigger through the actors, as the daemon runs it: 16 shard actors (each on its
+/// own arbiter) holding the counters above, a barrier to each, the coordinator awaiting their
+/// answers (each shard clones its counters on its own thread), merging and rating, and handing
+/// the snapshot to the writer's queue. Timed from the barriers' sending to the coordinator's
+/// answer; 300 triggers (3 in a smoke run).
+fn trigger_actors_percentiles(bench: bool) {
+    use std::sync::Arc;
+    use viewpulse::pipeline::coordinator::{Coordinator, Stamps};
+    use viewpulse::pipeline::messages::{Barrier, Merge, Trigger};
+    use viewpulse::pipeline::persist::Persist;
+    use viewpulse::pipeline::shard::Shard;
+    use viewpulse::pipeline::Metrics;
+    let (households, per_shard, runs) = if bench {
+        (1_000_000, 250_000, 300)
+    } else {
+        (10_000, 2_000, 3)
+    };
+    let (m, parts) = trigger_shards(households, 16, per_shard);
+    let m = Arc::new(m);
+    let metrics = Arc::new(Metrics::new(16));
+    let (writer, written) = crossbeam_channel::bounded::<Persist>(16);
+    let drained = std::thread::spawn(move || written.iter().count());
+    let sys = actix::System::new();
+    let mut ms: Vec<f64> = sys.block_on(async move {
+        use actix::Actor;
+        let mut arbiters = Vec::new();
+        let mut shards = Vec::new();
+        for (i, c) in parts.into_iter().enumerate() {
+            let arb = actix::Arbiter::new();
+            let (m, mx) = (m.clone(), metrics.clone());
+            shards.push(Shard::start_in_arbiter(&arb.handle(), move |_| {
+                Shard::new(i, m, mx).with_state([(i as i32, c)].into())
+            }));
+            arbiters.push(arb);
+        }
+        let arb = actix::Arbiter::new();
+        let mx = metrics.clone();
+        let coordinator = Coordinator::start_in_arbiter(&arb.handle(), move |_| {
+            let stamps = Stamps {
+                model: 0,
+                subsets: Vec::new(),
+                source: String::new(),
+            };
+            Coordinator::new(subsets(), 7, writer, stamps, false, mx)
+        });
+        arbiters.push(arb);
+        let mut ms = Vec::with_capacity(runs);
+        for trigger in 1..=runs as u64 {
+            let t = std::time::Instant::now();
+            let mut answers = Vec::new();
+            let mut sent = Vec::new();
+            for s in &shards {
+                let (reply, answer) = futures_channel::oneshot::channel();
+                sent.push(s.send(Barrier { trigger, reply }));
+                answers.push(answer);
+            }
+            let merged = coordinator.send(Merge {
+                trigger: Trigger {
+                    trigger,
+                    records: 0,
+                    offsets: Default::default(),
+                    by_interval: false,
+                },
+                parts: answers,
+            });
+            merged.await.expect("coordinator").expect("merge");
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            for s in sent {
+                s.await.expect("shard");
+            }
+        }
+        for a in &arbiters {
+            a.stop();
+        }
+        ms
+    });
+    drop(sys);
+    let emitted = drained.join().expect("writer");
+    assert_eq!(emitted, runs, "one snapshot a trigger");
+    ms.sort_by(f64::total_cmp);
+    let q = |f: f64| ms[((ms.len() - 1) as f64 * f).round() as usize];
+    println!(
+        "trigger/actors/households_{households}/stations_5000/shards_16: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {runs} triggers (target: p99 no worse than 21-26 ms)",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+}
+
 criterion_group!(
     benches,
     bench_parse,
@@ -257,4 +347,5 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     trigger_percentiles(std::env::args().any(|a| a == "--bench"));
+    trigger_actors_percentiles(std::env::args().any(|a| a == "--bench"));
 }

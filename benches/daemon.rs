@@ -182,6 +182,7 @@ fn daemon(
             subsets: subsets.to_vec(),
             top: 7,
             durability,
+            slow_shard: None,
         },
         vec![Box::new(MemorySink::default())],
         Arc::new(AtomicBool::new(false)),
@@ -193,6 +194,86 @@ fn daemon(
         "the daemon read every record"
     );
     out.records as f64 / t.elapsed().as_secs_f64()
+}
+
+/// What a run looked like from outside, sampled every 20 ms: peak resident kB of this process,
+/// peak consumer lag (records), peak records queued at shard 0, and records a second.
+#[derive(Debug, Default, Clone, Copy)]
+struct Watched {
+    peak_rss_kb: u64,
+    peak_lag: i64,
+    peak_queued_0: i64,
+    rate: f64,
+}
+
+/// The daemon over the whole topic with 4 shards, shard 0 sleeping `delay` before each batch
+/// it counts (none: every shard at full speed), watched while it runs.
+fn watched(
+    broker: &common::Broker,
+    stream: &[Vec<u8>],
+    membership: &Arc<viewpulse::counters::Membership>,
+    subsets: &[Subset],
+    delay: Option<Duration>,
+) -> Watched {
+    let shards = 4;
+    let metrics = Arc::new(pipeline::Metrics::new(shards));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (metrics, done) = (metrics.clone(), done.clone());
+        let me = std::process::id();
+        std::thread::spawn(move || {
+            let mut w = Watched::default();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                w.peak_rss_kb = w.peak_rss_kb.max(status_kb(me, "VmRSS:"));
+                w.peak_lag = w.peak_lag.max(metrics.lag());
+                w.peak_queued_0 = w.peak_queued_0.max(metrics.queued(0));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            w
+        })
+    };
+    let t = Instant::now();
+    let out = pipeline::run_with(
+        RunSource::Kafka {
+            url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
+            options: StreamOptions {
+                client: KafkaOptions::default(),
+                group_id: "bench".into(),
+                start: StartAt::Earliest,
+                until_end: true,
+                batch_records: 8192,
+                batch_wait: Duration::from_millis(50),
+                highs: None,
+                resume: Default::default(),
+            },
+        },
+        membership.clone(),
+        &PipelineSettings {
+            shards,
+            trigger_records: 50_000,
+            trigger_interval: None,
+            http: None,
+            http_token: None,
+            subsets: subsets.to_vec(),
+            top: 7,
+            durability: Default::default(),
+            slow_shard: delay.map(|d| (0, d)),
+        },
+        vec![Box::new(MemorySink::default())],
+        Arc::new(AtomicBool::new(false)),
+        metrics,
+    )
+    .expect("daemon run");
+    let secs = t.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut w = sampler.join().expect("sampler");
+    assert_eq!(
+        out.records,
+        stream.len() as u64,
+        "the daemon read every record"
+    );
+    w.rate = out.records as f64 / secs;
+    w
 }
 
 fn main() {
@@ -286,6 +367,26 @@ fn main() {
         best_checkpointed,
         (1.0 - best_checkpointed / best_daemon) * 100.0
     );
+
+    // back-pressure: shard 0 made slow on purpose; memory stays bounded (the windows hold at
+    // most WINDOW batches a shard, the feed FEED_WINDOW polled batches, the consumer's channel
+    // 8) and the consumer's lag shows the slowness
+    let delay = Duration::from_millis(if bench { 20 } else { 2 });
+    let fast = watched(&broker, &stream, &membership, &subsets, None);
+    let slow = watched(&broker, &stream, &membership, &subsets, Some(delay));
+    for (what, w) in [
+        ("every shard at full speed", fast),
+        ("shard 0 slowed", slow),
+    ] {
+        println!(
+            "slow_shard/records={records}/shards=4/delay_ms={}: {what}: {:.0} records/s, peak resident {:.1} MB, peak lag {} records, peak queued at shard 0 {} records",
+            delay.as_millis(),
+            w.rate,
+            w.peak_rss_kb as f64 / 1024.0,
+            w.peak_lag,
+            w.peak_queued_0
+        );
+    }
 
     let big = if bench { 1_000_000 } else { 20_000 };
     let mut rss = Vec::new();

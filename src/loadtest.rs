@@ -345,6 +345,7 @@ pub fn loadtest(
             subsets: s.subsets.clone(),
             top: 7,
             durability: Default::default(),
+            slow_shard: None,
         };
         let membership = Arc::new(membership);
         let consumer_properties = s.consumer_properties.clone();

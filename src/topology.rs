@@ -803,6 +803,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             subsets,
             top: cfg.pipeline.top,
             durability,
+            slow_shard: None,
         },
         sinks,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),

@@ -1,33 +1,61 @@
-//! The ingestor: reads records from a source, routes each by a stable hash of its household
-//! id to a shard, sends the shards their batches through bounded mailboxes (waiting for them,
-//! so a slow shard slows the reader instead of growing memory), and fires a trigger to the
-//! coordinator after exactly every `trigger_records` records and, when an interval is set,
-//! whenever that much time passed since the last trigger and records came since.
+//! The ingestor: the actor between the sources and the shards. A source thread (the Kafka
+//! `BaseConsumer`'s polling thread through its bounded channel, a file reader, the group
+//! reader) hands it batches of records through a [`Feed`], which keeps a few in flight in the
+//! ingestor's bounded mailbox. The ingestor routes each record by a stable hash of its
+//! household id to a shard ([`Router`], the pure part: batching, trigger and checkpoint
+//! decisions) and sends each shard its batches with up to [`WINDOW`] messages in flight, waiting
+//! for a shard only when its window is full: the bounded mailboxes do the back-pressure.
+//!
+//! A trigger is a barrier: after exactly every `trigger_records` records (and, with an interval,
+//! whenever that much time passed and records came) the ingestor sends every shard a
+//! [`Barrier`] behind the batches before it and hands the coordinator the shards' answers to
+//! await, so the coordinator merges counters that cover exactly the records up to the trigger
+//! while the ingestor goes on routing. A checkpoint travels the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-use futures_util::future::join_all;
+use actix::fut::{wrap_future, ActorFutureExt};
+use actix::{
+    Actor, ActorFuture, Addr, AsyncContext, AtomicResponse, Context, Handler, MailboxError, Message,
+};
 use tracing::debug;
 
 use super::coordinator::Coordinator;
-use super::messages::{Count, RecordBatch, Snapshot, State, Trigger};
+use super::messages::{
+    Adopt, Assign, Barrier, CheckpointAt, Count, Finish, Ingest, Merge, Progress, RecordBatch,
+    Release, Revoke, StateBarrier, SyncChangelog, TakeCheckpoint, Trigger,
+};
 use super::metrics::Metrics;
-use super::persist::Persist;
 use super::shard::Shard;
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
 use crate::counters::{household_hash, Counters};
 use crate::source::group::GroupEvent;
 use crate::source::kafka::PolledBatch;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Records buffered across all shards before they are sent.
+/// Records buffered for one shard before they are sent.
 pub const BATCH: usize = 8192;
+
+/// Messages in flight per shard: the ingestor waits for a shard's oldest only when this many
+/// are unanswered.
+pub const WINDOW: usize = 4;
+
+/// Requests (merges, checkpoints) in flight to the coordinator.
+pub const COORDINATOR_WINDOW: usize = 2;
+
+/// Batches in flight from a source to the ingestor.
+pub const FEED_WINDOW: usize = 4;
+
+/// How often the ingestor checks the trigger interval and sends what it buffered while the
+/// source is quiet.
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// The shard of a raw record: a stable hash of its household id (the last field), so that a
 /// household always lands on the same shard; records without a readable id go to shard 0
@@ -48,83 +76,74 @@ pub fn route(record: &[u8], shards: usize) -> usize {
     }
 }
 
-/// Routes records and fires triggers.
+/// What the router asks of the actors, in order.
+#[derive(Debug)]
+pub enum Out {
+    /// Count these records (to a shard).
+    Count(usize, RecordBatch),
+    /// A trigger: a barrier to every shard, then a merge by the coordinator.
+    Trigger(Trigger),
+    /// A checkpoint: a state barrier to every shard, then the coordinator sums and writes it.
+    Checkpoint(CheckpointAt),
+    /// Wait until the changelog acknowledged every checkpoint before.
+    Sync,
+    /// Every shard forgets these partitions, once everything before is done.
+    Release(Vec<i32>),
+    /// A shard takes over these partitions' counters.
+    Adopt(usize, BTreeMap<i32, Counters>),
+}
+
+/// When the router checkpoints.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// Also between triggers, this often.
+    interval: Option<Duration>,
+    /// When the last checkpoint was taken.
+    last: Instant,
+    /// Records at the last checkpoint.
+    records_at_last: u64,
+}
+
+/// The ingestor's pure part: routes records into per-shard batches and decides triggers and
+/// checkpoints, as a sequence of [`Out`]s for the actors. No I/O, no actix.
 pub struct Router {
-    shards: Vec<Addr<Shard>>,
-    coordinator: Addr<Coordinator>,
+    shards: usize,
     trigger_records: u64,
     interval: Option<Duration>,
     last_fire: Instant,
     records_at_fire: u64,
     batches: Vec<RecordBatch>,
     pending: usize,
-    /// The live metrics it updates.
-    pub metrics: Arc<Metrics>,
     /// Records consumed.
     pub records: u64,
     /// Triggers fired.
     pub triggers: u64,
     /// Next offset per input partition.
     pub offsets: BTreeMap<i32, i64>,
-    /// The last snapshot emitted.
-    pub last: Option<Snapshot>,
-    checkpoints: Option<Checkpoints>,
-    /// Scale-out: the changelog every checkpoint is published to, per partition.
-    changelog: Option<super::cluster::Changelog>,
+    checkpoints: Option<Plan>,
     /// Whether triggers emit snapshots here (not when a global coordinator does).
     local_snapshots: bool,
-    /// The persister, told at every trigger that the dead letters before it are all sent.
-    dead_letters: Option<crossbeam_channel::Sender<Persist>>,
-}
-
-/// When and how the router checkpoints.
-#[derive(Debug, Clone)]
-pub struct Checkpoints {
-    /// The persister (none when the changelog is where the state goes).
-    pub tx: Option<crossbeam_channel::Sender<Persist>>,
-    /// Also between triggers, this often.
-    pub interval: Option<Duration>,
-    /// Stamped on every checkpoint: model fingerprint, subset labels, source.
-    pub model: u64,
-    /// See `model`.
-    pub subsets: Vec<String>,
-    /// See `model`.
-    pub source: String,
-    /// When the last checkpoint was taken.
-    pub last: Instant,
-    /// Records at the last checkpoint.
-    pub records_at_last: u64,
+    out: Vec<Out>,
 }
 
 impl Router {
-    /// A router over these shards: a trigger every `trigger_records` records and, if
+    /// A router over `shards` shards: a trigger every `trigger_records` records and, if
     /// `interval` is set, every `interval` in which records came.
-    pub fn new(
-        shards: Vec<Addr<Shard>>,
-        coordinator: Addr<Coordinator>,
-        trigger_records: u64,
-        interval: Option<Duration>,
-        metrics: Arc<Metrics>,
-    ) -> Router {
-        let n = shards.len();
+    pub fn new(shards: usize, trigger_records: u64, interval: Option<Duration>) -> Router {
         Router {
-            shards,
-            coordinator,
+            shards: shards.max(1),
             trigger_records: trigger_records.max(1),
             interval,
             last_fire: Instant::now(),
             records_at_fire: 0,
-            batches: vec![RecordBatch::default(); n],
+            batches: vec![RecordBatch::default(); shards.max(1)],
             pending: 0,
-            metrics,
             records: 0,
             triggers: 0,
             offsets: BTreeMap::new(),
-            last: None,
             checkpoints: None,
-            changelog: None,
             local_snapshots: true,
-            dead_letters: None,
+            out: Vec::new(),
         }
     }
 
@@ -137,160 +156,32 @@ impl Router {
         if let Some(k) = &mut self.checkpoints {
             k.records_at_last = c.records;
         }
-        self.metrics
-            .triggers
-            .store(c.triggers, std::sync::atomic::Ordering::Relaxed);
-        for (&p, &o) in &self.offsets {
-            self.metrics.set_next(p, o);
-        }
     }
 
-    /// Tell the persister at every trigger that the dead letters before it are all sent, so
-    /// that it writes them in order.
-    pub fn dead_letters_to(&mut self, tx: crossbeam_channel::Sender<Persist>) {
-        self.dead_letters = Some(tx);
+    /// Checkpoint after every trigger (and every `interval` between them).
+    pub fn checkpoint_with(&mut self, interval: Option<Duration>) {
+        self.checkpoints = Some(Plan {
+            interval,
+            last: Instant::now(),
+            records_at_last: self.records,
+        });
     }
 
-    /// Checkpoint after every trigger (and every `interval` between them) through `k`.
-    pub fn checkpoint_with(&mut self, mut k: Checkpoints) {
-        k.records_at_last = self.records;
-        self.checkpoints = Some(k);
-    }
-
-    /// Take a checkpoint now: count everything buffered, collect every shard's counters
-    /// per input partition, and hand the sum per partition, with its next offset, to the
-    /// persister (which waits for the dead letters before it).
-    pub fn checkpoint(&mut self) -> Result<(), PipelineError> {
-        if self.checkpoints.is_none() {
-            return Ok(());
-        }
-        self.flush()?;
-        let asks: Vec<_> = self.shards.iter().map(|s| s.send(State)).collect();
-        let mut sums: BTreeMap<i32, Counters> = BTreeMap::new();
-        for state in futures_executor::block_on(join_all(asks)) {
-            let state = state.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
-            for (p, c) in state {
-                match sums.get_mut(&p) {
-                    Some(sum) => sum.merge(&c),
-                    None => {
-                        sums.insert(p, c);
-                    }
-                }
-            }
-        }
-        let Some(k) = &mut self.checkpoints else {
-            return Ok(());
-        };
-        let mut partitions = BTreeMap::new();
-        for (&p, &next_offset) in &self.offsets {
-            let counters = match sums.remove(&p) {
-                Some(c) => c.to_state(),
-                None => continue,
-            };
-            partitions.insert(
-                p,
-                PartitionState {
-                    next_offset,
-                    counters,
-                },
-            );
-        }
-        let c = Checkpoint {
-            model: k.model,
-            subsets: k.subsets.clone(),
-            source: k.source.clone(),
-            triggers: self.triggers,
-            records: self.records,
-            records_at_fire: self.records_at_fire,
-            partitions,
-            written_at: super::rfc3339_now(),
-        };
-        if let Some(changelog) = &mut self.changelog {
-            changelog.publish(&c)?;
-        }
-        if let Some(tx) = &k.tx {
-            tx.send(Persist::Checkpoint(Box::new(c)))
-                .map_err(|_| PipelineError::PersisterStopped)?;
-        }
-        k.last = Instant::now();
-        k.records_at_last = self.records;
-        Ok(())
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        self.checkpoints.as_ref().is_some_and(|k| {
-            self.records > k.records_at_last && k.interval.is_some_and(|iv| k.last.elapsed() >= iv)
-        })
-    }
-
-    /// Scale-out: publish every checkpoint (each trigger's) to `changelog`, one entry per
-    /// input partition, and emit no snapshot here (the global coordinator does).
-    pub fn publish_to(&mut self, changelog: super::cluster::Changelog) {
-        self.changelog = Some(changelog);
+    /// Scale-out: emit no snapshot here (the global coordinator does); every trigger is a
+    /// checkpoint, which the writer publishes to the changelog.
+    pub fn publish_only(&mut self) {
         self.local_snapshots = false;
     }
 
-    /// The consumer group takes `partitions` away: count what is buffered, publish the state
-    /// of every partition owned, wait until the changelog has it, then forget `partitions`.
-    pub fn revoke(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
-        self.flush()?;
-        self.checkpoint()?;
-        if let Some(c) = &self.changelog {
-            c.sync(Duration::from_secs(30))?;
-        }
-        let asks: Vec<_> = self
-            .shards
-            .iter()
-            .map(|s| s.send(super::messages::Release(partitions.to_vec())))
-            .collect();
-        for r in futures_executor::block_on(join_all(asks)) {
-            r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
-        }
-        for p in partitions {
-            self.offsets.remove(p);
-            self.metrics.forget(*p);
-        }
-        Ok(())
-    }
-
-    /// The consumer group gives these partitions, with the state the changelog held for
-    /// them: their counters go to the shards (partition p to shard p mod shards) and their
-    /// offsets here.
-    pub fn adopt(
-        &mut self,
-        states: BTreeMap<i32, PartitionState>,
-        shape: (usize, usize),
-    ) -> Result<(), PipelineError> {
-        let n = self.shards.len();
-        let mut per_shard = vec![BTreeMap::new(); n];
-        for (p, st) in states {
-            let c = Counters::from_state(&st.counters, shape.0, shape.1)
-                .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
-            per_shard[p.rem_euclid(n as i32) as usize].insert(p, c);
-            self.offsets.insert(p, st.next_offset);
-            self.metrics.set_next(p, st.next_offset);
-        }
-        let asks: Vec<_> = per_shard
-            .into_iter()
-            .enumerate()
-            .filter(|(_, m)| !m.is_empty())
-            .map(|(i, m)| self.shards[i].send(super::messages::Adopt(m)))
-            .collect();
-        for r in futures_executor::block_on(join_all(asks)) {
-            r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
-        }
-        Ok(())
+    /// What the actors are to do, in order, since the last call.
+    pub fn take(&mut self) -> Vec<Out> {
+        std::mem::take(&mut self.out)
     }
 
     /// Take one record at `(partition, offset)`.
     #[inline]
-    pub fn push(
-        &mut self,
-        record: &[u8],
-        partition: i32,
-        offset: i64,
-    ) -> Result<(), PipelineError> {
-        let s = route(record, self.shards.len());
+    pub fn push(&mut self, record: &[u8], partition: i32, offset: i64) {
+        let s = route(record, self.shards);
         self.batches[s].push(record, partition, offset);
         self.pending += 1;
         self.records += 1;
@@ -301,70 +192,59 @@ impl Router {
             }
         }
         if self.records % self.trigger_records == 0 {
-            self.fire(false)?;
-        } else if self.pending >= BATCH {
-            self.flush()?;
+            self.fire(false);
+        } else if self.batches[s].len() >= BATCH {
+            let b = std::mem::take(&mut self.batches[s]);
+            self.pending -= b.len();
+            self.out.push(Out::Count(s, b));
         }
-        Ok(())
     }
 
     /// Fire an interval trigger if the interval has passed and records came since the last
-    /// trigger (called between batches and when the source is idle).
-    pub fn tick(&mut self) -> Result<(), PipelineError> {
+    /// trigger, and checkpoint if one is due.
+    pub fn tick(&mut self) {
         if let Some(iv) = self.interval {
             if self.last_fire.elapsed() >= iv {
                 if self.records > self.records_at_fire {
-                    self.fire(true)?;
+                    self.fire(true);
                 } else {
                     self.last_fire = Instant::now();
                 }
             }
         }
         if self.checkpoint_due() {
-            self.checkpoint()?;
+            self.checkpoint();
         }
-        Ok(())
     }
 
-    /// Send every buffered batch and wait until each shard has counted it.
-    pub fn flush(&mut self) -> Result<(), PipelineError> {
+    /// Send every buffered batch.
+    pub fn flush(&mut self) {
         if self.pending == 0 {
-            return Ok(());
+            return;
         }
-        let mut sends = Vec::new();
         for (s, b) in self.batches.iter_mut().enumerate() {
             if !b.is_empty() {
-                self.metrics.queue(s, b.len() as i64);
-                sends.push(self.shards[s].send(Count(std::mem::take(b))));
+                self.out.push(Out::Count(s, std::mem::take(b)));
             }
         }
-        for r in futures_executor::block_on(join_all(sends)) {
-            r.map_err(|e| PipelineError::Mailbox(e.to_string()))?;
-        }
         self.pending = 0;
-        self.metrics
-            .records
-            .store(self.records, std::sync::atomic::Ordering::Relaxed);
-        for (&p, &o) in &self.offsets {
-            self.metrics.set_next(p, o);
-        }
-        Ok(())
     }
 
-    /// Flush, then fire a trigger and wait for its snapshot.
-    pub fn fire(&mut self, by_interval: bool) -> Result<(), PipelineError> {
+    /// Flush, then fire a trigger (and checkpoint after it).
+    pub fn fire(&mut self, by_interval: bool) {
         self.fire_then(by_interval, true)
     }
 
-    fn fire_then(&mut self, by_interval: bool, checkpoint: bool) -> Result<(), PipelineError> {
-        self.flush()?;
+    fn fire_then(&mut self, by_interval: bool, checkpoint: bool) {
+        self.flush();
         self.triggers += 1;
         if !self.local_snapshots {
             self.last_fire = Instant::now();
             self.records_at_fire = self.records;
-            return self.checkpoint();
+            self.checkpoint();
+            return;
         }
-        let t = Trigger {
+        self.out.push(Out::Trigger(Trigger {
             trigger: self.triggers,
             records: self.records,
             offsets: self
@@ -373,21 +253,36 @@ impl Router {
                 .map(|(p, o)| (p.to_string(), *o))
                 .collect(),
             by_interval,
-        };
-        let snap = futures_executor::block_on(self.coordinator.send(t))
-            .map_err(|e| PipelineError::Mailbox(e.to_string()))??;
-        self.last = Some(snap);
-        if let Some(tx) = &self.dead_letters {
-            // the shards answered the trigger, so every dead letter before it was sent
-            tx.send(Persist::Flush)
-                .map_err(|_| PipelineError::PersisterStopped)?;
-        }
+        }));
         self.last_fire = Instant::now();
         self.records_at_fire = self.records;
         if checkpoint {
-            self.checkpoint()?;
+            self.checkpoint();
         }
-        Ok(())
+    }
+
+    /// Take a checkpoint now (when checkpoints are on): flush, then the state barrier.
+    pub fn checkpoint(&mut self) {
+        if self.checkpoints.is_none() {
+            return;
+        }
+        self.flush();
+        self.out.push(Out::Checkpoint(CheckpointAt {
+            triggers: self.triggers,
+            records: self.records,
+            records_at_fire: self.records_at_fire,
+            offsets: self.offsets.clone(),
+        }));
+        if let Some(k) = &mut self.checkpoints {
+            k.last = Instant::now();
+            k.records_at_last = self.records;
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|k| {
+            self.records > k.records_at_last && k.interval.is_some_and(|iv| k.last.elapsed() >= iv)
+        })
     }
 
     /// The end of the source or a stop: a last snapshot only if records came after the last
@@ -397,38 +292,426 @@ impl Router {
     /// the next multiple of `trigger.records`), and the last snapshot, past the checkpoint,
     /// is dropped from the JSON-lines file at the restart like any snapshot after the
     /// checkpoint, and emitted again with the records that came since.
-    pub fn finish(&mut self) -> Result<(), PipelineError> {
-        self.metrics
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    pub fn finish(&mut self) {
         let partial = self.local_snapshots
             && self.checkpoints.is_some()
             && self.records > self.records_at_fire;
         if partial {
-            self.checkpoint()?;
-            self.fire_then(false, false)?;
+            self.checkpoint();
+            self.fire_then(false, false);
         } else if self.records > self.records_at_fire {
-            self.fire(false)?;
+            self.fire(false);
         } else if self
             .checkpoints
             .as_ref()
             .is_some_and(|k| self.records > k.records_at_last)
         {
-            self.checkpoint()?;
+            self.checkpoint();
+        }
+    }
+
+    /// The consumer group takes `partitions` away: count what is buffered, publish the state
+    /// of every partition owned, wait until the changelog has it, then forget `partitions`.
+    pub fn revoke(&mut self, partitions: &[i32]) {
+        self.flush();
+        self.checkpoint();
+        self.out.push(Out::Sync);
+        self.out.push(Out::Release(partitions.to_vec()));
+        for p in partitions {
+            self.offsets.remove(p);
+        }
+    }
+
+    /// The consumer group gives these partitions, with the state the changelog held for
+    /// them: their counters go to the shards (partition p to shard p mod shards) and their
+    /// offsets here.
+    pub fn adopt(
+        &mut self,
+        states: BTreeMap<i32, PartitionState>,
+        shape: (usize, usize),
+    ) -> Result<(), PipelineError> {
+        let n = self.shards;
+        let mut per_shard = vec![BTreeMap::new(); n];
+        for (p, st) in states {
+            let c = Counters::from_state(&st.counters, shape.0, shape.1)
+                .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
+            per_shard[p.rem_euclid(n as i32) as usize].insert(p, c);
+            self.offsets.insert(p, st.next_offset);
+        }
+        for (i, m) in per_shard.into_iter().enumerate() {
+            if !m.is_empty() {
+                self.out.push(Out::Adopt(i, m));
+            }
         }
         Ok(())
     }
 }
 
-/// Feed a file source (one record a line, plain or gzip) through the router, to its end or
-/// until `stop` is set.
-pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), PipelineError> {
+type Pending<T> = Pin<Box<dyn Future<Output = Result<T, MailboxError>>>>;
+
+fn stopped(e: MailboxError) -> PipelineError {
+    PipelineError::Mailbox(e.to_string())
+}
+
+/// The ingestor's sending side: the shards' and the coordinator's addresses with the requests
+/// in flight to each. Every message to a shard goes through its window, so a mailbox never
+/// holds more than [`WINDOW`] of them and every send is queued at once, in order.
+struct Lanes {
+    shards: Vec<Addr<Shard>>,
+    windows: Vec<VecDeque<Pending<()>>>,
+    coordinator: Addr<Coordinator>,
+    asked: VecDeque<Pending<Result<(), PipelineError>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lanes {
+    async fn send_shard<M>(&mut self, s: usize, msg: M) -> Result<(), PipelineError>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        Shard: Handler<M>,
+    {
+        while self.windows[s].len() >= WINDOW {
+            if let Some(oldest) = self.windows[s].pop_front() {
+                oldest.await.map_err(stopped)?;
+            }
+        }
+        self.windows[s].push_back(Box::pin(self.shards[s].send(msg)));
+        Ok(())
+    }
+
+    async fn ask_coordinator<M>(&mut self, msg: M) -> Result<(), PipelineError>
+    where
+        M: Message<Result = Result<(), PipelineError>> + Send + 'static,
+        Coordinator: Handler<M>,
+    {
+        while self.asked.len() >= COORDINATOR_WINDOW {
+            if let Some(oldest) = self.asked.pop_front() {
+                oldest.await.map_err(stopped)??;
+            }
+        }
+        self.asked.push_back(Box::pin(self.coordinator.send(msg)));
+        Ok(())
+    }
+
+    /// Wait until every shard and then the coordinator did all they were sent.
+    async fn drain(&mut self) -> Result<(), PipelineError> {
+        for w in &mut self.windows {
+            while let Some(f) = w.pop_front() {
+                f.await.map_err(stopped)?;
+            }
+        }
+        while let Some(f) = self.asked.pop_front() {
+            f.await.map_err(stopped)??;
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, outs: Vec<Out>) -> Result<(), PipelineError> {
+        for o in outs {
+            match o {
+                Out::Count(s, b) => {
+                    self.metrics.queue(s, b.len() as i64);
+                    self.send_shard(s, Count(b)).await?;
+                }
+                Out::Trigger(t) => {
+                    let mut parts = Vec::with_capacity(self.shards.len());
+                    for s in 0..self.shards.len() {
+                        let (reply, part) = futures_channel::oneshot::channel();
+                        let trigger = t.trigger;
+                        self.send_shard(s, Barrier { trigger, reply }).await?;
+                        parts.push(part);
+                    }
+                    self.ask_coordinator(Merge { trigger: t, parts }).await?;
+                }
+                Out::Checkpoint(at) => {
+                    let mut parts = Vec::with_capacity(self.shards.len());
+                    for s in 0..self.shards.len() {
+                        let (reply, part) = futures_channel::oneshot::channel();
+                        self.send_shard(s, StateBarrier { reply }).await?;
+                        parts.push(part);
+                    }
+                    self.ask_coordinator(TakeCheckpoint { at, parts }).await?;
+                }
+                Out::Sync => {
+                    let (reply, synced) = futures_channel::oneshot::channel();
+                    self.ask_coordinator(SyncChangelog { reply }).await?;
+                    self.drain().await?;
+                    match synced.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(why)) => return Err(PipelineError::WriterFailed(why)),
+                        Err(_) => return Err(PipelineError::PersisterStopped),
+                    }
+                }
+                Out::Release(ps) => {
+                    for s in 0..self.shards.len() {
+                        self.send_shard(s, Release(ps.clone())).await?;
+                    }
+                    self.drain().await?;
+                }
+                Out::Adopt(s, m) => self.send_shard(s, Adopt(m)).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ingestor actor.
+pub struct Ingestor {
+    router: Router,
+    lanes: Option<Lanes>,
+    metrics: Arc<Metrics>,
+    shape: (usize, usize),
+    /// An error met between messages (at a tick), answered to the next one.
+    failed: Option<PipelineError>,
+}
+
+impl Ingestor {
+    /// An ingestor routing to `shards` (which the router was made for) and asking
+    /// `coordinator` to merge; `shape` is (subsets, clusters) of the counters it adopts.
+    pub fn new(
+        router: Router,
+        shards: Vec<Addr<Shard>>,
+        coordinator: Addr<Coordinator>,
+        shape: (usize, usize),
+        metrics: Arc<Metrics>,
+    ) -> Ingestor {
+        let windows = shards.iter().map(|_| VecDeque::new()).collect();
+        Ingestor {
+            router,
+            lanes: Some(Lanes {
+                shards,
+                windows,
+                coordinator,
+                asked: VecDeque::new(),
+                metrics: metrics.clone(),
+            }),
+            metrics,
+            shape,
+            failed: None,
+        }
+    }
+
+    /// Carry out what the router decided; the lanes go with the future and come back after
+    /// it (the ingestor handles nothing else meanwhile: every handler is atomic).
+    fn execute(
+        &mut self,
+        outs: Vec<Out>,
+        drain: bool,
+    ) -> impl ActorFuture<Self, Output = Result<(), PipelineError>> {
+        let lanes = self.lanes.take();
+        wrap_future::<_, Self>(async move {
+            let Some(mut lanes) = lanes else {
+                return (
+                    None,
+                    Err(PipelineError::Runtime("the ingestor lost its lanes".into())),
+                );
+            };
+            let mut r = lanes.execute(outs).await;
+            if r.is_ok() && drain {
+                r = lanes.drain().await;
+            }
+            (Some(lanes), r)
+        })
+        .map(|(lanes, r), act, _ctx| {
+            if lanes.is_some() {
+                act.lanes = lanes;
+            }
+            act.progress();
+            r
+        })
+    }
+
+    /// Where the router stands, for `/metrics`.
+    fn progress(&self) {
+        self.metrics
+            .records
+            .store(self.router.records, Ordering::Relaxed);
+        for (&p, &o) in &self.router.offsets {
+            self.metrics.set_next(p, o);
+        }
+    }
+
+    fn failed(&mut self) -> Result<(), PipelineError> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Actor for Ingestor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(FEED_WINDOW + 2);
+        ctx.run_interval(TICK, |act, ctx| {
+            // busy (a handler's future holds the lanes: actix polls interval items before it
+            // merges a wait registered in the same poll) or failed: the next tick will do
+            if act.failed.is_some() || act.lanes.is_none() || ctx.waiting() {
+                return;
+            }
+            act.router.tick();
+            // a quiet source: count what is buffered now rather than at the next batch
+            act.router.flush();
+            let outs = act.router.take();
+            if outs.is_empty() {
+                return;
+            }
+            ctx.wait(act.execute(outs, false).map(|r, act, _ctx| {
+                if let Err(e) = r {
+                    act.failed = Some(e);
+                }
+            }));
+        });
+    }
+}
+
+impl Handler<Ingest> for Ingestor {
+    type Result = AtomicResponse<Self, Result<(), PipelineError>>;
+
+    fn handle(&mut self, msg: Ingest, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.failed() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        let b = msg.0;
+        let mut start = 0;
+        for (&end, &(p, o)) in b.ends.iter().zip(&b.positions) {
+            self.router.push(&b.data[start..end], p, o);
+            start = end;
+        }
+        self.router.tick();
+        let outs = self.router.take();
+        AtomicResponse::new(Box::pin(self.execute(outs, false)))
+    }
+}
+
+impl Handler<Finish> for Ingestor {
+    type Result = AtomicResponse<Self, Result<Progress, PipelineError>>;
+
+    fn handle(&mut self, msg: Finish, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.failed() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        self.metrics.draining.store(true, Ordering::Relaxed);
+        if msg.last_trigger {
+            self.router.finish();
+        }
+        let outs = self.router.take();
+        AtomicResponse::new(Box::pin(self.execute(outs, true).map(|r, act, _ctx| {
+            r.map(|()| Progress {
+                records: act.router.records,
+                triggers: act.router.triggers,
+            })
+        })))
+    }
+}
+
+impl Handler<Revoke> for Ingestor {
+    type Result = AtomicResponse<Self, Result<(), PipelineError>>;
+
+    fn handle(&mut self, msg: Revoke, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.failed() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        self.router.revoke(&msg.0);
+        let outs = self.router.take();
+        let partitions = msg.0;
+        AtomicResponse::new(Box::pin(self.execute(outs, true).map(
+            move |r, act, _ctx| {
+                for p in &partitions {
+                    act.metrics.forget(*p);
+                }
+                r
+            },
+        )))
+    }
+}
+
+impl Handler<Assign> for Ingestor {
+    type Result = AtomicResponse<Self, Result<(), PipelineError>>;
+
+    fn handle(&mut self, msg: Assign, _ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.failed() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        if let Err(e) = self.router.adopt(msg.0, self.shape) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        let outs = self.router.take();
+        AtomicResponse::new(Box::pin(self.execute(outs, true)))
+    }
+}
+
+/// A source's side of the hand-off to the ingestor, on the source's own thread: up to
+/// [`FEED_WINDOW`] batches in flight in the ingestor's bounded mailbox; the source waits for
+/// the oldest when the window is full, and a slow pipeline slows the source.
+pub struct Feed {
+    ingestor: Addr<Ingestor>,
+    window: VecDeque<actix::dev::Request<Ingestor, Ingest>>,
+}
+
+impl Feed {
+    /// A feed into `ingestor`.
+    pub fn new(ingestor: Addr<Ingestor>) -> Feed {
+        Feed {
+            ingestor,
+            window: VecDeque::new(),
+        }
+    }
+
+    /// Hand over a batch.
+    pub fn push(&mut self, batch: PolledBatch) -> Result<(), PipelineError> {
+        if batch.ends.is_empty() {
+            return Ok(());
+        }
+        while self.window.len() >= FEED_WINDOW {
+            self.oldest()?;
+        }
+        self.window.push_back(self.ingestor.send(Ingest(batch)));
+        Ok(())
+    }
+
+    fn oldest(&mut self) -> Result<(), PipelineError> {
+        match self.window.pop_front() {
+            Some(r) => futures_executor::block_on(r).map_err(stopped)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Ask the ingestor something, after every batch before it, and wait for the answer.
+    fn ask<M>(&mut self, msg: M) -> Result<M::Result, PipelineError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Ingestor: Handler<M>,
+    {
+        while !self.window.is_empty() {
+            self.oldest()?;
+        }
+        futures_executor::block_on(self.ingestor.send(msg)).map_err(stopped)
+    }
+
+    /// The source is done: the last trigger (if `last_trigger`) and checkpoint, then wait
+    /// until the pipeline did everything.
+    pub fn finish(&mut self, last_trigger: bool) -> Result<Progress, PipelineError> {
+        self.ask(Finish { last_trigger })?
+    }
+}
+
+/// Read a file source (one record a line, plain, gzip, Parquet or a folder of them) into the
+/// pipeline, to its end or until `stop` is set; a restored run skips the lines before
+/// `resume_at`.
+pub fn file(
+    path: &Path,
+    feed: &mut Feed,
+    resume_at: i64,
+    stop: &AtomicBool,
+) -> Result<Progress, PipelineError> {
     let opened = crate::source::open(path)?;
     let mut r = BufReader::with_capacity(1 << 20, opened.reader);
     let mut line = Vec::with_capacity(256);
     let mut offset = 0i64;
-    // a restored run goes on after the lines its checkpoint counted
-    let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
+    let mut batch = PolledBatch::default();
     loop {
         line.clear();
         let n = r
@@ -443,15 +726,18 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
         }
         let rec = line.strip_suffix(b"\n").unwrap_or(&line);
         let rec = rec.strip_suffix(b"\r").unwrap_or(rec);
-        router.push(rec, 0, offset)?;
+        batch.data.extend_from_slice(rec);
+        batch.ends.push(batch.data.len());
+        batch.positions.push((0, offset));
         offset += 1;
-        if offset % 4096 == 0 {
+        if batch.ends.len() >= BATCH {
+            feed.push(std::mem::take(&mut batch))?;
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            router.tick()?;
         }
     }
+    feed.push(batch)?;
     if offset < resume_at {
         return Err(PipelineError::Read {
             source_name: path.display().to_string(),
@@ -460,88 +746,186 @@ pub fn file(path: &Path, router: &mut Router, stop: &AtomicBool) -> Result<(), P
             ),
         });
     }
-    router.finish()?;
+    let done = feed.finish(true)?;
     debug!(
-        records = router.records,
-        triggers = router.triggers,
+        records = done.records,
+        triggers = done.triggers,
         "file source done"
     );
-    Ok(())
+    Ok(done)
 }
 
-/// Push every record of a polled batch, at its position.
-fn push_polled(router: &mut Router, batch: &PolledBatch) -> Result<(), PipelineError> {
-    let mut start = 0;
-    for (&end, &(p, o)) in batch.ends.iter().zip(&batch.positions) {
-        router.push(&batch.data[start..end], p, o)?;
-        start = end;
-    }
-    Ok(())
-}
-
-/// Feed batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
-/// thread) through the router until the channel closes; interval triggers are checked
-/// between batches and while the topic is idle.
+/// Hand the batches polled from Kafka (by [`crate::source::kafka::stream_topic`] on its own
+/// thread, through a bounded channel) to the pipeline until the channel closes.
 pub fn kafka(
     rx: &crossbeam_channel::Receiver<PolledBatch>,
-    router: &mut Router,
-) -> Result<(), PipelineError> {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(batch) => push_polled(router, &batch)?,
-            // a quiet topic: count what is buffered now rather than at the next batch
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => router.flush()?,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        router.tick()?;
+    feed: &mut Feed,
+) -> Result<Progress, PipelineError> {
+    while let Ok(batch) = rx.recv() {
+        feed.push(batch)?;
     }
-    router.finish()?;
+    let done = feed.finish(true)?;
     debug!(
-        records = router.records,
-        triggers = router.triggers,
+        records = done.records,
+        triggers = done.triggers,
         "kafka source done"
     );
-    Ok(())
+    Ok(done)
 }
 
-/// Scale-out: feed what the group reader hands on ([`crate::source::group::stream_group`],
-/// on its own thread) through the router, in order: records, and the revocations and
-/// assignments of partitions, each answered once done.
+/// Scale-out: hand what the group reader sends ([`crate::source::group::stream_group`], on
+/// its own thread) to the pipeline, in order: records, and the revocations and assignments of
+/// partitions, each answered once done.
 pub fn group(
     rx: &crossbeam_channel::Receiver<GroupEvent>,
-    router: &mut Router,
-    shape: (usize, usize),
-) -> Result<(), PipelineError> {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(GroupEvent::Records(batch)) => push_polled(router, &batch)?,
-            Ok(GroupEvent::Revoke { partitions, done }) => {
-                let r = router.revoke(&partitions);
+    feed: &mut Feed,
+) -> Result<Progress, PipelineError> {
+    while let Ok(event) = rx.recv() {
+        match event {
+            GroupEvent::Records(batch) => feed.push(batch)?,
+            GroupEvent::Revoke { partitions, done } => {
+                let r = feed.ask(Revoke(partitions)).and_then(|r| r);
                 let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                 r?;
             }
-            Ok(GroupEvent::Assign { states, done, .. }) => {
-                let r = router.adopt(states, shape);
+            GroupEvent::Assign { states, done, .. } => {
+                let r = feed.ask(Assign(states)).and_then(|r| r);
                 let _ = done.send(());
                 r?;
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => router.flush()?,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
-        router.tick()?;
     }
     // the group reader published every owned partition's state when it left
+    let done = feed.finish(false)?;
     debug!(
-        records = router.records,
-        triggers = router.triggers,
+        records = done.records,
+        triggers = done.triggers,
         "group source done"
     );
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Apply a router's outs to per-shard record lists, in order, as the shards' mailboxes
+    /// would: at every trigger and checkpoint, what the shards hold is what it covers.
+    #[derive(Default)]
+    struct Replayed {
+        per_shard: Vec<Vec<Vec<u8>>>,
+        /// (trigger number, records it says it covers, records the shards hold)
+        triggers: Vec<(u64, u64, usize)>,
+        /// (records it says it covers, records the shards hold)
+        checkpoints: Vec<(u64, usize)>,
+    }
+
+    fn replay(outs: Vec<Out>, r: &mut Replayed, shards: usize) {
+        r.per_shard.resize_with(shards, Vec::new);
+        let held = |r: &Replayed| r.per_shard.iter().map(|v| v.len()).sum::<usize>();
+        for o in outs {
+            match o {
+                Out::Count(s, b) => r.per_shard[s].extend(b.records().iter().map(|x| x.to_vec())),
+                Out::Trigger(t) => {
+                    let h = held(r);
+                    r.triggers.push((t.trigger, t.records, h));
+                }
+                Out::Checkpoint(at) => {
+                    let h = held(r);
+                    r.checkpoints.push((at.records, h));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn record(id: u32) -> Vec<u8> {
+        format!("d,1,2,{},p,{id}", 100 + id % 7).into_bytes()
+    }
+
+    proptest! {
+        #[test]
+        fn every_barrier_follows_exactly_the_records_before_it(
+            ids in proptest::collection::vec(0u32..5_000, 0..3_000),
+            shards in 1usize..9,
+            every in 1u64..400,
+            checkpoints in any::<bool>(),
+        ) {
+            let mut router = Router::new(shards, every, None);
+            if checkpoints {
+                router.checkpoint_with(None);
+            }
+            let mut r = Replayed::default();
+            for (i, &id) in ids.iter().enumerate() {
+                router.push(&record(id), 0, i as i64);
+                if i % 97 == 0 {
+                    replay(router.take(), &mut r, shards);
+                }
+            }
+            router.finish();
+            replay(router.take(), &mut r, shards);
+            let n = ids.len() as u64;
+            // a trigger at every multiple of `every`, and one for the rest
+            let mut want: Vec<u64> = (1..=n / every).map(|k| k * every).collect();
+            if n % every != 0 {
+                want.push(n);
+            }
+            prop_assert_eq!(r.triggers.iter().map(|t| t.1).collect::<Vec<_>>(), want);
+            for (k, &(number, says, held)) in r.triggers.iter().enumerate() {
+                prop_assert_eq!(number, k as u64 + 1);
+                prop_assert_eq!(says, held as u64, "trigger {} covers what the shards hold", number);
+            }
+            for &(says, held) in &r.checkpoints {
+                prop_assert_eq!(says, held as u64);
+            }
+            if checkpoints && n > 0 {
+                // the last checkpoint covers every record (before the last trigger if it is partial)
+                prop_assert_eq!(r.checkpoints.last().map(|c| c.0), Some(n));
+            }
+            // every record on the shard its household routes to, in order
+            let mut all: Vec<Vec<u8>> = Vec::new();
+            for (s, recs) in r.per_shard.iter().enumerate() {
+                for x in recs {
+                    prop_assert_eq!(route(x, shards), s);
+                }
+                all.extend(recs.iter().cloned());
+            }
+            prop_assert_eq!(all.len() as u64, n);
+        }
+    }
+
+    #[test]
+    fn a_revocation_checkpoints_then_syncs_then_releases_and_forgets_the_offsets() {
+        let mut router = Router::new(2, 1_000, None);
+        router.publish_only();
+        router.checkpoint_with(None);
+        router.push(b"d,1,2,100,p,1", 0, 10);
+        router.push(b"d,1,2,100,p,2", 3, 20);
+        router.revoke(&[3]);
+        let outs = router.take();
+        let kinds: Vec<&str> = outs
+            .iter()
+            .map(|o| match o {
+                Out::Count(..) => "count",
+                Out::Checkpoint(at) => {
+                    assert_eq!(at.offsets, BTreeMap::from([(0, 11), (3, 21)]));
+                    "checkpoint"
+                }
+                Out::Sync => "sync",
+                Out::Release(ps) => {
+                    assert_eq!(ps, &vec![3]);
+                    "release"
+                }
+                Out::Trigger(_) => "trigger",
+                Out::Adopt(..) => "adopt",
+            })
+            .collect();
+        let counts = kinds.iter().filter(|k| **k == "count").count();
+        assert!((1..=2).contains(&counts), "{kinds:?}");
+        assert_eq!(&kinds[counts..], ["checkpoint", "sync", "release"]);
+        assert_eq!(router.offsets, BTreeMap::from([(0, 11)]));
+    }
 
     #[test]
     fn routing_is_stable_and_by_household() {

@@ -1,6 +1,8 @@
 //! Every message that moves between the pipeline's actors, in one file. Hot paths move
 //! batches (an arena of record bytes with their ends), never single records.
 
+use std::collections::BTreeMap;
+
 use actix::Message;
 use serde::{Deserialize, Serialize};
 
@@ -69,50 +71,140 @@ impl RecordBatch {
     }
 }
 
-/// Count these records (to a shard). Answered once counted, so the sender knows.
+/// Count these records (to a shard). Answered once counted: the ingestor keeps a few of these
+/// in flight per shard and waits for the oldest only when its window is full.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Count(pub RecordBatch);
 
-/// Hand over your counters, summed over your input partitions (to a shard, at a trigger).
+/// A trigger's barrier (to a shard, behind the batches before the trigger, as a Flink
+/// checkpoint barrier travels): hand your counters, summed over your input partitions, to
+/// `reply`, which the coordinator awaits. The shard answers the ingestor at once.
 #[derive(Message)]
-#[rtype(result = "Counters")]
-pub struct Collect {
+#[rtype(result = "()")]
+pub struct Barrier {
     /// The trigger asking.
     pub trigger: u64,
+    /// Where the counters go.
+    pub reply: futures_channel::oneshot::Sender<Counters>,
 }
 
-/// A trigger fired (to the coordinator): every record up to `records` has been counted.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<Snapshot, super::PipelineError>")]
-pub struct Trigger {
-    /// 1-based trigger number.
-    pub trigger: u64,
-    /// Records consumed so far, malformed included.
-    pub records: u64,
-    /// Next offset per input partition.
-    pub offsets: std::collections::BTreeMap<String, i64>,
-    /// Whether the interval (not the record count) fired it.
-    pub by_interval: bool,
-}
-
-/// Hand over a copy of your counters per input partition (to a shard): the state that a
-/// checkpoint stores and that moves with a partition.
+/// A checkpoint's barrier (to a shard, behind the batches before the checkpoint): hand a copy
+/// of your counters per input partition (the state that a checkpoint stores and that moves
+/// with a partition) to `reply`.
 #[derive(Message)]
-#[rtype(result = "std::collections::BTreeMap<i32, Counters>")]
-pub struct State;
+#[rtype(result = "()")]
+pub struct StateBarrier {
+    /// Where the counters go.
+    pub reply: futures_channel::oneshot::Sender<BTreeMap<i32, Counters>>,
+}
 
 /// Take over these input partitions' counters (to a shard, when the consumer group assigns
 /// partitions whose state the changelog held).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Adopt(pub std::collections::BTreeMap<i32, Counters>);
+pub struct Adopt(pub BTreeMap<i32, Counters>);
 
 /// Forget these input partitions' counters (to every shard, once their state is published
 /// and the consumer group takes them away).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release(pub Vec<i32>);
+
+/// A trigger fired (to the coordinator): the counters of every record up to `records` arrive
+/// on `parts`, one per shard.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct Merge {
+    /// What the trigger covers.
+    pub trigger: Trigger,
+    /// One per shard, answered at the trigger's barrier.
+    pub parts: Vec<futures_channel::oneshot::Receiver<Counters>>,
+}
+
+/// What a trigger covers.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// 1-based trigger number.
+    pub trigger: u64,
+    /// Records consumed so far, malformed included.
+    pub records: u64,
+    /// Next offset per input partition.
+    pub offsets: BTreeMap<String, i64>,
+    /// Whether the interval (not the record count) fired it.
+    pub by_interval: bool,
+}
+
+/// Take a checkpoint (to the coordinator): the shards' counters per input partition arrive on
+/// `parts`, one per shard; the coordinator sums them, stamps them with `at` and hands the
+/// checkpoint to the writer, after the snapshots before it.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct TakeCheckpoint {
+    /// Where the ingestor stood.
+    pub at: CheckpointAt,
+    /// One per shard, answered at the checkpoint's barrier.
+    pub parts: Vec<futures_channel::oneshot::Receiver<BTreeMap<i32, Counters>>>,
+}
+
+/// Where the ingestor stood when it asked for a checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointAt {
+    /// Triggers fired.
+    pub triggers: u64,
+    /// Records consumed.
+    pub records: u64,
+    /// Records at the last trigger.
+    pub records_at_fire: u64,
+    /// Next offset per input partition.
+    pub offsets: BTreeMap<i32, i64>,
+}
+
+/// Wait until the changelog acknowledged every entry published so far (to the coordinator,
+/// which asks the writer behind the checkpoints before it); answered on `reply`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct SyncChangelog {
+    /// The writer's answer.
+    pub reply: futures_channel::oneshot::Sender<Result<(), String>>,
+}
+
+/// Records from a source (to the ingestor), with their positions.
+#[derive(Message)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct Ingest(pub crate::source::kafka::PolledBatch);
+
+/// The source ended or a stop was asked (to the ingestor): fire the last trigger if
+/// `last_trigger`, take the last checkpoint, and answer once every shard and the coordinator
+/// have done all they were sent.
+#[derive(Message)]
+#[rtype(result = "Result<Progress, super::PipelineError>")]
+pub struct Finish {
+    /// Whether a last trigger is due for records after the last one (not in scale-out, where
+    /// the group reader published every partition's state when it left).
+    pub last_trigger: bool,
+}
+
+/// Where the ingestor ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Records consumed.
+    pub records: u64,
+    /// Triggers fired.
+    pub triggers: u64,
+}
+
+/// The consumer group takes these partitions away (to the ingestor): count what came before,
+/// publish their state, wait for the changelog, forget them; answered when done.
+#[derive(Message)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct Revoke(pub Vec<i32>);
+
+/// The consumer group gives these partitions, with the state the changelog held for them (to
+/// the ingestor); answered when the shards hold it.
+#[derive(Message)]
+#[rtype(result = "Result<(), super::PipelineError>")]
+pub struct Assign(pub BTreeMap<i32, crate::checkpoint::PartitionState>);
 
 /// One row of a snapshot (SPEC 6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

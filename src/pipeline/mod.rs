@@ -40,9 +40,12 @@ pub enum PipelineError {
     /// A checkpoint cannot be made or written.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
-    /// The persister thread is gone; the error it ended with is the one to report.
-    #[error("the persister stopped")]
+    /// The writer thread is gone; the error it ended with is the one to report.
+    #[error("the writer stopped")]
     PersisterStopped,
+    /// The writer failed with this reason (it ends with the error itself, the one to report).
+    #[error("{0}")]
+    WriterFailed(String),
     /// A checkpoint does not fit this run.
     #[error("restoring state: {0}")]
     Restore(String),
@@ -111,7 +114,8 @@ impl PipelineError {
         match self {
             PipelineError::Mailbox(_)
             | PipelineError::Runtime(_)
-            | PipelineError::PersisterStopped => exit::SOFTWARE,
+            | PipelineError::PersisterStopped
+            | PipelineError::WriterFailed(_) => exit::SOFTWARE,
             PipelineError::Checkpoint(e) => e.exit_code(),
             PipelineError::Restore(_) | PipelineError::Read { .. } => exit::DATA,
             PipelineError::NoShard | PipelineError::KafkaConfig { .. } => exit::USAGE,
@@ -178,6 +182,9 @@ pub struct PipelineSettings {
     pub top: usize,
     /// Checkpoints, restore and dead letters.
     pub durability: Durability,
+    /// For benchmarks of back-pressure only: shard `.0` sleeps `.1` before each batch it
+    /// counts (no configuration key or flag sets it).
+    pub slow_shard: Option<(usize, Duration)>,
 }
 
 /// What makes a run survive a crash: checkpoints (and the one restored), and where malformed
@@ -294,41 +301,9 @@ pub fn run_with(
         if let Some((_, total)) = &restored {
             metrics.restored(total);
         }
-        let persister = if d.store.is_some() || d.dead_letter.is_some() {
-            Some(persist::Persister::start(
-                d.store.clone(),
-                d.dead_letter.as_ref(),
-                d.restored.as_ref().map(|c| c.offsets()).as_ref(),
-                file_source,
-                metrics.clone(),
-            )?)
-        } else {
-            None
-        };
-        let dead_tx = persister
-            .as_ref()
-            .filter(|_| d.dead_letter.is_some())
-            .map(|p| p.sender());
-        let mut per_shard = restored.map(|(p, _)| p).unwrap_or_default();
-        per_shard.resize_with(s.shards, Default::default);
-        let mut arbiters = Vec::with_capacity(s.shards);
-        let mut shards = Vec::with_capacity(s.shards);
-        for (i, state) in per_shard.into_iter().enumerate() {
-            let arb = Arbiter::new();
-            let m = membership.clone();
-            let mx = metrics.clone();
-            let tx = dead_tx.clone();
-            shards.push(shard::Shard::start_in_arbiter(&arb.handle(), move |_| {
-                shard::Shard::new(i, m, mx)
-                    .with_state(state)
-                    .with_dead_letters(tx)
-            }));
-            arbiters.push(arb);
-        }
-        drop(dead_tx);
-        let shape = (membership.subsets().len(), membership.clusters() as usize);
         let labels: Vec<String> = s.subsets.iter().map(|x| x.label()).collect();
-        // scale-out: the global coordinator, not this process's triggers, emits to the sinks
+        // scale-out: the global coordinator, not this process's triggers, emits to the sinks,
+        // and the writer publishes every checkpoint to the changelog
         let (sinks, global_sinks, changelog) = match &source {
             RunSource::Group { url, cluster, .. } => {
                 cluster::ensure_topics(url, cluster)?;
@@ -336,58 +311,88 @@ pub fn run_with(
             }
             _ => (sinks, Vec::new(), None),
         };
-        let coord = coordinator::Coordinator::new(
-            shards.clone(),
-            s.subsets.clone(),
-            s.top,
-            sinks,
+        let scale_out = changelog.is_some();
+        let writer = persist::Persister::start(
+            persist::Outputs {
+                sinks,
+                store: d.store.clone(),
+                dead: d.dead_letter.clone(),
+                changelog,
+            },
+            d.restored.as_ref().map(|c| c.offsets()).as_ref(),
+            file_source,
             metrics.clone(),
-        )
-        .start();
-        let mut router = ingest::Router::new(
-            shards,
-            coord,
-            s.trigger_records,
-            s.trigger_interval,
-            metrics.clone(),
-        );
-        if let (Some(changelog), RunSource::Group { url, .. }) = (changelog, &source) {
-            router.publish_to(changelog);
-            router.checkpoint_with(ingest::Checkpoints {
-                tx: None,
-                interval: None,
-                model: d.model,
-                subsets: labels.clone(),
-                source: url.topic.clone(),
-                last: std::time::Instant::now(),
-                records_at_last: 0,
-            });
+            stop.clone(),
+        )?;
+        let dead_tx = d.dead_letter.as_ref().map(|_| writer.sender());
+        let mut per_shard = restored.map(|(p, _)| p).unwrap_or_default();
+        per_shard.resize_with(s.shards, Default::default);
+        // every actor on its own arbiter (thread): shards, the coordinator, the ingestor
+        let mut arbiters = Vec::with_capacity(s.shards + 2);
+        let mut shards = Vec::with_capacity(s.shards);
+        for (i, state) in per_shard.into_iter().enumerate() {
+            let arb = Arbiter::new();
+            let m = membership.clone();
+            let mx = metrics.clone();
+            let tx = dead_tx.clone();
+            let delay = s.slow_shard.filter(|&(slow, _)| slow == i).map(|(_, d)| d);
+            shards.push(shard::Shard::start_in_arbiter(&arb.handle(), move |_| {
+                shard::Shard::new(i, m, mx)
+                    .with_state(state)
+                    .with_dead_letters(tx)
+                    .with_delay(delay)
+            }));
+            arbiters.push(arb);
         }
-        if let Some(p) = &persister {
-            if d.dead_letter.is_some() {
-                router.dead_letters_to(p.sender());
-            }
-            if d.store.is_some() {
-                router.checkpoint_with(ingest::Checkpoints {
-                    tx: Some(p.sender()),
-                    interval: d.interval,
-                    model: d.model,
-                    subsets: s.subsets.iter().map(|x| x.label()).collect(),
-                    source: d.source.clone(),
-                    last: std::time::Instant::now(),
-                    records_at_last: 0,
-                });
-            }
+        drop(dead_tx);
+        let shape = (membership.subsets().len(), membership.clusters() as usize);
+        let stamps = coordinator::Stamps {
+            model: d.model,
+            subsets: labels.clone(),
+            source: match &source {
+                RunSource::Group { url, .. } => url.topic.clone(),
+                _ => d.source.clone(),
+            },
+        };
+        let coord = {
+            let arb = Arbiter::new();
+            let (subsets, top, tx, mx) = (s.subsets.clone(), s.top, writer.sender(), metrics.clone());
+            let dead = d.dead_letter.is_some();
+            let c = coordinator::Coordinator::start_in_arbiter(&arb.handle(), move |_| {
+                coordinator::Coordinator::new(subsets, top, tx, stamps, dead, mx)
+            });
+            arbiters.push(arb);
+            c
+        };
+        let mut router = ingest::Router::new(s.shards, s.trigger_records, s.trigger_interval);
+        if scale_out {
+            router.publish_only();
+        }
+        if scale_out || d.store.is_some() {
+            router.checkpoint_with(d.store.as_ref().and(d.interval));
         }
         if let Some(c) = &d.restored {
             router.resume(c);
+            metrics.triggers.store(c.triggers, Ordering::Relaxed);
+            for (p, o) in c.offsets() {
+                metrics.set_next(p, o);
+            }
         }
+        let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
+        let ingestor = {
+            let arb = Arbiter::new();
+            let mx = metrics.clone();
+            let i = ingest::Ingestor::start_in_arbiter(&arb.handle(), move |_| {
+                ingest::Ingestor::new(router, shards, coord, shape, mx)
+            });
+            arbiters.push(arb);
+            i
+        };
+        let mut feed = ingest::Feed::new(ingestor);
         let joined = match source {
             RunSource::File(path) => {
-                actix_rt::task::spawn_blocking(move || {
-                    ingest::file(&path, &mut router, &stop).map(|()| router)
-                })
-                .await
+                actix_rt::task::spawn_blocking(move || ingest::file(&path, &mut feed, resume_at, &stop))
+                    .await
             }
             RunSource::Kafka { url, mut options } => {
                 options.highs = Some(metrics.highs());
@@ -404,10 +409,8 @@ pub fn run_with(
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
-                let routed = actix_rt::task::spawn_blocking(move || {
-                    ingest::kafka(&rx, &mut router).map(|()| router)
-                })
-                .await;
+                let routed =
+                    actix_rt::task::spawn_blocking(move || ingest::kafka(&rx, &mut feed)).await;
                 match consumer.join() {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e.into()),
@@ -473,10 +476,8 @@ pub fn run_with(
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
-                let routed = actix_rt::task::spawn_blocking(move || {
-                    ingest::group(&rx, &mut router, shape).map(|()| router)
-                })
-                .await;
+                let routed =
+                    actix_rt::task::spawn_blocking(move || ingest::group(&rx, &mut feed)).await;
                 coordinating.store(true, Ordering::Relaxed);
                 let consumed = consumer.join();
                 let coordinated = coordinator.join();
@@ -500,29 +501,31 @@ pub fn run_with(
                 routed
             }
         };
+        // shutdown order: the source stopped and the ingestor drained (the last trigger and
+        // checkpoint went through the shards and the coordinator); now the actors stop, then
+        // the HTTP endpoint, and the writer syncs and flushes every sink last
         for a in &arbiters {
             a.stop();
         }
         if let Some(h) = server {
             h.stop(true).await;
         }
-        let persisted = match persister {
-            Some(p) => p.finish(),
-            None => Ok(()),
-        };
-        let router = match (joined.map_err(|e| PipelineError::Runtime(e.to_string()))?, persisted) {
-            // the router saw the persister's channel close: the persister's error says why
-            (Err(PipelineError::PersisterStopped), Err(e)) => return Err(e),
-            (routed, persisted) => {
-                let router = routed?;
-                persisted?;
-                router
+        let written = writer.finish();
+        let done = match (joined.map_err(|e| PipelineError::Runtime(e.to_string()))?, written) {
+            // the pipeline saw the writer's channel close: the writer's error says why
+            (
+                Err(PipelineError::PersisterStopped | PipelineError::WriterFailed(_)),
+                Err(e),
+            ) => return Err(e),
+            (routed, written) => {
+                let done = routed?;
+                (done, written?)
             }
         };
         Ok(RunOutcome {
-            records: router.records,
-            triggers: router.triggers,
-            last: router.last,
+            records: done.0.records,
+            triggers: done.0.triggers,
+            last: done.1,
             metrics,
         })
     })

@@ -1,8 +1,11 @@
-//! The persister: one thread that makes the daemon's work durable, in the order it happened.
-//! Shards hand it the malformed records they met (for the dead-letter sink, with their source
-//! position), the router hands it a checkpoint after each trigger; because both go through one
-//! bounded channel, every dead letter of the records a checkpoint counts is written and synced
-//! before that checkpoint is, and a persister that falls behind slows the pipeline instead of
+//! The writer: one thread that does the daemon's blocking output, in the order it happened,
+//! off every actor's event loop. Shards hand it the malformed records they met (for the
+//! dead-letter sink, with their source position); the coordinator hands it each trigger's
+//! snapshot (for the snapshot sinks: JSON lines, stdout, a Kafka topic) and each checkpoint
+//! (for `state.dir` and, in scale-out, the changelog topic). Because all of it goes through one
+//! bounded channel, a snapshot is written before the checkpoint that follows it, every dead
+//! letter of the records a checkpoint counts is written and synced before that checkpoint is,
+//! and a writer that falls behind (a slow disk, a slow broker) slows the pipeline instead of
 //! queueing without bound.
 
 use std::collections::BTreeMap;
@@ -18,8 +21,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use tracing::{info, warn};
 
+use super::cluster::Changelog;
+use super::messages::Snapshot;
 use super::metrics::Metrics;
-use super::PipelineError;
+use super::{PipelineError, SnapshotSink};
 use crate::checkpoint::{Checkpoint, Store};
 use crate::record::Malformed;
 use crate::sink::DeadLetter;
@@ -41,16 +46,31 @@ pub struct DeadRecord {
     pub record: Vec<u8>,
 }
 
-/// What the persister is asked to do.
+/// A snapshot to emit, with what its log line says.
+#[derive(Debug)]
+pub struct Emitted {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Whether the interval (not the record count) fired it.
+    pub by_interval: bool,
+    /// How long the merge took.
+    pub merge_seconds: f64,
+}
+
+/// What the writer is asked to do.
 #[derive(Debug)]
 pub enum Persist {
     /// Keep these malformed records.
     DeadLetters(Vec<DeadRecord>),
+    /// Emit this snapshot to every sink.
+    Snapshot(Box<Emitted>),
+    /// Answer once the changelog acknowledged every entry published so far.
+    Sync(futures_channel::oneshot::Sender<Result<(), String>>),
     /// Write this checkpoint (after every dead letter sent before it).
     Checkpoint(Box<Checkpoint>),
-    /// Every dead letter of the records before the last trigger has been sent: write them,
-    /// in (partition, offset) order.
-    Flush,
+    /// Every dead letter of the records before these next offsets (a trigger's) has been
+    /// sent: write them, in (partition, offset) order.
+    Flush(BTreeMap<i32, i64>),
     /// Sync and stop.
     Finish,
 }
@@ -258,30 +278,57 @@ impl Sink {
     }
 }
 
-/// The running persister.
+/// Where the writer writes.
+pub struct Outputs {
+    /// Snapshot sinks.
+    pub sinks: Vec<Box<dyn SnapshotSink>>,
+    /// The checkpoint store (`state.dir`).
+    pub store: Option<Store>,
+    /// Where malformed records go.
+    pub dead: Option<DeadLetterTarget>,
+    /// Scale-out: the changelog every checkpoint is published to, per partition.
+    pub changelog: Option<Changelog>,
+}
+
+/// The running writer.
 pub struct Persister {
     tx: Sender<Persist>,
-    handle: JoinHandle<Result<(), PipelineError>>,
+    handle: JoinHandle<Result<Option<Snapshot>, PipelineError>>,
 }
 
 impl Persister {
     /// Start the thread. `resume` is the restored checkpoint's offsets (dead letters past
     /// them are dropped from a file sink: the restored run meets those records again).
+    /// When it fails it sets `stop`, so that the source stops too.
     pub fn start(
-        store: Option<Store>,
-        dead: Option<&DeadLetterTarget>,
+        out: Outputs,
         resume: Option<&BTreeMap<i32, i64>>,
         file_source: bool,
         metrics: Arc<Metrics>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Persister, PipelineError> {
-        let sink = match dead {
+        let sink = match &out.dead {
             Some(t) => Some(Sink::open(t, resume)?),
             None => None,
         };
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let handle = std::thread::Builder::new()
-            .name("persister".into())
-            .spawn(move || run(rx, store, sink, file_source, &metrics))
+            .name("writer".into())
+            .spawn(move || {
+                let w = Writer {
+                    sinks: out.sinks,
+                    store: out.store,
+                    sink,
+                    changelog: out.changelog,
+                    file_source,
+                    last: None,
+                };
+                let r = w.run(rx, &metrics);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
             .map_err(|e| PipelineError::Runtime(e.to_string()))?;
         Ok(Persister { tx, handle })
     }
@@ -291,88 +338,186 @@ impl Persister {
         self.tx.clone()
     }
 
-    /// Sync everything and stop.
-    pub fn finish(self) -> Result<(), PipelineError> {
+    /// Sync everything and stop; the last snapshot emitted.
+    pub fn finish(self) -> Result<Option<Snapshot>, PipelineError> {
         let _ = self.tx.send(Persist::Finish);
         match self.handle.join() {
             Ok(r) => r,
-            Err(_) => Err(PipelineError::Runtime("the persister panicked".into())),
+            Err(_) => Err(PipelineError::Runtime("the writer panicked".into())),
         }
     }
 }
 
-fn run(
-    rx: Receiver<Persist>,
-    mut store: Option<Store>,
-    mut sink: Option<Sink>,
+struct Writer {
+    sinks: Vec<Box<dyn SnapshotSink>>,
+    store: Option<Store>,
+    sink: Option<Sink>,
+    changelog: Option<Changelog>,
     file_source: bool,
-    metrics: &Metrics,
-) -> Result<(), PipelineError> {
-    // The shards send their dead letters as they count, in an order that differs from run to
-    // run; they wait here and are written in (partition, offset) order at every trigger,
-    // checkpoint and stop (the points where every record before them has been counted), so
-    // that the file is the same on every run. Past WAITING records they are written early.
-    const WAITING: usize = 1 << 16;
-    let mut waiting: Vec<DeadRecord> = Vec::new();
-    let write_waiting =
-        |sink: &mut Option<Sink>, waiting: &mut Vec<DeadRecord>| -> Result<(), PipelineError> {
-            if let Some(s) = sink {
-                waiting.sort_by_key(|r| (r.partition, r.offset));
-                for r in waiting.iter() {
-                    s.write(r, file_source)?;
+    last: Option<Snapshot>,
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        rx: Receiver<Persist>,
+        metrics: &Metrics,
+    ) -> Result<Option<Snapshot>, PipelineError> {
+        // The shards send their dead letters as they count, in an order that differs from run
+        // to run, and go on counting past a trigger's barrier before the coordinator says the
+        // trigger is whole; they wait here and those before the trigger's (or checkpoint's)
+        // offsets are written in (partition, offset) order then, and the rest at the stop, so
+        // that the file is the same on every run. Past WAITING records they are written early.
+        const WAITING: usize = 1 << 16;
+        let mut waiting: Vec<DeadRecord> = Vec::new();
+        let file_source = self.file_source;
+        let write_waiting = |sink: &mut Option<Sink>,
+                             waiting: &mut Vec<DeadRecord>,
+                             upto: Option<&BTreeMap<i32, i64>>|
+         -> Result<(), PipelineError> {
+            let Some(s) = sink else {
+                waiting.clear();
+                return Ok(());
+            };
+            waiting.sort_by_key(|r| (r.partition, r.offset));
+            let before = |r: &DeadRecord| {
+                upto.is_none_or(|u| u.get(&r.partition).is_some_and(|&next| r.offset < next))
+            };
+            let mut kept = Vec::new();
+            let mut written = 0u64;
+            for r in waiting.drain(..) {
+                if before(&r) {
+                    s.write(&r, file_source)?;
+                    written += 1;
+                } else {
+                    kept.push(r);
                 }
-                metrics
-                    .dead_letters
-                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             }
-            waiting.clear();
+            *waiting = kept;
+            metrics.dead_letters.fetch_add(written, Ordering::Relaxed);
             Ok(())
         };
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Persist::DeadLetters(records) => {
-                if sink.is_some() {
-                    waiting.extend(records);
-                    if waiting.len() >= WAITING {
-                        write_waiting(&mut sink, &mut waiting)?;
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Persist::DeadLetters(records) => {
+                    if self.sink.is_some() {
+                        waiting.extend(records);
+                        if waiting.len() >= WAITING {
+                            write_waiting(&mut self.sink, &mut waiting, None)?;
+                        }
                     }
                 }
-            }
-            Persist::Flush => {
-                write_waiting(&mut sink, &mut waiting)?;
-                // a file gets the trigger's dead letters now (a failed write later cuts it
-                // back to here, not to its header)
-                if let Some(Sink::File(d)) = &mut sink {
-                    d.flush().map_err(dead_letter_file)?;
+                Persist::Snapshot(e) => self.emit(*e, metrics)?,
+                Persist::Flush(upto) => {
+                    write_waiting(&mut self.sink, &mut waiting, Some(&upto))?;
+                    // a file gets the trigger's dead letters now (a failed write later cuts it
+                    // back to here, not to its header)
+                    if let Some(Sink::File(d)) = &mut self.sink {
+                        d.flush().map_err(dead_letter_file)?;
+                    }
                 }
-            }
-            Persist::Checkpoint(c) => {
-                let t = Instant::now();
-                write_waiting(&mut sink, &mut waiting)?;
-                if let Some(s) = &mut sink {
-                    s.sync()?;
+                Persist::Checkpoint(c) => {
+                    let t = Instant::now();
+                    write_waiting(&mut self.sink, &mut waiting, Some(&c.offsets()))?;
+                    if let Some(s) = &mut self.sink {
+                        s.sync()?;
+                    }
+                    if let Some(changelog) = &mut self.changelog {
+                        changelog.publish(&c)?;
+                    }
+                    if let Some(st) = &mut self.store {
+                        st.write(&c)?;
+                        metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .checkpoint_nanos
+                            .store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    }
                 }
-                if let Some(st) = &mut store {
-                    st.write(&c)?;
-                    metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    metrics
-                        .checkpoint_nanos
-                        .store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Persist::Sync(reply) => {
+                    let r = match &self.changelog {
+                        Some(c) => c.sync(Duration::from_secs(30)),
+                        None => Ok(()),
+                    };
+                    let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    r?;
                 }
+                Persist::Finish => break,
             }
-            Persist::Finish => break,
         }
+        write_waiting(&mut self.sink, &mut waiting, None)?;
+        if let Some(s) = &mut self.sink {
+            s.sync()?;
+        }
+        Ok(self.last)
     }
-    write_waiting(&mut sink, &mut waiting)?;
-    if let Some(s) = &mut sink {
-        s.sync()?;
+
+    /// Emit a snapshot to every sink; once they all took it, it is the latest for
+    /// `GET /snapshot`.
+    fn emit(&mut self, e: Emitted, metrics: &Metrics) -> Result<(), PipelineError> {
+        let snap = e.snapshot;
+        for s in &mut self.sinks {
+            s.emit(&snap)?;
+        }
+        if let Ok(json) = serde_json::to_string(&snap) {
+            metrics.set_latest(json.into());
+        }
+        metrics.triggers.fetch_add(1, Ordering::Relaxed);
+        info!(
+            trigger = snap.trigger,
+            records = snap.records,
+            valid = snap.valid,
+            malformed = snap.malformed,
+            by_interval = e.by_interval,
+            merge_ms = e.merge_seconds * 1000.0,
+            "snapshot emitted"
+        );
+        self.last = Some(snap);
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_dead_letters_past_a_trigger_wait_for_their_own() {
+        // shards go on counting past a trigger's barrier, so the dead letter of a record after
+        // the trigger (offset 12) may reach the writer before one before it (offset 3) and
+        // before the trigger is whole; written in order, it once came before offset 11
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.tsv");
+        let out = Outputs {
+            sinks: Vec::new(),
+            store: None,
+            dead: Some(DeadLetterTarget::File(path.clone())),
+            changelog: None,
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new(1));
+        let w = Persister::start(out, None, false, metrics.clone(), stop).unwrap();
+        let dead = |offset: i64| DeadRecord {
+            partition: 0,
+            offset,
+            kind: Malformed::Empty,
+            record: Vec::new(),
+        };
+        let tx = w.sender();
+        tx.send(Persist::DeadLetters(vec![dead(12)])).unwrap();
+        tx.send(Persist::DeadLetters(vec![dead(3)])).unwrap();
+        tx.send(Persist::Flush(BTreeMap::from([(0, 10)]))).unwrap();
+        tx.send(Persist::DeadLetters(vec![dead(11)])).unwrap();
+        drop(tx);
+        assert!(w.finish().unwrap().is_none());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let offsets: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("partition 0 offset "))
+            .map(|l| l.split('\t').next().unwrap_or(""))
+            .collect();
+        assert_eq!(offsets, ["3", "11", "12"]);
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 3);
+    }
 
     #[test]
     fn positions_round_trip() {

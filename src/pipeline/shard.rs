@@ -1,20 +1,24 @@
 //! A shard actor: owns the households whose stable hash routes to it (through the shared
 //! membership table) and the station counters of the records routed to it, kept per input
 //! partition so that a partition's state can be checkpointed and moved on its own. It only
-//! holds state and answers messages; the counting is the pure core's.
+//! holds state and answers messages, in mailbox order: batches, then a trigger's or a
+//! checkpoint's barrier, which it answers with the counters of exactly the batches before it.
+//! The counting is the pure core's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, MessageResult};
+use actix::{Actor, Context, Handler};
 
-use super::messages::{Adopt, Collect, Count, Release, State};
+use super::messages::{Adopt, Barrier, Count, Release, StateBarrier};
 use super::metrics::Metrics;
 use super::persist::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
 
-/// Mailbox capacity of a shard: a slow shard makes its senders wait.
-pub const MAILBOX: usize = 4;
+/// Mailbox capacity of a shard: above the ingestor's window of messages in flight per shard
+/// ([`super::ingest::WINDOW`]), so that a send is always queued in order at once; the window,
+/// not a parked sender, makes the ingestor wait for a slow shard.
+pub const MAILBOX: usize = super::ingest::WINDOW + 2;
 
 /// One shard.
 pub struct Shard {
@@ -24,6 +28,7 @@ pub struct Shard {
     partitions: BTreeMap<i32, Counters>,
     metrics: Arc<Metrics>,
     dead: Option<crossbeam_channel::Sender<Persist>>,
+    delay: Option<std::time::Duration>,
 }
 
 impl Shard {
@@ -35,6 +40,7 @@ impl Shard {
             partitions: BTreeMap::new(),
             metrics,
             dead: None,
+            delay: None,
         }
     }
 
@@ -48,6 +54,13 @@ impl Shard {
     /// Hand malformed records, with their positions, to the persister.
     pub fn with_dead_letters(mut self, tx: Option<crossbeam_channel::Sender<Persist>>) -> Shard {
         self.dead = tx;
+        self
+    }
+
+    /// Sleep this long before counting each batch: a shard slow on purpose, for benchmarks of
+    /// back-pressure.
+    pub fn with_delay(mut self, delay: Option<std::time::Duration>) -> Shard {
+        self.delay = delay;
         self
     }
 
@@ -79,6 +92,9 @@ impl Handler<Count> for Shard {
     type Result = ();
 
     fn handle(&mut self, msg: Count, _ctx: &mut Self::Context) {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
         let n = msg.0.len() as i64;
         let mut dead = Vec::new();
         let keep = self.dead.is_some();
@@ -119,20 +135,21 @@ impl Handler<Count> for Shard {
     }
 }
 
-impl Handler<Collect> for Shard {
-    type Result = MessageResult<Collect>;
+impl Handler<Barrier> for Shard {
+    type Result = ();
 
-    fn handle(&mut self, msg: Collect, _ctx: &mut Self::Context) -> Self::Result {
-        tracing::trace!(shard = self.index, trigger = msg.trigger, "collected");
-        MessageResult(self.total())
+    fn handle(&mut self, msg: Barrier, _ctx: &mut Self::Context) {
+        tracing::trace!(shard = self.index, trigger = msg.trigger, "barrier");
+        // the coordinator may be gone (a failed run): nothing to answer then
+        let _ = msg.reply.send(self.total());
     }
 }
 
-impl Handler<State> for Shard {
-    type Result = MessageResult<State>;
+impl Handler<StateBarrier> for Shard {
+    type Result = ();
 
-    fn handle(&mut self, _msg: State, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.partitions.clone())
+    fn handle(&mut self, msg: StateBarrier, _ctx: &mut Self::Context) {
+        let _ = msg.reply.send(self.partitions.clone());
     }
 }
 
@@ -182,9 +199,19 @@ mod tests {
             b.push(b"d,1,2,100,p,2", 0, 2);
             assert_eq!(b.runs, vec![(0, 2), (3, 4), (0, 5)]);
             metrics.queue(0, b.len() as i64);
-            shard.send(Count(b)).await.unwrap();
-            let state = shard.send(State).await.unwrap();
-            let total = shard.send(Collect { trigger: 1 }).await.unwrap();
+            // both barriers are sent behind the batch, before it is counted
+            let count = shard.send(Count(b));
+            let (tx, state) = futures_channel::oneshot::channel();
+            let sent = shard.send(StateBarrier { reply: tx });
+            let (tx, total) = futures_channel::oneshot::channel();
+            let barrier = shard.send(Barrier {
+                trigger: 1,
+                reply: tx,
+            });
+            let (state, total) = (state.await.unwrap(), total.await.unwrap());
+            count.await.unwrap();
+            sent.await.unwrap();
+            barrier.await.unwrap();
             (state, total)
         });
         assert_eq!(state.keys().copied().collect::<Vec<_>>(), vec![0, 3]);

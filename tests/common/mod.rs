@@ -320,6 +320,7 @@ pub fn settings(
         subsets: subsets.to_vec(),
         top: 7,
         durability: Default::default(),
+        slow_shard: None,
     }
 }
 
