@@ -82,7 +82,7 @@ fn bench_parse(c: &mut Criterion) {
 /// Routing: the router's per-record work (the stable household hash, and appending the record
 /// to its shard's batch), over 16 shards.
 fn bench_route(c: &mut Criterion) {
-    use viewpulse::pipeline::ingest::route;
+    use viewpulse::counters::route;
     use viewpulse::pipeline::messages::RecordBatch;
     let recs = records(100_000, 1_000_000, 500);
     let mut g = c.benchmark_group("route");

@@ -137,7 +137,7 @@ fn daemon_rss_kb(model: &std::path::Path, url: &str, records: u64) -> (u64, u64)
     (rss, hwm)
 }
 
-/// `pipeline::run` over the whole topic at the default trigger (50,000 records), with a
+/// The daemon (`topology::run::daemon`) over the whole topic at the default trigger (50,000 records), with a
 /// checkpoint store in `state` (one checkpoint a trigger, as `state.dir` gives) or without;
 /// records a second, from client creation to the end of every partition.
 fn daemon(
@@ -158,7 +158,7 @@ fn daemon(
         None => Default::default(),
     };
     let t = Instant::now();
-    let out = pipeline::run(
+    let out = viewpulse::topology::run::daemon(
         RunSource::Kafka {
             url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
             options: StreamOptions {
@@ -233,7 +233,7 @@ fn watched(
         })
     };
     let t = Instant::now();
-    let out = pipeline::run_with(
+    let out = viewpulse::topology::run::daemon_with(
         RunSource::Kafka {
             url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
             options: StreamOptions {

@@ -185,6 +185,27 @@ pub fn household_hash(household_id: i64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The one routing function: the shard (or partition) among `n` of a raw record, by the
+/// stable hash of its household id (the last field). The daemon's router sends a record to
+/// this shard and `replay --partitions` produces it to this partition, so a household always
+/// lands in the same place. Records without a readable id go to 0 (they are malformed, and a
+/// shard counts them as such).
+#[inline]
+pub fn route(record: &[u8], n: usize) -> usize {
+    let record = record.strip_suffix(b"\r").unwrap_or(record);
+    let tail = match memchr::memrchr(b',', record) {
+        Some(p) => &record[p + 1..],
+        None => return 0,
+    };
+    match std::str::from_utf8(tail)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+    {
+        Some(id) => (household_hash(id) % n.max(1) as u64) as usize,
+        None => 0,
+    }
+}
+
 /// One slot of the membership table: 16 bytes, so a slot never straddles a cache line.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(16))]

@@ -352,7 +352,7 @@ pub fn loadtest(
         std::thread::Builder::new()
             .name("daemon".into())
             .spawn(move || {
-                pipeline::run_with(
+                crate::topology::run::daemon_with(
                     RunSource::Kafka {
                         url,
                         options: StreamOptions {

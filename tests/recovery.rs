@@ -348,7 +348,7 @@ fn run_in_process(
     };
     let (mx, st) = (metrics.clone(), stop.clone());
     let h = std::thread::spawn(move || {
-        pipeline::run_with(
+        viewpulse::topology::run::daemon_with(
             source,
             Arc::new(m),
             &settings,

@@ -91,13 +91,10 @@ impl Stamp {
     }
 }
 
+/// The factory's configuration with the user's properties; the cluster's own settings are
+/// set after them (`acks`, transactional ids: the protocol needs them as they are).
 fn client_config(brokers: &str, client: &KafkaOptions) -> ClientConfig {
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    for (k, v) in &client.properties {
-        cfg.set(k, v);
-    }
-    cfg
+    crate::source::kafka::client_config(brokers, &[], &client.properties)
 }
 
 fn kafka_err(url: &KafkaUrl, message: impl std::fmt::Display) -> PipelineError {

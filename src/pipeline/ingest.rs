@@ -36,7 +36,7 @@ use super::metrics::Metrics;
 use super::shard::Shard;
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
-use crate::counters::{household_hash, Counters};
+use crate::counters::{route, Counters};
 use crate::source::group::GroupEvent;
 use crate::source::kafka::PolledBatch;
 
@@ -56,25 +56,6 @@ pub const FEED_WINDOW: usize = 4;
 /// How often the ingestor checks the trigger interval and sends what it buffered while the
 /// source is quiet.
 pub const TICK: Duration = Duration::from_millis(100);
-
-/// The shard of a raw record: a stable hash of its household id (the last field), so that a
-/// household always lands on the same shard; records without a readable id go to shard 0
-/// (they are malformed, and a shard counts them as such).
-#[inline]
-pub fn route(record: &[u8], shards: usize) -> usize {
-    let record = record.strip_suffix(b"\r").unwrap_or(record);
-    let tail = match memchr::memrchr(b',', record) {
-        Some(p) => &record[p + 1..],
-        None => return 0,
-    };
-    match std::str::from_utf8(tail)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-    {
-        Some(id) => (household_hash(id) % shards as u64) as usize,
-        None => 0,
-    }
-}
 
 /// What the router asks of the actors, in order.
 #[derive(Debug)]
@@ -929,6 +910,7 @@ mod tests {
 
     #[test]
     fn routing_is_stable_and_by_household() {
+        use crate::counters::household_hash;
         let a = route(b"d,1,2,100,p,12345", 16);
         assert_eq!(a, route(b"x,9,9,200,q,12345\r", 16));
         assert_eq!(a, (household_hash(12345) % 16) as usize);

@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use tracing::{info, warn};
@@ -177,13 +176,11 @@ impl Sink {
             }
             DeadLetterTarget::Kafka { url, client } => {
                 let failed = Arc::new(AtomicU64::new(0));
-                let mut cfg = ClientConfig::new();
-                cfg.set("bootstrap.servers", &url.brokers)
-                    .set("linger.ms", "20")
-                    .set("message.timeout.ms", "30000");
-                for (k, v) in &client.properties {
-                    cfg.set(k, v);
-                }
+                let cfg = crate::source::kafka::client_config(
+                    &url.brokers,
+                    &[("linger.ms", "20"), ("message.timeout.ms", "30000")],
+                    &client.properties,
+                );
                 let producer = cfg
                     .create_with_context(Delivery {
                         failed: failed.clone(),

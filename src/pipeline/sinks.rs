@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::messages::Snapshot;
@@ -211,13 +210,11 @@ impl KafkaTopic {
             url: url.to_string(),
             message: m,
         };
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &url.brokers)
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5");
-        for (k, v) in &opts.properties {
-            cfg.set(k, v);
-        }
+        let cfg = crate::source::kafka::client_config(
+            &url.brokers,
+            &[("message.timeout.ms", "30000"), ("linger.ms", "5")],
+            &opts.properties,
+        );
         let producer: FutureProducer<crate::source::kafka::Context> = cfg
             .create_with_context(crate::source::kafka::Context::default())
             .map_err(|e| PipelineError::KafkaConfig {

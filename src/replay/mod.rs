@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
@@ -27,7 +26,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::counters::household_hash;
 use crate::secret::{client_error, Properties};
 use crate::source::kafka::{Context, Ends, KafkaUrl};
 use crate::source::SourceError;
@@ -81,13 +79,7 @@ pub fn household_key(record: &[u8]) -> &[u8] {
 /// daemon's routing hash); records without a readable id go to partition 0.
 #[inline]
 pub fn household_partition(record: &[u8], partitions: i32) -> i32 {
-    let id = std::str::from_utf8(household_key(record))
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok());
-    match id {
-        Some(id) => (household_hash(id) % partitions.max(1) as u64) as i32,
-        None => 0,
-    }
+    crate::counters::route(record, partitions.max(1) as usize) as i32
 }
 
 /// How fast to replay.
@@ -269,14 +261,13 @@ pub fn ensure_topic(
         url: url.to_string(),
         message,
     };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
+    let cfg = crate::source::kafka::client_config(
+        &url.brokers,
         // a look-up must not create the topic (with the broker's default partition count)
         // on a broker with auto.create.topics.enable, Kafka's default
-        .set("allow.auto.create.topics", "false");
-    for (k, v) in properties {
-        cfg.set(k, v);
-    }
+        &[("allow.auto.create.topics", "false")],
+        properties,
+    );
     let admin: AdminClient<Context> = cfg.create_with_context(Context::default()).map_err(|e| {
         ReplayError::Usage(format!(
             "{url}: cannot create a client: {}",
@@ -454,16 +445,17 @@ pub fn replay(
     });
     let topic_partitions = ensure_topic(url, create, &s.properties)?;
     let known: BTreeSet<i32> = topic_partitions.iter().copied().collect();
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .set("message.timeout.ms", "30000")
-        .set("enable.idempotence", "false");
-    for (k, v) in &s.properties {
-        cfg.set(k, v);
-    }
+    let cfg = crate::source::kafka::client_config(
+        &url.brokers,
+        &[
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "500000"),
+            ("message.timeout.ms", "30000"),
+            ("enable.idempotence", "false"),
+        ],
+        &s.properties,
+    );
     let ctx = Deliveries {
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
@@ -644,25 +636,26 @@ pub fn capture(
         message,
     };
     let partitions = ensure_topic(url, None, properties)?;
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
-        .set("group.id", "viewpulse-record")
-        .set("enable.auto.commit", "false")
-        .set(
-            "fetch.queue.backoff.ms",
-            crate::source::kafka::FETCH_QUEUE_BACKOFF_MS,
-        )
-        .set(
-            "enable.partition.eof",
-            if bound == Bound::UntilEnd {
-                "true"
-            } else {
-                "false"
-            },
-        );
-    for (k, v) in properties {
-        cfg.set(k, v);
-    }
+    let cfg = crate::source::kafka::client_config(
+        &url.brokers,
+        &[
+            ("group.id", "viewpulse-record"),
+            ("enable.auto.commit", "false"),
+            (
+                "fetch.queue.backoff.ms",
+                crate::source::kafka::FETCH_QUEUE_BACKOFF_MS,
+            ),
+            (
+                "enable.partition.eof",
+                if bound == Bound::UntilEnd {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+        ],
+        properties,
+    );
     let consumer: BaseConsumer<Context> =
         cfg.create_with_context(Context::default()).map_err(|e| {
             ReplayError::Usage(format!(
@@ -785,6 +778,7 @@ mod tests {
 
     #[test]
     fn household_partitions_are_stable() {
+        use crate::counters::household_hash;
         let p = household_partition(b"a,b,c,d,e,12345", 8);
         assert_eq!(p, (household_hash(12345) % 8) as i32);
         assert_eq!(household_partition(b"junk", 8), 0);

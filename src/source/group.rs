@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -243,25 +243,27 @@ pub fn stream_group(
         message,
     };
     let session = opts.session_timeout.as_millis().max(1000);
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
-        .set("group.id", &opts.group_id)
-        .set("client.id", &opts.member)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", session.to_string())
-        .set("heartbeat.interval.ms", (session / 4).max(250).to_string())
-        .set("statistics.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "100")
-        .set("queued.max.messages.kbytes", "16384")
-        .set(
-            "fetch.queue.backoff.ms",
-            super::kafka::FETCH_QUEUE_BACKOFF_MS,
-        );
-    for (k, v) in &opts.client.properties {
-        cfg.set(k, v);
-    }
+    let (session_ms, heartbeat_ms) = (session.to_string(), (session / 4).max(250).to_string());
+    let cfg = super::kafka::client_config(
+        &url.brokers,
+        &[
+            ("group.id", opts.group_id.as_str()),
+            ("client.id", opts.member.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", session_ms.as_str()),
+            ("heartbeat.interval.ms", heartbeat_ms.as_str()),
+            ("statistics.interval.ms", "1000"),
+            ("fetch.wait.max.ms", "100"),
+            ("queued.max.messages.kbytes", "16384"),
+            (
+                "fetch.queue.backoff.ms",
+                super::kafka::FETCH_QUEUE_BACKOFF_MS,
+            ),
+        ],
+        &opts.client.properties,
+    );
     let mut inner = Context::default();
     if let Some(h) = &opts.highs {
         inner.highs = h.clone();

@@ -421,17 +421,18 @@ pub fn count_topic(
         url: url.to_string(),
         message,
     };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
-        .set("group.id", "viewpulse-bounded-read")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    for (k, v) in &opts.properties {
-        cfg.set(k, v);
-    }
+    let cfg = client_config(
+        &url.brokers,
+        &[
+            ("group.id", "viewpulse-bounded-read"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "true"),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+        ],
+        &opts.properties,
+    );
     let consumer: BaseConsumer<Context> = cfg
         .create_with_context(Context::default())
         .map_err(|e| SourceError::consumer_config(url, &e, &opts.properties))?;
@@ -758,12 +759,32 @@ pub fn check_properties(properties: &Properties) -> Result<(), String> {
         return Ok(());
     }
     let mut cfg = ClientConfig::new();
+    // no brokers: only librdkafka's check of the properties
     for (k, v) in properties {
         cfg.set(k, v);
     }
     cfg.create::<BaseConsumer>()
         .map(drop)
         .map_err(|e| client_error(&e, properties))
+}
+
+/// Every Kafka client's configuration is built here: the brokers, then the client's own
+/// defaults, then the user's properties (`-X`, `kafka.properties`: security settings and
+/// their secrets), which win over the defaults.
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    properties: &Properties,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        cfg.set(*k, *v);
+    }
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg
 }
 
 /// How long librdkafka waits before fetching a partition again once its local queue is full
@@ -860,28 +881,30 @@ pub fn stream_topic(
         url: url.to_string(),
         message,
     };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &url.brokers)
-        .set("group.id", &opts.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set(
-            "enable.partition.eof",
-            if opts.until_end { "true" } else { "false" },
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "1000")
-        // a snapshot daemon wants fresh records more than full fetches: Apache Kafka answers a
-        // fetch as soon as a byte is there, but a broker that holds each fetch until the wait
-        // runs out (tansu 0.6.0 did) made snapshots half a second stale at the 500 ms default
-        .set("fetch.wait.max.ms", "100")
-        // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
-        // producer should hold less (the broker keeps the rest)
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
-    for (k, v) in &opts.client.properties {
-        cfg.set(k, v);
-    }
+    let cfg = client_config(
+        &url.brokers,
+        &[
+            ("group.id", opts.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            (
+                "enable.partition.eof",
+                if opts.until_end { "true" } else { "false" },
+            ),
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "1000"),
+            // a snapshot daemon wants fresh records more than full fetches: Apache Kafka
+            // answers a fetch as soon as a byte is there, but a broker that holds each fetch
+            // until the wait runs out (tansu 0.6.0 did) made snapshots half a second stale at
+            // the 500 ms default
+            ("fetch.wait.max.ms", "100"),
+            // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
+            // producer should hold less (the broker keeps the rest)
+            ("queued.max.messages.kbytes", "16384"),
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+        ],
+        &opts.client.properties,
+    );
     let mut ctx = Context::default();
     if let Some(h) = &opts.highs {
         ctx.highs = h.clone();

@@ -333,7 +333,7 @@ pub fn collect(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<viewpulse::pipeline::Snapshot> {
     let sink = viewpulse::pipeline::MemorySink::default();
-    viewpulse::pipeline::run(
+    viewpulse::topology::run::daemon(
         source,
         std::sync::Arc::new(membership),
         settings,

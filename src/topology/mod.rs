@@ -1,7 +1,13 @@
 //! The wiring of every command, in one place: which stages run in which order, with which
 //! settings, and where their outputs go. Each stage lives in its own module (`segment`,
-//! `source`, `counters`, `ratings`, `sink`, `report`, `generate`); this module only connects
-//! them, times them, and turns their errors into one error type with a meaningful exit code.
+//! `source`, `counters`, `ratings`, `sink`, `report`, `generate`, `pipeline`); this module
+//! only connects them, times them, and turns their errors into one error type with a
+//! meaningful exit code. The daemon (`run`), which starts threads and actors, has its own file,
+//! [`run`], where every one of them is started.
+
+pub mod run;
+
+pub use run::run;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -14,10 +20,7 @@ use tracing::{info, warn};
 use crate::config::{ConfigError, RunConfig};
 use crate::counters::{Counters, CountersError, Membership, Subset};
 use crate::generate::{self, GenerateConfig, GenerateError, Generated};
-use crate::pipeline::{
-    self, JsonLines, PipelineError, PipelineSettings, RunOutcome, RunSource, SnapshotSink,
-    StdoutTable,
-};
+use crate::pipeline::{PipelineError, RunOutcome};
 use crate::ratings::{self, Ratings};
 use crate::replay::recording::RecordingError;
 use crate::replay::ReplayError;
@@ -307,46 +310,6 @@ fn check_analyze_paths(s: &AnalyzeSettings) -> Result<(), TopologyError> {
                 "--dead-letter {} is {what}: give the dead letters a file of their own",
                 dl.display()
             ));
-        }
-    }
-    Ok(())
-}
-
-/// Refuse (exit 2, before anything starts) a daemon whose outputs would overwrite its source
-/// file, its model or one another.
-fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
-    let model = resolved(&cfg.model);
-    let source = (!KafkaUrl::is_kafka(&cfg.source)).then(|| resolved(Path::new(&cfg.source)));
-    let outputs: Vec<(&str, PathBuf)> = [
-        ("sinks.snapshots", cfg.sinks.snapshots.as_deref()),
-        ("sinks.dead_letter", cfg.sinks.dead_letter.as_deref()),
-        ("state.dir", cfg.state.dir.as_deref()),
-    ]
-    .into_iter()
-    .filter_map(|(k, p)| p.map(|p| (k, resolved(p))))
-    .collect();
-    for (i, (key, p)) in outputs.iter().enumerate() {
-        let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
-        let clash = if source.as_ref() == Some(p) {
-            Some("the source file".to_string())
-        } else if source
-            .as_ref()
-            .is_some_and(|s| s.is_dir() && p.starts_with(s))
-        {
-            Some("inside the source folder, where it would be read as views".to_string())
-        } else if p.starts_with(&model) {
-            Some("in the model folder".to_string())
-        } else {
-            outputs[..i]
-                .iter()
-                .find(|(_, q)| q == p && !special)
-                .map(|(k, _)| format!("the file of {k} too"))
-        };
-        if let Some(what) = clash {
-            return Err(TopologyError::Settings(format!(
-                "{key} {} is {what}: give it a file of its own",
-                p.display()
-            )));
         }
     }
     Ok(())
@@ -652,168 +615,6 @@ pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyE
 pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, TopologyError> {
     cfg.validate()?;
     Ok(generate::generate(cfg, out)?)
-}
-
-/// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
-/// the source ends (`until_end`, or a file) or a signal stops it.
-pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
-    let cfg = &cfg.resolved()?;
-    kafka::check_properties(&cfg.kafka.properties)
-        .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
-    check_run_paths(cfg)?;
-    let subsets = cfg.subsets()?;
-    let (model, membership) = load_membership(&cfg.model, &subsets)?;
-    info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
-    let mut durability = pipeline::Durability {
-        interval: cfg.checkpoint_interval()?,
-        model: crate::checkpoint::fingerprint(
-            model
-                .households
-                .iter()
-                .map(|h| (h.household_id, h.cluster, h.rank)),
-        ),
-        source: cfg.source.clone(),
-        ..Default::default()
-    };
-    // the loaded model (a row of floats and strings per household) is not needed once the
-    // membership table and the fingerprint are made: keeping it cost about 40 bytes a
-    // household for the whole run (seen: 73 instead of 33 bytes a household resident)
-    drop(model);
-    if let Some(dir) = &cfg.state.dir {
-        let mut store = crate::checkpoint::Store::open(dir, cfg.state.keep)?;
-        if cfg.state.reset {
-            let removed = store.clear()?;
-            tracing::warn!(dir = %dir.display(), removed, "stored state discarded (--reset-state)");
-        } else if let Some(r) = store.newest()? {
-            let labels: Vec<String> = subsets.iter().map(|s| s.label()).collect();
-            crate::checkpoint::check(&r, dir, durability.model, &labels, &cfg.source)?;
-            info!(
-                checkpoint = %r.path.display(),
-                records = r.checkpoint.records,
-                triggers = r.checkpoint.triggers,
-                skipped_damaged = r.skipped,
-                offsets = ?r.checkpoint.offsets(),
-                "state restored"
-            );
-            durability.restored = Some(r.checkpoint);
-        }
-        durability.store = Some(store);
-    }
-    let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
-    if let Some(p) = &cfg.sinks.snapshots {
-        let sink = match &durability.restored {
-            Some(c) => {
-                let (sink, dropped) = JsonLines::resume(p, c.triggers)?;
-                if dropped > 0 {
-                    info!(path = %p.display(), dropped, "snapshots after the checkpoint dropped; they are emitted again");
-                }
-                sink
-            }
-            None if durability.store.is_some() => JsonLines::create(p)?.durable(),
-            None => JsonLines::create(p)?,
-        };
-        sinks.push(Box::new(sink));
-    }
-    if cfg.sinks.stdout {
-        sinks.push(Box::new(StdoutTable));
-    }
-    let client = KafkaOptions {
-        properties: cfg.kafka.properties.clone(),
-        metadata_timeout: cfg.connect_timeout()?,
-        startup_wait: cfg.startup_wait()?,
-        outage_limit: cfg.outage_limit()?,
-        resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
-        ..KafkaOptions::default()
-    };
-    durability.dead_letter = match (&cfg.sinks.dead_letter, &cfg.sinks.dead_letter_topic) {
-        (Some(p), _) => Some(pipeline::persist::DeadLetterTarget::File(p.clone())),
-        (None, Some(t)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
-            url: KafkaUrl::parse(t)?,
-            client: client.clone(),
-        }),
-        (None, None) => None,
-    };
-    if let Some(k) = &cfg.sinks.kafka {
-        sinks.push(Box::new(pipeline::KafkaTopic::connect(
-            &KafkaUrl::parse(k)?,
-            &client,
-        )?));
-    }
-    let source = if cfg.clustered() {
-        let member = if cfg.cluster.member.is_empty() {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "viewpulse".into());
-            format!("{host}-{}", std::process::id())
-        } else {
-            cfg.cluster.member.clone()
-        };
-        let session_timeout = cfg.session_timeout()?;
-        info!(%member, group = %cfg.kafka.group_id, changelog = %cfg.cluster.changelog, coordinator = %cfg.cluster.coordinator, "scale-out member");
-        RunSource::Group {
-            url: KafkaUrl::parse(&cfg.source)?,
-            options: crate::source::group::GroupOptions {
-                client: client.clone(),
-                group_id: cfg.kafka.group_id.clone(),
-                member: member.clone(),
-                session_timeout,
-                batch_records: 8192,
-                batch_wait: std::time::Duration::from_millis(50),
-                highs: None,
-                owns_first: Default::default(),
-            },
-            cluster: pipeline::cluster::ClusterSettings {
-                changelog: KafkaUrl::parse(&cfg.cluster.changelog)?,
-                coordinator: KafkaUrl::parse(&cfg.cluster.coordinator)?,
-                group_id: cfg.kafka.group_id.clone(),
-                session_timeout,
-                member,
-                client,
-            },
-        }
-    } else if KafkaUrl::is_kafka(&cfg.source) {
-        RunSource::Kafka {
-            url: KafkaUrl::parse(&cfg.source)?,
-            options: kafka::StreamOptions {
-                client,
-                group_id: cfg.kafka.group_id.clone(),
-                start: cfg.start()?,
-                until_end: cfg.until_end,
-                batch_records: 8192,
-                batch_wait: std::time::Duration::from_millis(50),
-                highs: None,
-                resume: Default::default(),
-            },
-        }
-    } else {
-        RunSource::File(PathBuf::from(&cfg.source))
-    };
-    let out = pipeline::run(
-        source,
-        std::sync::Arc::new(membership),
-        &PipelineSettings {
-            shards: cfg.pipeline.shards,
-            trigger_records: cfg.trigger.records,
-            trigger_interval: cfg.trigger_interval()?,
-            http: cfg.http_listen()?,
-            http_token: cfg.http_token(),
-            subsets,
-            top: cfg.pipeline.top,
-            durability,
-            slow_shard: None,
-        },
-        sinks,
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    )?;
-    info!(
-        records = out.records,
-        triggers = out.triggers,
-        "daemon stopped"
-    );
-    Ok(out)
 }
 
 /// Stop flag set by SIGINT and SIGTERM (for the commands that are not actix systems).

@@ -1,0 +1,592 @@
+//! `viewpulse run`, the daemon: [`run`] validates the configuration and builds the sinks,
+//! the durability (checkpoint store, restored state, dead letters) and the source from it;
+//! [`daemon_with`] starts every thread and actor of the pipeline and stops them in order.
+//! What runs, for a Kafka source (SPEC 5):
+//!
+//! | what | where | fed by |
+//! |---|---|---|
+//! | consumer (`BaseConsumer` polling batches) | thread `kafka-consumer` (`kafka-group-consumer` in scale-out) | the broker |
+//! | feed (hands batches to the ingestor) | a blocking task | the consumer's bounded channel (8 batches) |
+//! | ingestor actor (routing, triggers, barriers) | its own arbiter | its mailbox: [`ingest::FEED_WINDOW`] batches in flight |
+//! | shard actors (counting) | one arbiter each | their mailboxes: [`ingest::WINDOW`] messages in flight |
+//! | coordinator actor (merge, snapshot, checkpoint) | its own arbiter | [`ingest::COORDINATOR_WINDOW`] requests in flight |
+//! | writer (sinks, dead letters, checkpoints, changelog) | thread `writer` | a bounded queue ([`persist::QUEUE`]) |
+//! | global coordinator (scale-out only) | thread `global-coordinator` | the changelog topic |
+//! | HTTP endpoint, signal handler | the system arbiter (actix-web workers) | requests, SIGINT/SIGTERM |
+//!
+//! A file source is read by the feed itself. One stop signal (an `AtomicBool`, set by SIGINT,
+//! SIGTERM, a failed writer or the caller) ends the source; then the shutdown order is: the
+//! feed's last batch, the ingestor's last trigger and checkpoint through the shards and the
+//! coordinator (drained), the actors stopped, the HTTP endpoint stopped, and the writer synced
+//! and joined last.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::{Actor, Arbiter};
+use tracing::info;
+
+use super::{load_membership, resolved, TopologyError};
+use crate::config::RunConfig;
+use crate::counters::Membership;
+use crate::pipeline::{
+    self, cluster, coordinator, http, ingest, persist, shard, Durability, JsonLines, Metrics,
+    PipelineError, PipelineSettings, RunOutcome, RunSource, SnapshotSink, StdoutTable,
+};
+use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
+
+/// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
+/// the source ends (`until_end`, or a file) or a signal stops it.
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
+    let cfg = &cfg.resolved()?;
+    kafka::check_properties(&cfg.kafka.properties)
+        .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
+    check_run_paths(cfg)?;
+    let subsets = cfg.subsets()?;
+    let (model, membership) = load_membership(&cfg.model, &subsets)?;
+    info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
+    let mut durability = pipeline::Durability {
+        interval: cfg.checkpoint_interval()?,
+        model: crate::checkpoint::fingerprint(
+            model
+                .households
+                .iter()
+                .map(|h| (h.household_id, h.cluster, h.rank)),
+        ),
+        source: cfg.source.clone(),
+        ..Default::default()
+    };
+    // the loaded model (a row of floats and strings per household) is not needed once the
+    // membership table and the fingerprint are made: keeping it cost about 40 bytes a
+    // household for the whole run (seen: 73 instead of 33 bytes a household resident)
+    drop(model);
+    if let Some(dir) = &cfg.state.dir {
+        let mut store = crate::checkpoint::Store::open(dir, cfg.state.keep)?;
+        if cfg.state.reset {
+            let removed = store.clear()?;
+            tracing::warn!(dir = %dir.display(), removed, "stored state discarded (--reset-state)");
+        } else if let Some(r) = store.newest()? {
+            let labels: Vec<String> = subsets.iter().map(|s| s.label()).collect();
+            crate::checkpoint::check(&r, dir, durability.model, &labels, &cfg.source)?;
+            info!(
+                checkpoint = %r.path.display(),
+                records = r.checkpoint.records,
+                triggers = r.checkpoint.triggers,
+                skipped_damaged = r.skipped,
+                offsets = ?r.checkpoint.offsets(),
+                "state restored"
+            );
+            durability.restored = Some(r.checkpoint);
+        }
+        durability.store = Some(store);
+    }
+    let mut sinks: Vec<Box<dyn SnapshotSink>> = Vec::new();
+    if let Some(p) = &cfg.sinks.snapshots {
+        let sink = match &durability.restored {
+            Some(c) => {
+                let (sink, dropped) = JsonLines::resume(p, c.triggers)?;
+                if dropped > 0 {
+                    info!(path = %p.display(), dropped, "snapshots after the checkpoint dropped; they are emitted again");
+                }
+                sink
+            }
+            None if durability.store.is_some() => JsonLines::create(p)?.durable(),
+            None => JsonLines::create(p)?,
+        };
+        sinks.push(Box::new(sink));
+    }
+    if cfg.sinks.stdout {
+        sinks.push(Box::new(StdoutTable));
+    }
+    let client = KafkaOptions {
+        properties: cfg.kafka.properties.clone(),
+        metadata_timeout: cfg.connect_timeout()?,
+        startup_wait: cfg.startup_wait()?,
+        outage_limit: cfg.outage_limit()?,
+        resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
+        ..KafkaOptions::default()
+    };
+    durability.dead_letter = match (&cfg.sinks.dead_letter, &cfg.sinks.dead_letter_topic) {
+        (Some(p), _) => Some(pipeline::persist::DeadLetterTarget::File(p.clone())),
+        (None, Some(t)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
+            url: KafkaUrl::parse(t)?,
+            client: client.clone(),
+        }),
+        (None, None) => None,
+    };
+    if let Some(k) = &cfg.sinks.kafka {
+        sinks.push(Box::new(pipeline::KafkaTopic::connect(
+            &KafkaUrl::parse(k)?,
+            &client,
+        )?));
+    }
+    let source = if cfg.clustered() {
+        let member = if cfg.cluster.member.is_empty() {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "viewpulse".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            cfg.cluster.member.clone()
+        };
+        let session_timeout = cfg.session_timeout()?;
+        info!(%member, group = %cfg.kafka.group_id, changelog = %cfg.cluster.changelog, coordinator = %cfg.cluster.coordinator, "scale-out member");
+        RunSource::Group {
+            url: KafkaUrl::parse(&cfg.source)?,
+            options: crate::source::group::GroupOptions {
+                client: client.clone(),
+                group_id: cfg.kafka.group_id.clone(),
+                member: member.clone(),
+                session_timeout,
+                batch_records: 8192,
+                batch_wait: std::time::Duration::from_millis(50),
+                highs: None,
+                owns_first: Default::default(),
+            },
+            cluster: pipeline::cluster::ClusterSettings {
+                changelog: KafkaUrl::parse(&cfg.cluster.changelog)?,
+                coordinator: KafkaUrl::parse(&cfg.cluster.coordinator)?,
+                group_id: cfg.kafka.group_id.clone(),
+                session_timeout,
+                member,
+                client,
+            },
+        }
+    } else if KafkaUrl::is_kafka(&cfg.source) {
+        RunSource::Kafka {
+            url: KafkaUrl::parse(&cfg.source)?,
+            options: kafka::StreamOptions {
+                client,
+                group_id: cfg.kafka.group_id.clone(),
+                start: cfg.start()?,
+                until_end: cfg.until_end,
+                batch_records: 8192,
+                batch_wait: std::time::Duration::from_millis(50),
+                highs: None,
+                resume: Default::default(),
+            },
+        }
+    } else {
+        RunSource::File(PathBuf::from(&cfg.source))
+    };
+    let out = daemon(
+        source,
+        std::sync::Arc::new(membership),
+        &PipelineSettings {
+            shards: cfg.pipeline.shards,
+            trigger_records: cfg.trigger.records,
+            trigger_interval: cfg.trigger_interval()?,
+            http: cfg.http_listen()?,
+            http_token: cfg.http_token(),
+            subsets,
+            top: cfg.pipeline.top,
+            durability,
+            slow_shard: None,
+        },
+        sinks,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )?;
+    info!(
+        records = out.records,
+        triggers = out.triggers,
+        "daemon stopped"
+    );
+    Ok(out)
+}
+
+/// Refuse (exit 2, before anything starts) a daemon whose outputs would overwrite its source
+/// file, its model or one another.
+fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
+    let model = resolved(&cfg.model);
+    let source = (!KafkaUrl::is_kafka(&cfg.source)).then(|| resolved(Path::new(&cfg.source)));
+    let outputs: Vec<(&str, PathBuf)> = [
+        ("sinks.snapshots", cfg.sinks.snapshots.as_deref()),
+        ("sinks.dead_letter", cfg.sinks.dead_letter.as_deref()),
+        ("state.dir", cfg.state.dir.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.map(|p| (k, resolved(p))))
+    .collect();
+    for (i, (key, p)) in outputs.iter().enumerate() {
+        let special = std::fs::metadata(p).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let clash = if source.as_ref() == Some(p) {
+            Some("the source file".to_string())
+        } else if source
+            .as_ref()
+            .is_some_and(|s| s.is_dir() && p.starts_with(s))
+        {
+            Some("inside the source folder, where it would be read as views".to_string())
+        } else if p.starts_with(&model) {
+            Some("in the model folder".to_string())
+        } else {
+            outputs[..i]
+                .iter()
+                .find(|(_, q)| q == p && !special)
+                .map(|(k, _)| format!("the file of {k} too"))
+        };
+        if let Some(what) = clash {
+            return Err(TopologyError::Settings(format!(
+                "{key} {} is {what}: give it a file of its own",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Run the pipeline until the source ends (a file; a topic with `until_end`) or `stop` is set
+/// (SIGINT and SIGTERM set it too); the shards are drained and a last snapshot is emitted for
+/// records after the last trigger.
+pub fn daemon(
+    source: RunSource,
+    membership: Arc<Membership>,
+    s: &PipelineSettings,
+    sinks: Vec<Box<dyn SnapshotSink>>,
+    stop: Arc<AtomicBool>,
+) -> Result<RunOutcome, PipelineError> {
+    let metrics = Arc::new(Metrics::new(s.shards));
+    daemon_with(source, membership, s, sinks, stop, metrics)
+}
+
+/// [`daemon`], updating `metrics` (made with `Metrics::new(s.shards)`) that the caller can watch
+/// while it runs.
+pub fn daemon_with(
+    source: RunSource,
+    membership: Arc<Membership>,
+    s: &PipelineSettings,
+    sinks: Vec<Box<dyn SnapshotSink>>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> Result<RunOutcome, PipelineError> {
+    if s.shards == 0 || metrics.shards() != s.shards {
+        return Err(PipelineError::NoShard);
+    }
+    let sys = actix::System::new();
+    let s = s.clone();
+    sys.block_on(async move {
+        let signals = stop.clone();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::warn!("signal received: draining and emitting a last snapshot");
+            signals.store(true, Ordering::Relaxed);
+        });
+        let server = match s.http {
+            Some(addr) => {
+                let auth = if s.http_token.is_some() {
+                    "bearer token on /snapshot and /metrics"
+                } else {
+                    "none"
+                };
+                let (server, bound) = http::serve(addr, metrics.clone(), s.http_token.clone())?;
+                for a in &bound {
+                    tracing::info!(addr = %a, auth, "http endpoint listening (/snapshot, /healthz, /metrics)");
+                }
+                let handle = server.handle();
+                actix_rt::spawn(server);
+                Some(handle)
+            }
+            None => None,
+        };
+        let d = &s.durability;
+        let file_source = matches!(source, RunSource::File(_));
+        let restored = restored_state(d, &membership, s.shards)?;
+        if let Some((_, total)) = &restored {
+            metrics.restored(total);
+        }
+        let labels: Vec<String> = s.subsets.iter().map(|x| x.label()).collect();
+        // scale-out: the global coordinator, not this process's triggers, emits to the sinks,
+        // and the writer publishes every checkpoint to the changelog
+        let (sinks, global_sinks, changelog) = match &source {
+            RunSource::Group { url, cluster, .. } => {
+                cluster::ensure_topics(url, cluster)?;
+                (Vec::new(), sinks, Some(cluster::Changelog::open(cluster)?))
+            }
+            _ => (sinks, Vec::new(), None),
+        };
+        let scale_out = changelog.is_some();
+        let writer = persist::Persister::start(
+            persist::Outputs {
+                sinks,
+                store: d.store.clone(),
+                dead: d.dead_letter.clone(),
+                changelog,
+            },
+            d.restored.as_ref().map(|c| c.offsets()).as_ref(),
+            file_source,
+            metrics.clone(),
+            stop.clone(),
+        )?;
+        let dead_tx = d.dead_letter.as_ref().map(|_| writer.sender());
+        let mut per_shard = restored.map(|(p, _)| p).unwrap_or_default();
+        per_shard.resize_with(s.shards, Default::default);
+        // every actor on its own arbiter (thread): shards, the coordinator, the ingestor
+        let mut arbiters = Vec::with_capacity(s.shards + 2);
+        let mut shards = Vec::with_capacity(s.shards);
+        for (i, state) in per_shard.into_iter().enumerate() {
+            let arb = Arbiter::new();
+            let m = membership.clone();
+            let mx = metrics.clone();
+            let tx = dead_tx.clone();
+            let delay = s.slow_shard.filter(|&(slow, _)| slow == i).map(|(_, d)| d);
+            shards.push(shard::Shard::start_in_arbiter(&arb.handle(), move |_| {
+                shard::Shard::new(i, m, mx)
+                    .with_state(state)
+                    .with_dead_letters(tx)
+                    .with_delay(delay)
+            }));
+            arbiters.push(arb);
+        }
+        drop(dead_tx);
+        let shape = (membership.subsets().len(), membership.clusters() as usize);
+        let stamps = coordinator::Stamps {
+            model: d.model,
+            subsets: labels.clone(),
+            source: match &source {
+                RunSource::Group { url, .. } => url.topic.clone(),
+                _ => d.source.clone(),
+            },
+        };
+        let coord = {
+            let arb = Arbiter::new();
+            let (subsets, top, tx, mx) = (s.subsets.clone(), s.top, writer.sender(), metrics.clone());
+            let dead = d.dead_letter.is_some();
+            let c = coordinator::Coordinator::start_in_arbiter(&arb.handle(), move |_| {
+                coordinator::Coordinator::new(subsets, top, tx, stamps, dead, mx)
+            });
+            arbiters.push(arb);
+            c
+        };
+        let mut router = ingest::Router::new(s.shards, s.trigger_records, s.trigger_interval);
+        if scale_out {
+            router.publish_only();
+        }
+        if scale_out || d.store.is_some() {
+            router.checkpoint_with(d.store.as_ref().and(d.interval));
+        }
+        if let Some(c) = &d.restored {
+            router.resume(c);
+            metrics.triggers.store(c.triggers, Ordering::Relaxed);
+            for (p, o) in c.offsets() {
+                metrics.set_next(p, o);
+            }
+        }
+        let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
+        let ingestor = {
+            let arb = Arbiter::new();
+            let mx = metrics.clone();
+            let i = ingest::Ingestor::start_in_arbiter(&arb.handle(), move |_| {
+                ingest::Ingestor::new(router, shards, coord, shape, mx)
+            });
+            arbiters.push(arb);
+            i
+        };
+        let mut feed = ingest::Feed::new(ingestor);
+        let joined = match source {
+            RunSource::File(path) => {
+                actix_rt::task::spawn_blocking(move || ingest::file(&path, &mut feed, resume_at, &stop))
+                    .await
+            }
+            RunSource::Kafka { url, mut options } => {
+                options.highs = Some(metrics.highs());
+                if let Some(c) = &d.restored {
+                    options.resume = c.offsets();
+                }
+                let (tx, rx) = crossbeam_channel::bounded(8);
+                let consumer_stop = stop.clone();
+                let consumer = std::thread::Builder::new()
+                    .name("kafka-consumer".into())
+                    .spawn(move || {
+                        let r = kafka::stream_topic(&url, &options, &consumer_stop, &tx);
+                        drop(tx);
+                        r
+                    })
+                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                let routed =
+                    actix_rt::task::spawn_blocking(move || ingest::kafka(&rx, &mut feed)).await;
+                match consumer.join() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the consumer thread panicked".into(),
+                        ))
+                    }
+                }
+                routed
+            }
+            RunSource::Group {
+                url,
+                mut options,
+                cluster,
+            } => {
+                options.highs = Some(metrics.highs());
+                let stamp = cluster::Stamp {
+                    model: d.model,
+                    subsets: labels.clone(),
+                    topic: url.topic.clone(),
+                };
+                let global = cluster::GlobalSettings {
+                    cluster: cluster.clone(),
+                    stamp: stamp.clone(),
+                    subsets: s.subsets.clone(),
+                    top: s.top,
+                    shape,
+                    interval: s.trigger_interval.unwrap_or(std::time::Duration::from_secs(10)),
+                };
+                let coordinating = Arc::new(AtomicBool::new(false));
+                let coordinator = {
+                    let (m, done, stop) = (metrics.clone(), coordinating.clone(), stop.clone());
+                    let elected = options.owns_first.clone();
+                    std::thread::Builder::new()
+                        .name("global-coordinator".into())
+                        .spawn(move || {
+                            let r = cluster::coordinate(global, elected, global_sinks, m, done);
+                            if r.is_err() {
+                                stop.store(true, Ordering::Relaxed);
+                            }
+                            r
+                        })
+                        .map_err(|e| PipelineError::Runtime(e.to_string()))?
+                };
+                let (tx, rx) = crossbeam_channel::bounded(8);
+                let consumer_stop = stop.clone();
+                let restore_settings = cluster.clone();
+                let restore: Arc<crate::source::group::Restore> = Arc::new(move |ps: &[i32]| {
+                    cluster::read_states(&restore_settings, &stamp, ps)
+                });
+                let consumer = std::thread::Builder::new()
+                    .name("kafka-group-consumer".into())
+                    .spawn(move || {
+                        let r = crate::source::group::stream_group(
+                            &url,
+                            &options,
+                            restore,
+                            &consumer_stop,
+                            &tx,
+                        );
+                        drop(tx);
+                        r
+                    })
+                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                let routed =
+                    actix_rt::task::spawn_blocking(move || ingest::group(&rx, &mut feed)).await;
+                coordinating.store(true, Ordering::Relaxed);
+                let consumed = consumer.join();
+                let coordinated = coordinator.join();
+                match consumed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the consumer thread panicked".into(),
+                        ))
+                    }
+                }
+                match coordinated {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(PipelineError::Runtime(
+                            "the coordinator thread panicked".into(),
+                        ))
+                    }
+                }
+                routed
+            }
+        };
+        // shutdown order: the source stopped and the ingestor drained (the last trigger and
+        // checkpoint went through the shards and the coordinator); now the actors stop, then
+        // the HTTP endpoint, and the writer syncs and flushes every sink last
+        for a in &arbiters {
+            a.stop();
+        }
+        if let Some(h) = server {
+            h.stop(true).await;
+        }
+        let written = writer.finish();
+        let done = match (joined.map_err(|e| PipelineError::Runtime(e.to_string()))?, written) {
+            // the pipeline saw the writer's channel close: the writer's error says why
+            (
+                Err(PipelineError::PersisterStopped | PipelineError::WriterFailed(_)),
+                Err(e),
+            ) => return Err(e),
+            (routed, written) => {
+                let done = routed?;
+                (done, written?)
+            }
+        };
+        Ok(RunOutcome {
+            records: done.0.records,
+            triggers: done.0.triggers,
+            last: done.1,
+            metrics,
+        })
+    })
+}
+
+/// The restored counters, spread over `shards` shards (input partition p to shard
+/// p mod shards: any shard may hold them, the merge is a sum), and their total.
+#[allow(clippy::type_complexity)]
+fn restored_state(
+    d: &Durability,
+    membership: &Membership,
+    shards: usize,
+) -> Result<
+    Option<(
+        Vec<std::collections::BTreeMap<i32, crate::counters::Counters>>,
+        crate::counters::Counters,
+    )>,
+    PipelineError,
+> {
+    let Some(c) = &d.restored else {
+        return Ok(None);
+    };
+    let (n, k) = (membership.subsets().len(), membership.clusters() as usize);
+    let mut per_shard = vec![std::collections::BTreeMap::new(); shards];
+    let mut total = crate::counters::Counters::new(n, k);
+    for (&p, st) in &c.partitions {
+        let counters = crate::counters::Counters::from_state(&st.counters, n, k)
+            .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
+        total.merge(&counters);
+        per_shard[p.rem_euclid(shards as i32) as usize].insert(p, counters);
+    }
+    if total.records != c.records {
+        return Err(PipelineError::Restore(format!(
+            "the partitions hold {} records, the checkpoint says {}",
+            total.records, c.records
+        )));
+    }
+    Ok(Some((per_shard, total)))
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio_select(actix_rt::signal::ctrl_c(), async move {
+                    term.recv().await;
+                })
+                .await
+            }
+            Err(_) => {
+                let _ = actix_rt::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_rt::signal::ctrl_c().await;
+    }
+}
+
+/// Wait for whichever of two futures finishes first.
+async fn tokio_select<A: std::future::Future, B: std::future::Future>(a: A, b: B) {
+    futures_util::pin_mut!(a, b);
+    futures_util::future::select(a, b).await;
+}
