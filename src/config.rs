@@ -48,6 +48,9 @@ pub enum ConfigError {
     /// A `${env:...}` or `${file:...}` reference cannot be resolved.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A `kafka://` URL is malformed.
+    #[error(transparent)]
+    Url(#[from] crate::source::SourceError),
     /// A file or folder a key names does not exist.
     #[error("{key}: {message}")]
     Missing {
@@ -67,6 +70,7 @@ impl ConfigError {
             ConfigError::Missing { .. } => crate::exit::NO_INPUT,
             ConfigError::Parse { .. } | ConfigError::Invalid { .. } => crate::exit::USAGE,
             ConfigError::Secret(e) => e.exit_code(),
+            ConfigError::Url(e) => e.exit_code(),
         }
     }
 }
@@ -313,7 +317,92 @@ impl Default for SinksConfig {
     }
 }
 
+/// Where the daemon reads its records, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceAt {
+    /// A file or a folder of files.
+    File(PathBuf),
+    /// A Kafka topic.
+    Kafka(crate::source::kafka::KafkaUrl),
+}
+
+/// A [`RunConfig`] parsed once into typed values, validated and with its secrets resolved:
+/// what `viewpulse run` starts from. Nothing in it is parsed again.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The configuration as given (secrets resolved), for what needs no parsing.
+    pub raw: RunConfig,
+    /// `source`.
+    pub source: SourceAt,
+    /// `pipeline.subsets`.
+    pub subsets: Vec<Subset>,
+    /// `kafka.start`.
+    pub start: StartAt,
+    /// `trigger.interval`; none = record triggers only.
+    pub trigger_interval: Option<Duration>,
+    /// `kafka.connect_timeout`.
+    pub connect_timeout: Duration,
+    /// `kafka.startup_wait`.
+    pub startup_wait: Duration,
+    /// `kafka.outage_limit`; none = no limit.
+    pub outage_limit: Option<Duration>,
+    /// `state.interval`; none = at triggers only.
+    pub checkpoint_interval: Option<Duration>,
+    /// `http.listen`; none = no endpoint.
+    pub http_listen: Option<SocketAddr>,
+    /// `http.token`; none = no token.
+    pub http_token: Option<Secret>,
+    /// `sinks.kafka`.
+    pub kafka_sink: Option<crate::source::kafka::KafkaUrl>,
+    /// `sinks.dead_letter_topic`.
+    pub dead_letter_topic: Option<crate::source::kafka::KafkaUrl>,
+    /// Scale-out (`cluster.changelog` set): the changelog, the coordinator topic and the
+    /// session timeout.
+    pub cluster: Option<(
+        crate::source::kafka::KafkaUrl,
+        crate::source::kafka::KafkaUrl,
+        Duration,
+    )>,
+}
+
 impl RunConfig {
+    /// Validate, resolve the secrets and parse every value once, before anything starts.
+    pub fn parse(&self) -> Result<Validated, ConfigError> {
+        use crate::source::kafka::KafkaUrl;
+        let c = self.resolved()?;
+        let url = |s: &Option<String>| s.as_deref().map(KafkaUrl::parse).transpose();
+        let source = if KafkaUrl::is_kafka(&c.source) {
+            SourceAt::Kafka(KafkaUrl::parse(&c.source)?)
+        } else {
+            SourceAt::File(PathBuf::from(&c.source))
+        };
+        let cluster = if c.clustered() {
+            Some((
+                KafkaUrl::parse(&c.cluster.changelog)?,
+                KafkaUrl::parse(&c.cluster.coordinator)?,
+                c.session_timeout()?,
+            ))
+        } else {
+            None
+        };
+        Ok(Validated {
+            source,
+            subsets: c.subsets()?,
+            start: c.start()?,
+            trigger_interval: c.trigger_interval()?,
+            connect_timeout: c.connect_timeout()?,
+            startup_wait: c.startup_wait()?,
+            outage_limit: c.outage_limit()?,
+            checkpoint_interval: c.checkpoint_interval()?,
+            http_listen: c.http_listen()?,
+            http_token: c.http_token(),
+            kafka_sink: url(&c.sinks.kafka)?,
+            dead_letter_topic: url(&c.sinks.dead_letter_topic)?,
+            cluster,
+            raw: c,
+        })
+    }
+
     /// Read a TOML file.
     pub fn load(path: &Path) -> Result<RunConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
@@ -597,8 +686,15 @@ pub fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
     let t = s.trim();
     let bad = || ConfigError::Invalid {
         key,
-        message: format!("{s:?} is not a duration like 500ms, 10s, 2m or 1h"),
+        message: format!("{s:?} is not a duration like 500ms, 10s, 1m30s or 1h"),
     };
+    // humantime's forms (`1m30s`, `500ms`, `2h`, `1day`); a plain number is refused (no unit)
+    if let Ok(d) = humantime::parse_duration(t) {
+        if t.bytes().any(|b| b.is_ascii_alphabetic()) {
+            return Ok(d);
+        }
+    }
+    // a decimal count of one unit (`1.5m`), which humantime does not read
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(bad)?;
@@ -625,6 +721,9 @@ mod tests {
         assert_eq!(duration("k", " 1.5m ").unwrap(), Duration::from_secs(90));
         assert_eq!(duration("k", "2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(duration("k", "0s").unwrap(), Duration::ZERO);
+        assert_eq!(duration("k", "1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("k", "1h 2m").unwrap(), Duration::from_secs(3720));
+        assert_eq!(duration("k", "250 ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "10", "s", "10 parsecs", "-1s", "1e400s"] {
             let e = duration("trigger.interval", bad).unwrap_err().to_string();
             assert!(e.starts_with("trigger.interval"), "{e}");

@@ -28,7 +28,7 @@ use actix::{Actor, Arbiter};
 use tracing::info;
 
 use super::{load_membership, resolved, TopologyError};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, SourceAt};
 use crate::counters::Membership;
 use crate::pipeline::{
     self, cluster, coordinator, http, ingest, persist, shard, Durability, JsonLines, Metrics,
@@ -39,15 +39,16 @@ use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 /// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
 /// the source ends (`until_end`, or a file) or a signal stops it.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
-    let cfg = &cfg.resolved()?;
+    let v = cfg.parse()?;
+    let cfg = &v.raw;
     kafka::check_properties(&cfg.kafka.properties)
         .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
     check_run_paths(cfg)?;
-    let subsets = cfg.subsets()?;
+    let subsets = v.subsets.clone();
     let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
     let mut durability = pipeline::Durability {
-        interval: cfg.checkpoint_interval()?,
+        interval: v.checkpoint_interval,
         model: crate::checkpoint::fingerprint(
             model
                 .households
@@ -101,27 +102,26 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
     }
     let client = KafkaOptions {
         properties: cfg.kafka.properties.clone(),
-        metadata_timeout: cfg.connect_timeout()?,
-        startup_wait: cfg.startup_wait()?,
-        outage_limit: cfg.outage_limit()?,
+        metadata_timeout: v.connect_timeout,
+        startup_wait: v.startup_wait,
+        outage_limit: v.outage_limit,
         resume_rewind: i64::try_from(cfg.kafka.resume_rewind).unwrap_or(i64::MAX),
         ..KafkaOptions::default()
     };
-    durability.dead_letter = match (&cfg.sinks.dead_letter, &cfg.sinks.dead_letter_topic) {
+    durability.dead_letter = match (&cfg.sinks.dead_letter, &v.dead_letter_topic) {
         (Some(p), _) => Some(pipeline::persist::DeadLetterTarget::File(p.clone())),
-        (None, Some(t)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
-            url: KafkaUrl::parse(t)?,
+        (None, Some(url)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
+            url: url.clone(),
             client: client.clone(),
         }),
         (None, None) => None,
     };
-    if let Some(k) = &cfg.sinks.kafka {
-        sinks.push(Box::new(pipeline::KafkaTopic::connect(
-            &KafkaUrl::parse(k)?,
-            &client,
-        )?));
+    if let Some(url) = &v.kafka_sink {
+        sinks.push(Box::new(pipeline::KafkaTopic::connect(url, &client)?));
     }
-    let source = if cfg.clustered() {
+    let source = if let (Some((changelog, coordinator, session_timeout)), SourceAt::Kafka(url)) =
+        (&v.cluster, &v.source)
+    {
         let member = if cfg.cluster.member.is_empty() {
             let host = std::env::var("HOSTNAME")
                 .ok()
@@ -133,10 +133,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         } else {
             cfg.cluster.member.clone()
         };
-        let session_timeout = cfg.session_timeout()?;
         info!(%member, group = %cfg.kafka.group_id, changelog = %cfg.cluster.changelog, coordinator = %cfg.cluster.coordinator, "scale-out member");
+        let session_timeout = *session_timeout;
         RunSource::Group {
-            url: KafkaUrl::parse(&cfg.source)?,
+            url: url.clone(),
             options: crate::source::group::GroupOptions {
                 client: client.clone(),
                 group_id: cfg.kafka.group_id.clone(),
@@ -148,21 +148,21 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
                 owns_first: Default::default(),
             },
             cluster: pipeline::cluster::ClusterSettings {
-                changelog: KafkaUrl::parse(&cfg.cluster.changelog)?,
-                coordinator: KafkaUrl::parse(&cfg.cluster.coordinator)?,
+                changelog: changelog.clone(),
+                coordinator: coordinator.clone(),
                 group_id: cfg.kafka.group_id.clone(),
                 session_timeout,
                 member,
                 client,
             },
         }
-    } else if KafkaUrl::is_kafka(&cfg.source) {
+    } else if let SourceAt::Kafka(url) = &v.source {
         RunSource::Kafka {
-            url: KafkaUrl::parse(&cfg.source)?,
+            url: url.clone(),
             options: kafka::StreamOptions {
                 client,
                 group_id: cfg.kafka.group_id.clone(),
-                start: cfg.start()?,
+                start: v.start,
                 until_end: cfg.until_end,
                 batch_records: 8192,
                 batch_wait: std::time::Duration::from_millis(50),
@@ -179,9 +179,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         &PipelineSettings {
             shards: cfg.pipeline.shards,
             trigger_records: cfg.trigger.records,
-            trigger_interval: cfg.trigger_interval()?,
-            http: cfg.http_listen()?,
-            http_token: cfg.http_token(),
+            trigger_interval: v.trigger_interval,
+            http: v.http_listen,
+            http_token: v.http_token.clone(),
             subsets,
             top: cfg.pipeline.top,
             durability,
