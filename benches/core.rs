@@ -253,8 +253,8 @@ fn trigger_actors_percentiles(bench: bool) {
     use std::sync::Arc;
     use viewpulse::pipeline::coordinator::{Coordinator, Stamps};
     use viewpulse::pipeline::messages::{Barrier, Merge, Trigger};
-    use viewpulse::pipeline::persist::Persist;
     use viewpulse::pipeline::shard::Shard;
+    use viewpulse::pipeline::writer::Persist;
     use viewpulse::pipeline::Metrics;
     let (households, per_shard, runs) = if bench {
         (1_000_000, 250_000, 300)

@@ -11,7 +11,6 @@ pub mod dataset;
 pub mod exit;
 pub mod generate;
 pub mod kafka_broker;
-pub mod loadtest;
 pub mod pipeline;
 pub mod progress;
 pub mod ratings;

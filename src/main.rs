@@ -721,7 +721,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
         } => {
             if fetch_broker {
                 let libs = viewpulse::kafka_broker::fetch().map_err(|e| {
-                    TopologyError::Loadtest(viewpulse::loadtest::LoadtestError::Fixture(e))
+                    TopologyError::Loadtest(viewpulse::replay::loadtest::LoadtestError::Fixture(e))
                 })?;
                 note!("Apache Kafka's jars are in {}", libs.display());
             }
@@ -730,7 +730,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             };
             let loops = pace.loops;
             let pace = pace.pace()?;
-            let settings = viewpulse::loadtest::LoadtestSettings {
+            let settings = viewpulse::replay::loadtest::LoadtestSettings {
                 input: file,
                 model,
                 broker,
@@ -749,7 +749,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 consumer_properties: properties.into_iter().collect(),
             };
             let r = topology::loadtest(&settings)?;
-            out!("{}", viewpulse::loadtest::table(&r));
+            out!("{}", viewpulse::replay::loadtest::table(&r));
             outln!(
                 "results: {} and {}",
                 settings.out.join("loadtest.json").display(),

@@ -531,7 +531,7 @@ fn a_fourth_process_added_mid_stream_takes_partitions_and_nothing_is_lost() {
 /// written) while the newer one's is committed; a reader sees exactly the committed ones.
 #[test]
 fn a_newer_coordinator_fences_the_older_one_s_writes() {
-    use viewpulse::pipeline::cluster::{ClusterSettings, GlobalLog};
+    use viewpulse::pipeline::scaleout::{ClusterSettings, GlobalLog};
     let broker = common::Broker::start();
     broker.create_topic("fence-coordinator", 1);
     let topic = broker.topic("fence-coordinator");

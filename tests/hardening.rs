@@ -468,7 +468,7 @@ fn regression_a_full_disk_under_state_dir_names_the_checkpoint_and_the_cause() {
             && err.contains("No space left on device"),
         "{err}"
     );
-    assert!(!err.contains("the persister stopped"), "{err}");
+    assert!(!err.contains("the writer stopped"), "{err}");
     let tmp: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .flatten()

@@ -95,7 +95,7 @@ fn snapshots(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Dead-letter lines as written (header left out): the persister writes them in offset
+/// Dead-letter lines as written (header left out): the writer writes them in offset
 /// order whatever the shards do, so files are compared as they are.
 fn dead_letters(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)

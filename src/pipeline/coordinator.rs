@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 
 use super::messages::{Merge, Snapshot, SnapshotRow, SyncChangelog, TakeCheckpoint, Trigger};
 use super::metrics::Metrics;
-use super::persist::{Emitted, Persist};
+use super::writer::{Emitted, Persist};
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
 use crate::counters::{Counters, Subset};

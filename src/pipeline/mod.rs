@@ -6,15 +6,14 @@
 //! identical for any shard count. This module holds the stages, their messages and their
 //! settings; [`crate::topology::run`] starts them.
 
-pub mod cluster;
 pub mod coordinator;
 pub mod http;
 pub mod ingest;
 pub mod messages;
 pub mod metrics;
-pub mod persist;
+pub mod scaleout;
 pub mod shard;
-pub mod sinks;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,10 +24,10 @@ use thiserror::Error;
 
 use crate::counters::Subset;
 use crate::secret::Secret;
+pub use crate::sink::snapshot::{JsonLines, KafkaTopic, MemorySink, SnapshotSink, StdoutTable};
 use crate::source::kafka::{KafkaUrl, StreamOptions};
 pub use messages::{Snapshot, SnapshotRow};
 pub use metrics::Metrics;
-pub use sinks::{JsonLines, KafkaTopic, MemorySink, SnapshotSink, StdoutTable};
 
 /// Errors of the pipeline.
 #[derive(Debug, Error)]
@@ -201,7 +200,7 @@ pub struct Durability {
     /// The source as configured, stamped on checkpoints.
     pub source: String,
     /// Where malformed records go, with their positions.
-    pub dead_letter: Option<persist::DeadLetterTarget>,
+    pub dead_letter: Option<writer::DeadLetterTarget>,
 }
 
 /// Where the records come from.
@@ -224,7 +223,7 @@ pub enum RunSource {
         /// How to read it.
         options: crate::source::group::GroupOptions,
         /// The changelog and the coordinator.
-        cluster: cluster::ClusterSettings,
+        cluster: scaleout::ClusterSettings,
     },
 }
 

@@ -12,7 +12,7 @@ use actix::{Actor, Context, Handler};
 
 use super::messages::{Adopt, Barrier, Count, Release, StateBarrier};
 use super::metrics::Metrics;
-use super::persist::{DeadRecord, Persist};
+use super::writer::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
 
 /// Mailbox capacity of a shard: above the ingestor's window of messages in flight per shard
@@ -51,7 +51,7 @@ impl Shard {
         self
     }
 
-    /// Hand malformed records, with their positions, to the persister.
+    /// Hand malformed records, with their positions, to the writer thread.
     pub fn with_dead_letters(mut self, tx: Option<crossbeam_channel::Sender<Persist>>) -> Shard {
         self.dead = tx;
         self
@@ -123,12 +123,9 @@ impl Handler<Count> for Shard {
             );
         }
         if let (Some(tx), false) = (&self.dead, dead.is_empty()) {
-            // blocks while the persister is behind: back-pressure, not a growing queue
+            // blocks this shard's own arbiter while the writer is behind: back-pressure, not a growing queue
             if tx.send(Persist::DeadLetters(dead)).is_err() {
-                tracing::error!(
-                    shard = self.index,
-                    "the persister stopped; dead letters lost"
-                );
+                tracing::error!(shard = self.index, "the writer stopped; dead letters lost");
             }
         }
         self.metrics.queue(self.index, -n);

@@ -7,6 +7,7 @@
 //! `partitions` every record goes to the partition of a stable hash of its household, as the
 //! daemon routes its shards. Used by the demo to fill its topic, and by `loadtest`.
 
+pub mod loadtest;
 pub mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -78,7 +78,7 @@ pub enum TopologyError {
     Replay(#[from] ReplayError),
     /// The load test failed.
     #[error(transparent)]
-    Loadtest(#[from] crate::loadtest::LoadtestError),
+    Loadtest(#[from] crate::replay::loadtest::LoadtestError),
     /// The checkpoint store failed or holds another run's state.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
@@ -691,8 +691,8 @@ pub fn replay(
 
 /// `viewpulse loadtest`.
 pub fn loadtest(
-    s: &crate::loadtest::LoadtestSettings,
-) -> Result<crate::loadtest::LoadtestResult, TopologyError> {
+    s: &crate::replay::loadtest::LoadtestSettings,
+) -> Result<crate::replay::loadtest::LoadtestResult, TopologyError> {
     if s.shards == 0 || s.partitions < 1 || s.trigger_records == 0 || s.loops == 0 {
         return Err(TopologyError::Settings(
             "--shards, --partitions, --trigger-records and --loop must be at least 1".into(),
@@ -706,12 +706,12 @@ pub fn loadtest(
             },
         )));
     }
-    let s = &crate::loadtest::LoadtestSettings {
+    let s = &crate::replay::loadtest::LoadtestSettings {
         consumer_properties: s.consumer_properties.resolve("-X ")?,
         ..s.clone()
     };
     let (_, membership) = load_membership(&s.model, &s.subsets)?;
-    Ok(crate::loadtest::loadtest(s, membership)?)
+    Ok(crate::replay::loadtest::loadtest(s, membership)?)
 }
 
 /// What the demo did.

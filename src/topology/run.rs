@@ -10,7 +10,7 @@
 //! | ingestor actor (routing, triggers, barriers) | its own arbiter | its mailbox: [`ingest::FEED_WINDOW`] batches in flight |
 //! | shard actors (counting) | one arbiter each | their mailboxes: [`ingest::WINDOW`] messages in flight |
 //! | coordinator actor (merge, snapshot, checkpoint) | its own arbiter | [`ingest::COORDINATOR_WINDOW`] requests in flight |
-//! | writer (sinks, dead letters, checkpoints, changelog) | thread `writer` | a bounded queue ([`persist::QUEUE`]) |
+//! | writer (sinks, dead letters, checkpoints, changelog) | thread `writer` | a bounded queue ([`writer::QUEUE`]) |
 //! | global coordinator (scale-out only) | thread `global-coordinator` | the changelog topic |
 //! | HTTP endpoint, signal handler | the system arbiter (actix-web workers) | requests, SIGINT/SIGTERM |
 //!
@@ -31,8 +31,8 @@ use super::{load_membership, resolved, TopologyError};
 use crate::config::{RunConfig, SourceAt};
 use crate::counters::Membership;
 use crate::pipeline::{
-    self, cluster, coordinator, http, ingest, persist, shard, Durability, JsonLines, Metrics,
-    PipelineError, PipelineSettings, RunOutcome, RunSource, SnapshotSink, StdoutTable,
+    self, coordinator, http, ingest, shard, Durability, JsonLines, Metrics, PipelineError,
+    PipelineSettings, RunOutcome, RunSource, SnapshotSink, StdoutTable,
 };
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 
@@ -109,8 +109,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         ..KafkaOptions::default()
     };
     durability.dead_letter = match (&cfg.sinks.dead_letter, &v.dead_letter_topic) {
-        (Some(p), _) => Some(pipeline::persist::DeadLetterTarget::File(p.clone())),
-        (None, Some(url)) => Some(pipeline::persist::DeadLetterTarget::Kafka {
+        (Some(p), _) => Some(pipeline::writer::DeadLetterTarget::File(p.clone())),
+        (None, Some(url)) => Some(pipeline::writer::DeadLetterTarget::Kafka {
             url: url.clone(),
             client: client.clone(),
         }),
@@ -147,7 +147,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
                 highs: None,
                 owns_first: Default::default(),
             },
-            cluster: pipeline::cluster::ClusterSettings {
+            cluster: pipeline::scaleout::ClusterSettings {
                 changelog: changelog.clone(),
                 coordinator: coordinator.clone(),
                 group_id: cfg.kafka.group_id.clone(),
@@ -302,14 +302,14 @@ pub fn daemon_with(
         // and the writer publishes every checkpoint to the changelog
         let (sinks, global_sinks, changelog) = match &source {
             RunSource::Group { url, cluster, .. } => {
-                cluster::ensure_topics(url, cluster)?;
-                (Vec::new(), sinks, Some(cluster::Changelog::open(cluster)?))
+                pipeline::scaleout::ensure_topics(url, cluster)?;
+                (Vec::new(), sinks, Some(pipeline::scaleout::Changelog::open(cluster)?))
             }
             _ => (sinks, Vec::new(), None),
         };
         let scale_out = changelog.is_some();
-        let writer = persist::Persister::start(
-            persist::Outputs {
+        let writer = pipeline::writer::Persister::start(
+            pipeline::writer::Outputs {
                 sinks,
                 store: d.store.clone(),
                 dead: d.dead_letter.clone(),
@@ -424,12 +424,12 @@ pub fn daemon_with(
                 cluster,
             } => {
                 options.highs = Some(metrics.highs());
-                let stamp = cluster::Stamp {
+                let stamp = pipeline::scaleout::Stamp {
                     model: d.model,
                     subsets: labels.clone(),
                     topic: url.topic.clone(),
                 };
-                let global = cluster::GlobalSettings {
+                let global = pipeline::scaleout::GlobalSettings {
                     cluster: cluster.clone(),
                     stamp: stamp.clone(),
                     subsets: s.subsets.clone(),
@@ -444,7 +444,7 @@ pub fn daemon_with(
                     std::thread::Builder::new()
                         .name("global-coordinator".into())
                         .spawn(move || {
-                            let r = cluster::coordinate(global, elected, global_sinks, m, done);
+                            let r = pipeline::scaleout::coordinate(global, elected, global_sinks, m, done);
                             if r.is_err() {
                                 stop.store(true, Ordering::Relaxed);
                             }
@@ -456,7 +456,7 @@ pub fn daemon_with(
                 let consumer_stop = stop.clone();
                 let restore_settings = cluster.clone();
                 let restore: Arc<crate::source::group::Restore> = Arc::new(move |ps: &[i32]| {
-                    cluster::read_states(&restore_settings, &stamp, ps)
+                    pipeline::scaleout::read_states(&restore_settings, &stamp, ps)
                 });
                 let consumer = std::thread::Builder::new()
                     .name("kafka-group-consumer".into())

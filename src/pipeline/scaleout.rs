@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use super::coordinator;
 use super::messages::Snapshot;
 use super::metrics::Metrics;
-use super::persist::Delivery;
+use super::writer::Delivery;
 use super::{PipelineError, SnapshotSink};
 use crate::checkpoint::{self, Checkpoint, PartitionState};
 use crate::counters::{Counters, Subset};

@@ -20,16 +20,16 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use tracing::{info, warn};
 
-use super::cluster::Changelog;
 use super::messages::Snapshot;
 use super::metrics::Metrics;
+use super::scaleout::Changelog;
 use super::{PipelineError, SnapshotSink};
 use crate::checkpoint::{Checkpoint, Store};
 use crate::record::Malformed;
 use crate::sink::DeadLetter;
 use crate::source::kafka::{KafkaOptions, KafkaUrl};
 
-/// Capacity of the persister's channel, in messages.
+/// Capacity of the writer's queue, in messages.
 pub const QUEUE: usize = 16;
 
 /// A malformed record and where it came from.

@@ -1,7 +1,10 @@
-//! Where results go: the CSV files and `summary.json` of SPEC 6 for a batch run, and the
-//! dead-letter file that keeps malformed records with their source position. Writers only
+//! Where results go: the CSV files and `summary.json` of SPEC 6 for a batch run, the
+//! dead-letter file that keeps malformed records with their source position, and the daemon's
+//! snapshot sinks ([`snapshot`]: JSON lines, stdout, a Kafka topic, memory). Writers only
 //! format what the pure core computed; floats are printed to full round-trip precision
 //! (Rust's shortest representation that parses back to the same f64).
+
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::fs::File;

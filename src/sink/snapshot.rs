@@ -1,7 +1,7 @@
 //! Where snapshots go, any combination: a JSON-lines file (SPEC 6), a readable table on
 //! stdout (the seed's `.show(42)`), a Kafka output topic (key = trigger number, value = the
 //! snapshot's JSON line), and memory (tests and short bounded runs). The HTTP endpoint is not
-//! a sink: it reads the latest snapshot the coordinator keeps in [`super::metrics::Metrics`].
+//! a sink: it reads the latest snapshot the writer keeps in [`crate::pipeline::Metrics`].
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::messages::Snapshot;
-use super::PipelineError;
+use crate::pipeline::{PipelineError, Snapshot};
 use crate::source::kafka::{KafkaOptions, KafkaUrl};
 
 /// Where snapshots go.
