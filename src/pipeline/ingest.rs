@@ -4,7 +4,8 @@
 //! ingestor's bounded mailbox. The ingestor routes each record by a stable hash of its
 //! household id to a shard ([`Router`], the pure part: batching, trigger and checkpoint
 //! decisions) and sends each shard its batches with up to [`WINDOW`] messages in flight, waiting
-//! for a shard only when its window is full: the bounded mailboxes do the back-pressure.
+//! for a shard only when its window is full: the windows, inside bounded mailboxes, do the
+//! back-pressure.
 //!
 //! A trigger is a barrier: after exactly every `trigger_records` records (and, with an interval,
 //! whenever that much time passed and records came) the ingestor sends every shard a
@@ -44,7 +45,9 @@ use crate::source::kafka::PolledBatch;
 pub const BATCH: usize = 8192;
 
 /// Messages in flight per shard: the ingestor waits for a shard's oldest only when this many
-/// are unanswered.
+/// are unanswered. Each actor here has one sender and a mailbox larger than its window, so no
+/// send ever finds a full mailbox: actix would park such a send, and its request would not
+/// wake when room is made (actix 0.13's `MsgRequest`), a silent hang.
 pub const WINDOW: usize = 4;
 
 /// Requests (merges, checkpoints) in flight to the coordinator.
@@ -53,8 +56,8 @@ pub const COORDINATOR_WINDOW: usize = 2;
 /// Batches in flight from a source to the ingestor.
 pub const FEED_WINDOW: usize = 4;
 
-/// How often the ingestor checks the trigger interval and sends what it buffered while the
-/// source is quiet.
+/// How often the ingestor checks the trigger interval and sends every partial batch it holds
+/// (so that a quiet source's last records are counted within this time).
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// What the router asks of the actors, in order.
@@ -444,6 +447,11 @@ pub struct Ingestor {
     shape: (usize, usize),
     /// An error met between messages (at a tick), answered to the next one.
     failed: Option<PipelineError>,
+    /// Set once anything failed: every later message is refused (what the failure left
+    /// undone cannot be made up).
+    broken: bool,
+    /// Set at [`Finish`]: no tick fires anything after it.
+    finished: bool,
 }
 
 impl Ingestor {
@@ -469,6 +477,8 @@ impl Ingestor {
             metrics,
             shape,
             failed: None,
+            broken: false,
+            finished: false,
         }
     }
 
@@ -497,6 +507,9 @@ impl Ingestor {
             if lanes.is_some() {
                 act.lanes = lanes;
             }
+            if r.is_err() {
+                act.broken = true;
+            }
             act.progress();
             r
         })
@@ -515,6 +528,9 @@ impl Ingestor {
     fn failed(&mut self) -> Result<(), PipelineError> {
         match self.failed.take() {
             Some(e) => Err(e),
+            None if self.broken => Err(PipelineError::Runtime(
+                "the pipeline stopped after an earlier error".into(),
+            )),
             None => Ok(()),
         }
     }
@@ -528,7 +544,7 @@ impl Actor for Ingestor {
         ctx.run_interval(TICK, |act, ctx| {
             // busy (a handler's future holds the lanes: actix polls interval items before it
             // merges a wait registered in the same poll) or failed: the next tick will do
-            if act.failed.is_some() || act.lanes.is_none() || ctx.waiting() {
+            if act.broken || act.finished || act.lanes.is_none() || ctx.waiting() {
                 return;
             }
             act.router.tick();
@@ -574,6 +590,7 @@ impl Handler<Finish> for Ingestor {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
         }
         self.metrics.draining.store(true, Ordering::Relaxed);
+        self.finished = true;
         if msg.last_trigger {
             self.router.finish();
         }
@@ -756,8 +773,34 @@ pub fn kafka(
 
 /// Scale-out: hand what the group reader sends ([`crate::source::group::stream_group`], on
 /// its own thread) to the pipeline, in order: records, and the revocations and assignments of
-/// partitions, each answered once done.
+/// partitions, each answered once done. When the pipeline fails, `stop` is set.
 pub fn group(
+    rx: &crossbeam_channel::Receiver<GroupEvent>,
+    feed: &mut Feed,
+    stop: &AtomicBool,
+) -> Result<Progress, PipelineError> {
+    let fed = feed_group(rx, feed);
+    if let Err(e) = &fed {
+        // the pipeline failed: stop the group reader, and answer every revocation and
+        // assignment it still sends until it leaves, so that it never waits for an answer
+        stop.store(true, Ordering::Relaxed);
+        let why = e.to_string();
+        while let Ok(event) = rx.recv() {
+            match event {
+                GroupEvent::Records(_) => {}
+                GroupEvent::Revoke { done, .. } => {
+                    let _ = done.send(Err(why.clone()));
+                }
+                GroupEvent::Assign { done, .. } => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+    fed
+}
+
+fn feed_group(
     rx: &crossbeam_channel::Receiver<GroupEvent>,
     feed: &mut Feed,
 ) -> Result<Progress, PipelineError> {

@@ -174,9 +174,9 @@ pub struct SyncChangelog {
 #[rtype(result = "Result<(), super::PipelineError>")]
 pub struct Ingest(pub crate::source::kafka::PolledBatch);
 
-/// The source ended or a stop was asked (to the ingestor): fire the last trigger if
-/// `last_trigger`, take the last checkpoint, and answer once every shard and the coordinator
-/// have done all they were sent.
+/// The source ended or a stop was asked (to the ingestor): if `last_trigger`, fire the last
+/// trigger and take the last checkpoint; answer once every shard and the coordinator have
+/// done all they were sent.
 #[derive(Message)]
 #[rtype(result = "Result<Progress, super::PipelineError>")]
 pub struct Finish {

@@ -320,9 +320,22 @@ impl Persister {
                     file_source,
                     last: None,
                 };
-                let r = w.run(rx, &metrics);
-                if r.is_err() {
+                let r = w.run(&rx, &metrics);
+                if let Err(e) = &r {
                     stop.store(true, Ordering::Relaxed);
+                    // keep taking what the pipeline sends until it finishes, so that nothing
+                    // waits for an answer a dead writer would never give (a revocation's
+                    // changelog sync), and sends never block on a full queue
+                    let why = e.to_string();
+                    while let Ok(msg) = rx.recv() {
+                        match msg {
+                            Persist::Sync(reply) => {
+                                let _ = reply.send(Err(why.clone()));
+                            }
+                            Persist::Finish => break,
+                            _ => {}
+                        }
+                    }
                 }
                 r
             })
@@ -330,7 +343,7 @@ impl Persister {
         Ok(Persister { tx, handle })
     }
 
-    /// A sender for shards and the router.
+    /// A sender for the shards and the coordinator.
     pub fn sender(&self) -> Sender<Persist> {
         self.tx.clone()
     }
@@ -357,7 +370,7 @@ struct Writer {
 impl Writer {
     fn run(
         mut self,
-        rx: Receiver<Persist>,
+        rx: &Receiver<Persist>,
         metrics: &Metrics,
     ) -> Result<Option<Snapshot>, PipelineError> {
         // The shards send their dead letters as they count, in an order that differs from run
@@ -514,6 +527,53 @@ mod tests {
             .collect();
         assert_eq!(offsets, ["3", "11", "12"]);
         assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn regression_a_failed_writer_still_answers_a_changelog_sync() {
+        // a revocation waits for the writer's answer to its sync; a writer that had failed
+        // once left the request in its queue unanswered, and the revocation waited forever
+        struct Broken;
+        impl SnapshotSink for Broken {
+            fn emit(&mut self, _: &Snapshot) -> Result<(), PipelineError> {
+                Err(PipelineError::Stdout(std::io::Error::other("disk gone")))
+            }
+        }
+        let out = Outputs {
+            sinks: vec![Box::new(Broken)],
+            store: None,
+            dead: None,
+            changelog: None,
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w =
+            Persister::start(out, None, false, Arc::new(Metrics::new(1)), stop.clone()).unwrap();
+        let snapshot = crate::pipeline::coordinator::snapshot(
+            &crate::counters::Counters::new(1, 1),
+            &[crate::counters::Subset::All],
+            7,
+            1,
+            BTreeMap::new(),
+        );
+        let tx = w.sender();
+        tx.send(Persist::Snapshot(Box::new(Emitted {
+            snapshot,
+            by_interval: false,
+            merge_seconds: 0.0,
+        })))
+        .unwrap();
+        let (reply, answer) = futures_channel::oneshot::channel();
+        tx.send(Persist::Sync(reply)).unwrap();
+        let answered =
+            futures_executor::block_on(answer).expect("an answer, not a dropped request");
+        assert!(answered.unwrap_err().contains("disk gone"));
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "a failed writer stops the source"
+        );
+        drop(tx);
+        let e = w.finish().unwrap_err();
+        assert!(e.to_string().contains("disk gone"), "{e}");
     }
 
     #[test]

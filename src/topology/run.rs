@@ -10,15 +10,16 @@
 //! | ingestor actor (routing, triggers, barriers) | its own arbiter | its mailbox: [`ingest::FEED_WINDOW`] batches in flight |
 //! | shard actors (counting) | one arbiter each | their mailboxes: [`ingest::WINDOW`] messages in flight |
 //! | coordinator actor (merge, snapshot, checkpoint) | its own arbiter | [`ingest::COORDINATOR_WINDOW`] requests in flight |
-//! | writer (sinks, dead letters, checkpoints, changelog) | thread `writer` | a bounded queue ([`writer::QUEUE`]) |
+//! | writer (sinks, dead letters, checkpoints, changelog) | thread `writer` | a bounded queue ([`pipeline::writer::QUEUE`]) |
 //! | global coordinator (scale-out only) | thread `global-coordinator` | the changelog topic |
 //! | HTTP endpoint, signal handler | the system arbiter (actix-web workers) | requests, SIGINT/SIGTERM |
 //!
 //! A file source is read by the feed itself. One stop signal (an `AtomicBool`, set by SIGINT,
-//! SIGTERM, a failed writer or the caller) ends the source; then the shutdown order is: the
-//! feed's last batch, the ingestor's last trigger and checkpoint through the shards and the
-//! coordinator (drained), the actors stopped, the HTTP endpoint stopped, and the writer synced
-//! and joined last.
+//! SIGTERM, the caller, or a failure of the writer, the feed or the global coordinator) ends
+//! the source; then the shutdown order, on every path, errors included: the feed's last batch,
+//! the ingestor's last trigger and checkpoint through the shards and the coordinator
+//! (drained), the actors stopped, the HTTP endpoint stopped, and the writer synced and joined
+//! last. The error reported is the first cause.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -385,10 +386,16 @@ pub fn daemon_with(
             i
         };
         let mut feed = ingest::Feed::new(ingestor);
-        let joined = match source {
+        // what the feed did, and what the consumer and the global coordinator threads did; a
+        // failure anywhere sets the one stop signal, and the shutdown below always runs
+        let (joined, threads): (_, Result<(), PipelineError>) = match source {
             RunSource::File(path) => {
-                actix_rt::task::spawn_blocking(move || ingest::file(&path, &mut feed, resume_at, &stop))
-                    .await
+                let stop = stop.clone();
+                let fed = actix_rt::task::spawn_blocking(move || {
+                    ingest::file(&path, &mut feed, resume_at, &stop)
+                })
+                .await;
+                (fed, Ok(()))
             }
             RunSource::Kafka { url, mut options } => {
                 options.highs = Some(metrics.highs());
@@ -405,18 +412,20 @@ pub fn daemon_with(
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
-                let routed =
-                    actix_rt::task::spawn_blocking(move || ingest::kafka(&rx, &mut feed)).await;
-                match consumer.join() {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {
-                        return Err(PipelineError::Runtime(
-                            "the consumer thread panicked".into(),
-                        ))
+                let feed_stop = stop.clone();
+                let routed = actix_rt::task::spawn_blocking(move || {
+                    let r = ingest::kafka(&rx, &mut feed);
+                    if r.is_err() {
+                        feed_stop.store(true, Ordering::Relaxed);
                     }
-                }
-                routed
+                    r
+                })
+                .await;
+                let consumed = match consumer.join() {
+                    Ok(r) => r.map(drop).map_err(PipelineError::from),
+                    Err(_) => Err(PipelineError::Runtime("the consumer thread panicked".into())),
+                };
+                (routed, consumed)
             }
             RunSource::Group {
                 url,
@@ -472,29 +481,23 @@ pub fn daemon_with(
                         r
                     })
                     .map_err(|e| PipelineError::Runtime(e.to_string()))?;
-                let routed =
-                    actix_rt::task::spawn_blocking(move || ingest::group(&rx, &mut feed)).await;
+                let feed_stop = stop.clone();
+                let routed = actix_rt::task::spawn_blocking(move || {
+                    ingest::group(&rx, &mut feed, &feed_stop)
+                })
+                .await;
                 coordinating.store(true, Ordering::Relaxed);
-                let consumed = consumer.join();
-                let coordinated = coordinator.join();
-                match consumed {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => {
-                        return Err(PipelineError::Runtime(
-                            "the consumer thread panicked".into(),
-                        ))
-                    }
-                }
-                match coordinated {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(PipelineError::Runtime(
-                            "the coordinator thread panicked".into(),
-                        ))
-                    }
-                }
-                routed
+                let consumed = match consumer.join() {
+                    Ok(r) => r.map_err(PipelineError::from),
+                    Err(_) => Err(PipelineError::Runtime("the consumer thread panicked".into())),
+                };
+                let coordinated = match coordinator.join() {
+                    Ok(r) => r,
+                    Err(_) => Err(PipelineError::Runtime(
+                        "the coordinator thread panicked".into(),
+                    )),
+                };
+                (routed, consumed.and(coordinated))
             }
         };
         // shutdown order: the source stopped and the ingestor drained (the last trigger and
@@ -507,21 +510,22 @@ pub fn daemon_with(
             h.stop(true).await;
         }
         let written = writer.finish();
-        let done = match (joined.map_err(|e| PipelineError::Runtime(e.to_string()))?, written) {
-            // the pipeline saw the writer's channel close: the writer's error says why
-            (
-                Err(PipelineError::PersisterStopped | PipelineError::WriterFailed(_)),
-                Err(e),
-            ) => return Err(e),
-            (routed, written) => {
-                let done = routed?;
-                (done, written?)
+        let routed = joined
+            .map_err(|e| PipelineError::Runtime(e.to_string()))
+            .and_then(|r| r);
+        // the first cause: the writer's own error when the pipeline saw it stop, then the
+        // pipeline's, then the consumer's or the global coordinator's, then the writer's
+        let (done, last) = match (routed, threads, written) {
+            (Err(PipelineError::PersisterStopped | PipelineError::WriterFailed(_)), _, Err(e)) => {
+                return Err(e)
             }
+            (Err(e), _, _) | (Ok(_), Err(e), _) | (Ok(_), Ok(()), Err(e)) => return Err(e),
+            (Ok(done), Ok(()), Ok(last)) => (done, last),
         };
         Ok(RunOutcome {
-            records: done.0.records,
-            triggers: done.0.triggers,
-            last: done.1,
+            records: done.records,
+            triggers: done.triggers,
+            last,
             metrics,
         })
     })
