@@ -710,9 +710,250 @@ pub fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
+/// `KEY=VALUE` of a `-X`/`--property` flag.
+pub fn property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Flags of `viewpulse run`; each overrides the same key of `--config`.
+#[derive(clap::Args, Debug, Default)]
+pub struct RunFlags {
+    /// A TOML configuration (see deploy/viewpulse.example.toml).
+    #[arg(long, env = "VIEWPULSE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// model: the model folder.
+    #[arg(long, env = "VIEWPULSE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// source: a file or kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_SOURCE")]
+    pub source: Option<String>,
+    /// sinks.snapshots: a JSON-lines file of snapshots.
+    #[arg(long, env = "VIEWPULSE_SNAPSHOTS")]
+    pub snapshots: Option<PathBuf>,
+    /// pipeline.shards.
+    #[arg(long, env = "VIEWPULSE_SHARDS")]
+    pub shards: Option<usize>,
+    /// trigger.records.
+    #[arg(long, env = "VIEWPULSE_TRIGGER_RECORDS")]
+    pub trigger_records: Option<u64>,
+    /// pipeline.subsets, comma-separated.
+    #[arg(long, env = "VIEWPULSE_SUBSETS")]
+    pub subsets: Option<String>,
+    /// pipeline.top.
+    #[arg(long, env = "VIEWPULSE_TOP")]
+    pub top: Option<usize>,
+    /// until_end: stop after every record the source held at the start.
+    #[arg(long, env = "VIEWPULSE_UNTIL_END")]
+    pub until_end: bool,
+    /// kafka.start: earliest, latest or stored.
+    #[arg(long, env = "VIEWPULSE_START")]
+    pub start: Option<String>,
+    /// kafka.group_id.
+    #[arg(long, env = "VIEWPULSE_GROUP_ID")]
+    pub group_id: Option<String>,
+    /// sinks.stdout = false: no table on stdout.
+    #[arg(long, env = "VIEWPULSE_NO_STDOUT")]
+    pub no_stdout: bool,
+    /// trigger.interval: also a trigger every this much time (500ms, 10s, 1m).
+    #[arg(long, env = "VIEWPULSE_TRIGGER_INTERVAL")]
+    pub trigger_interval: Option<String>,
+    /// http.listen: HOST:PORT or a port (127.0.0.1) for /snapshot, /healthz, /metrics; off.
+    #[arg(long, env = "VIEWPULSE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// http.token: require Authorization: Bearer TOKEN on /snapshot and /metrics. Prefer
+    /// ${file:PATH} or the environment variable: a flag's value shows in `ps`.
+    #[arg(long, env = "VIEWPULSE_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+    /// sinks.kafka: a Kafka output topic for snapshots, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_KAFKA_SINK")]
+    pub kafka_sink: Option<String>,
+    /// kafka.connect_timeout: how long one metadata request may wait.
+    #[arg(long, env = "VIEWPULSE_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// kafka.startup_wait: how long to retry at start while no broker answers.
+    #[arg(long, env = "VIEWPULSE_STARTUP_WAIT")]
+    pub startup_wait: Option<String>,
+    /// kafka.outage_limit: end the run cleanly after a broker outage this long (0s = never).
+    #[arg(long, env = "VIEWPULSE_OUTAGE_LIMIT")]
+    pub outage_limit: Option<String>,
+    /// kafka.resume_rewind: fetch a resumed partition this many records early (0 = exactly at
+    /// its stored offset, right for Apache Kafka).
+    #[arg(long, env = "VIEWPULSE_RESUME_REWIND")]
+    pub resume_rewind: Option<u64>,
+    /// state.dir: the checkpoint folder (restored from at start).
+    #[arg(long, env = "VIEWPULSE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// state.keep: checkpoints kept.
+    #[arg(long, env = "VIEWPULSE_CHECKPOINT_KEEP")]
+    pub checkpoint_keep: Option<usize>,
+    /// state.interval: also checkpoint this often between triggers.
+    #[arg(long, env = "VIEWPULSE_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
+    /// state.reset: discard the stored state at start.
+    #[arg(long, env = "VIEWPULSE_RESET_STATE")]
+    pub reset_state: bool,
+    /// sinks.dead_letter: a dead-letter file for malformed records.
+    #[arg(long, env = "VIEWPULSE_DEAD_LETTER")]
+    pub dead_letter: Option<PathBuf>,
+    /// sinks.dead_letter_topic: a dead-letter Kafka topic, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+    /// kafka.properties: a librdkafka property KEY=VALUE (repeatable), over the config file's;
+    /// the value may be ${env:NAME} or ${file:PATH}, which keeps a secret out of `ps`.
+    #[arg(short = 'X', long = "property", value_parser = property)]
+    pub properties: Vec<(String, String)>,
+    /// cluster.changelog: share the input topic with the group's other processes, publishing
+    /// partition state to this topic, kafka://HOST:PORT/TOPIC.
+    #[arg(long, env = "VIEWPULSE_CHANGELOG")]
+    pub changelog: Option<String>,
+    /// cluster.coordinator: the one-partition topic whose owner emits the global snapshots.
+    #[arg(long, env = "VIEWPULSE_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// cluster.session_timeout: how soon a dead process's partitions move (10s).
+    #[arg(long, env = "VIEWPULSE_SESSION_TIMEOUT")]
+    pub session_timeout: Option<String>,
+    /// cluster.member: this process's name (HOSTNAME-PID).
+    #[arg(long, env = "VIEWPULSE_MEMBER")]
+    pub member: Option<String>,
+}
+
+impl RunFlags {
+    /// The one place where the configuration file, the environment (each flag's
+    /// `VIEWPULSE_*` variable, read by clap) and the flags are merged: the file's keys, each
+    /// overridden by its flag or variable when given.
+    pub fn into_config(self) -> Result<RunConfig, ConfigError> {
+        let mut c = match &self.config {
+            Some(p) => RunConfig::load(p)?,
+            None => RunConfig::default(),
+        };
+        if let Some(v) = self.model {
+            c.model = v;
+        }
+        if let Some(v) = self.source {
+            c.source = v;
+        }
+        if let Some(v) = self.snapshots {
+            c.sinks.snapshots = Some(v);
+        }
+        if let Some(v) = self.shards {
+            c.pipeline.shards = v;
+        }
+        if let Some(v) = self.trigger_records {
+            c.trigger.records = v;
+        }
+        if let Some(v) = self.subsets {
+            c.pipeline.subsets = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Some(v) = self.top {
+            c.pipeline.top = v;
+        }
+        if self.until_end {
+            c.until_end = true;
+        }
+        if let Some(v) = self.start {
+            c.kafka.start = v;
+        }
+        if let Some(v) = self.group_id {
+            c.kafka.group_id = v;
+        }
+        if self.no_stdout {
+            c.sinks.stdout = false;
+        }
+        if let Some(v) = self.trigger_interval {
+            c.trigger.interval = v;
+        }
+        if let Some(v) = self.http_listen {
+            c.http.listen = v;
+        }
+        if let Some(v) = self.http_token {
+            c.http.token = v;
+        }
+        if let Some(v) = self.kafka_sink {
+            c.sinks.kafka = Some(v);
+        }
+        if let Some(v) = self.connect_timeout {
+            c.kafka.connect_timeout = v;
+        }
+        if let Some(v) = self.startup_wait {
+            c.kafka.startup_wait = v;
+        }
+        if let Some(v) = self.outage_limit {
+            c.kafka.outage_limit = v;
+        }
+        if let Some(v) = self.resume_rewind {
+            c.kafka.resume_rewind = v;
+        }
+        if let Some(v) = self.state_dir {
+            c.state.dir = Some(v);
+        }
+        if let Some(v) = self.checkpoint_keep {
+            c.state.keep = v;
+        }
+        if let Some(v) = self.checkpoint_interval {
+            c.state.interval = v;
+        }
+        if self.reset_state {
+            c.state.reset = true;
+        }
+        if let Some(v) = self.dead_letter {
+            c.sinks.dead_letter = Some(v);
+        }
+        if let Some(v) = self.dead_letter_topic {
+            c.sinks.dead_letter_topic = Some(v);
+        }
+        for (k, v) in self.properties {
+            c.kafka.properties.insert(k, v);
+        }
+        if let Some(v) = self.changelog {
+            c.cluster.changelog = v;
+        }
+        if let Some(v) = self.coordinator {
+            c.cluster.coordinator = v;
+        }
+        if let Some(v) = self.session_timeout {
+            c.cluster.session_timeout = v;
+        }
+        if let Some(v) = self.member {
+            c.cluster.member = v;
+        }
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_override_the_file_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[trigger]\nrecords = 10\ninterval = \"1m30s\"\n[pipeline]\nshards = 3\n",
+        )
+        .unwrap();
+        let flags = RunFlags {
+            config: Some(path),
+            trigger_records: Some(20),
+            properties: vec![("security.protocol".into(), "ssl".into())],
+            ..Default::default()
+        };
+        let c = flags.into_config().unwrap();
+        assert_eq!(c.trigger.records, 20, "the flag wins");
+        assert_eq!(c.pipeline.shards, 3, "the file's key stays");
+        assert_eq!(c.trigger_interval().unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(c.kafka.properties.get("security.protocol"), Some("ssl"));
+        let none = RunFlags::default().into_config().unwrap();
+        assert_eq!(
+            none,
+            RunConfig::default(),
+            "no file and no flag: the defaults"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use viewpulse::config::RunConfig;
 use viewpulse::counters::Subset;
 use viewpulse::generate::GenerateConfig;
 use viewpulse::segment::{KMeansSettings, SegmentSettings};
@@ -151,7 +150,7 @@ enum Command {
         format: viewpulse::dataset::Formats,
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
-    Run(Box<RunArgs>),
+    Run(Box<viewpulse::config::RunFlags>),
     /// Capture every record of a topic (partition, offset, timestamp, key, value) into a file.
     Record {
         /// The topic, kafka://HOST:PORT/TOPIC.
@@ -271,214 +270,9 @@ impl PaceArgs {
     }
 }
 
-/// Flags of `viewpulse run`; each overrides the same key of `--config`.
-#[derive(Args)]
-struct RunArgs {
-    /// A TOML configuration (see deploy/viewpulse.example.toml).
-    #[arg(long, env = "VIEWPULSE_CONFIG")]
-    config: Option<PathBuf>,
-    /// model: the model folder.
-    #[arg(long, env = "VIEWPULSE_MODEL")]
-    model: Option<PathBuf>,
-    /// source: a file or kafka://HOST:PORT/TOPIC.
-    #[arg(long, env = "VIEWPULSE_SOURCE")]
-    source: Option<String>,
-    /// sinks.snapshots: a JSON-lines file of snapshots.
-    #[arg(long, env = "VIEWPULSE_SNAPSHOTS")]
-    snapshots: Option<PathBuf>,
-    /// pipeline.shards.
-    #[arg(long, env = "VIEWPULSE_SHARDS")]
-    shards: Option<usize>,
-    /// trigger.records.
-    #[arg(long, env = "VIEWPULSE_TRIGGER_RECORDS")]
-    trigger_records: Option<u64>,
-    /// pipeline.subsets, comma-separated.
-    #[arg(long, env = "VIEWPULSE_SUBSETS")]
-    subsets: Option<String>,
-    /// pipeline.top.
-    #[arg(long, env = "VIEWPULSE_TOP")]
-    top: Option<usize>,
-    /// until_end: stop after every record the source held at the start.
-    #[arg(long, env = "VIEWPULSE_UNTIL_END")]
-    until_end: bool,
-    /// kafka.start: earliest, latest or stored.
-    #[arg(long, env = "VIEWPULSE_START")]
-    start: Option<String>,
-    /// kafka.group_id.
-    #[arg(long, env = "VIEWPULSE_GROUP_ID")]
-    group_id: Option<String>,
-    /// sinks.stdout = false: no table on stdout.
-    #[arg(long, env = "VIEWPULSE_NO_STDOUT")]
-    no_stdout: bool,
-    /// trigger.interval: also a trigger every this much time (500ms, 10s, 1m).
-    #[arg(long, env = "VIEWPULSE_TRIGGER_INTERVAL")]
-    trigger_interval: Option<String>,
-    /// http.listen: HOST:PORT or a port (127.0.0.1) for /snapshot, /healthz, /metrics; off.
-    #[arg(long, env = "VIEWPULSE_HTTP_LISTEN")]
-    http_listen: Option<String>,
-    /// http.token: require Authorization: Bearer TOKEN on /snapshot and /metrics. Prefer
-    /// ${file:PATH} or the environment variable: a flag's value shows in `ps`.
-    #[arg(long, env = "VIEWPULSE_HTTP_TOKEN", hide_env_values = true)]
-    http_token: Option<String>,
-    /// sinks.kafka: a Kafka output topic for snapshots, kafka://HOST:PORT/TOPIC.
-    #[arg(long, env = "VIEWPULSE_KAFKA_SINK")]
-    kafka_sink: Option<String>,
-    /// kafka.connect_timeout: how long one metadata request may wait.
-    #[arg(long, env = "VIEWPULSE_CONNECT_TIMEOUT")]
-    connect_timeout: Option<String>,
-    /// kafka.startup_wait: how long to retry at start while no broker answers.
-    #[arg(long, env = "VIEWPULSE_STARTUP_WAIT")]
-    startup_wait: Option<String>,
-    /// kafka.outage_limit: end the run cleanly after a broker outage this long (0s = never).
-    #[arg(long, env = "VIEWPULSE_OUTAGE_LIMIT")]
-    outage_limit: Option<String>,
-    /// kafka.resume_rewind: fetch a resumed partition this many records early (0 = exactly at
-    /// its stored offset, right for Apache Kafka).
-    #[arg(long, env = "VIEWPULSE_RESUME_REWIND")]
-    resume_rewind: Option<u64>,
-    /// state.dir: the checkpoint folder (restored from at start).
-    #[arg(long, env = "VIEWPULSE_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// state.keep: checkpoints kept.
-    #[arg(long, env = "VIEWPULSE_CHECKPOINT_KEEP")]
-    checkpoint_keep: Option<usize>,
-    /// state.interval: also checkpoint this often between triggers.
-    #[arg(long, env = "VIEWPULSE_CHECKPOINT_INTERVAL")]
-    checkpoint_interval: Option<String>,
-    /// state.reset: discard the stored state at start.
-    #[arg(long, env = "VIEWPULSE_RESET_STATE")]
-    reset_state: bool,
-    /// sinks.dead_letter: a dead-letter file for malformed records.
-    #[arg(long, env = "VIEWPULSE_DEAD_LETTER")]
-    dead_letter: Option<PathBuf>,
-    /// sinks.dead_letter_topic: a dead-letter Kafka topic, kafka://HOST:PORT/TOPIC.
-    #[arg(long, env = "VIEWPULSE_DEAD_LETTER_TOPIC")]
-    dead_letter_topic: Option<String>,
-    /// kafka.properties: a librdkafka property KEY=VALUE (repeatable), over the config file's;
-    /// the value may be ${env:NAME} or ${file:PATH}, which keeps a secret out of `ps`.
-    #[arg(short = 'X', long = "property", value_parser = property)]
-    properties: Vec<(String, String)>,
-    /// cluster.changelog: share the input topic with the group's other processes, publishing
-    /// partition state to this topic, kafka://HOST:PORT/TOPIC.
-    #[arg(long, env = "VIEWPULSE_CHANGELOG")]
-    changelog: Option<String>,
-    /// cluster.coordinator: the one-partition topic whose owner emits the global snapshots.
-    #[arg(long, env = "VIEWPULSE_COORDINATOR")]
-    coordinator: Option<String>,
-    /// cluster.session_timeout: how soon a dead process's partitions move (10s).
-    #[arg(long, env = "VIEWPULSE_SESSION_TIMEOUT")]
-    session_timeout: Option<String>,
-    /// cluster.member: this process's name (HOSTNAME-PID).
-    #[arg(long, env = "VIEWPULSE_MEMBER")]
-    member: Option<String>,
-}
-
-impl RunArgs {
-    fn config(self) -> Result<RunConfig, TopologyError> {
-        let mut c = match &self.config {
-            Some(p) => RunConfig::load(p)?,
-            None => RunConfig::default(),
-        };
-        if let Some(v) = self.model {
-            c.model = v;
-        }
-        if let Some(v) = self.source {
-            c.source = v;
-        }
-        if let Some(v) = self.snapshots {
-            c.sinks.snapshots = Some(v);
-        }
-        if let Some(v) = self.shards {
-            c.pipeline.shards = v;
-        }
-        if let Some(v) = self.trigger_records {
-            c.trigger.records = v;
-        }
-        if let Some(v) = self.subsets {
-            c.pipeline.subsets = v.split(',').map(|s| s.trim().to_string()).collect();
-        }
-        if let Some(v) = self.top {
-            c.pipeline.top = v;
-        }
-        if self.until_end {
-            c.until_end = true;
-        }
-        if let Some(v) = self.start {
-            c.kafka.start = v;
-        }
-        if let Some(v) = self.group_id {
-            c.kafka.group_id = v;
-        }
-        if self.no_stdout {
-            c.sinks.stdout = false;
-        }
-        if let Some(v) = self.trigger_interval {
-            c.trigger.interval = v;
-        }
-        if let Some(v) = self.http_listen {
-            c.http.listen = v;
-        }
-        if let Some(v) = self.http_token {
-            c.http.token = v;
-        }
-        if let Some(v) = self.kafka_sink {
-            c.sinks.kafka = Some(v);
-        }
-        if let Some(v) = self.connect_timeout {
-            c.kafka.connect_timeout = v;
-        }
-        if let Some(v) = self.startup_wait {
-            c.kafka.startup_wait = v;
-        }
-        if let Some(v) = self.outage_limit {
-            c.kafka.outage_limit = v;
-        }
-        if let Some(v) = self.resume_rewind {
-            c.kafka.resume_rewind = v;
-        }
-        if let Some(v) = self.state_dir {
-            c.state.dir = Some(v);
-        }
-        if let Some(v) = self.checkpoint_keep {
-            c.state.keep = v;
-        }
-        if let Some(v) = self.checkpoint_interval {
-            c.state.interval = v;
-        }
-        if self.reset_state {
-            c.state.reset = true;
-        }
-        if let Some(v) = self.dead_letter {
-            c.sinks.dead_letter = Some(v);
-        }
-        if let Some(v) = self.dead_letter_topic {
-            c.sinks.dead_letter_topic = Some(v);
-        }
-        for (k, v) in self.properties {
-            c.kafka.properties.insert(k, v);
-        }
-        if let Some(v) = self.changelog {
-            c.cluster.changelog = v;
-        }
-        if let Some(v) = self.coordinator {
-            c.cluster.coordinator = v;
-        }
-        if let Some(v) = self.session_timeout {
-            c.cluster.session_timeout = v;
-        }
-        if let Some(v) = self.member {
-            c.cluster.member = v;
-        }
-        Ok(c)
-    }
-}
-
 /// `KEY=VALUE` of `--property`.
 fn property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
+    viewpulse::config::property(s)
 }
 
 /// Write to stdout; a failure (a closed pipe, a full disk) is the command's error.
@@ -639,7 +433,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             );
         }
         Command::Run(args) => {
-            let cfg = args.config()?;
+            let cfg = args.into_config()?;
             let out = topology::run(&cfg)?;
             note!(
                 "viewpulse: {}, {}",
