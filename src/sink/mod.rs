@@ -4,6 +4,7 @@
 //! format what the pure core computed; floats are printed to full round-trip precision
 //! (Rust's shortest representation that parses back to the same f64).
 
+pub mod dead_letter;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
