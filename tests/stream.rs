@@ -109,3 +109,46 @@ fn any_shard_count_equals_brute_force() {
         }
     }
 }
+
+#[test]
+fn a_slow_shard_changes_no_snapshot() {
+    // shard 0 sleeps before each batch, so its window fills and the barriers of many
+    // triggers wait in its mailbox behind batches while the other shards are far ahead: every
+    // snapshot must still cover exactly the first t x trigger records
+    let file = golden().join("input/views_static.csv");
+    let subsets = [Subset::All, Subset::Every(3)];
+    let text = std::fs::read(&file).unwrap();
+    let lines: Vec<&[u8]> = text
+        .strip_suffix(b"\n")
+        .unwrap_or(&text)
+        .split(|&b| b == b'\n')
+        .collect();
+    let (_, m) = topology::load_membership(&golden(), &subsets).unwrap();
+    let trigger = 97u64;
+    let settings = viewpulse::pipeline::PipelineSettings {
+        slow_shard: Some((0, std::time::Duration::from_millis(3))),
+        ..common::settings(4, trigger, &subsets)
+    };
+    let snaps = common::collect(
+        RunSource::File(file.clone()),
+        m.clone(),
+        &settings,
+        Default::default(),
+    );
+    assert_eq!(snaps.len() as u64, (lines.len() as u64).div_ceil(trigger));
+    for (i, snap) in snaps.iter().enumerate() {
+        let upto = ((i as u64 + 1) * trigger).min(lines.len() as u64);
+        assert_eq!((snap.trigger, snap.records), (i as u64 + 1, upto));
+        let mut c = Counters::for_membership(&m);
+        for l in &lines[..upto as usize] {
+            c.count(l, &m);
+        }
+        let want = ratings::top_diff_rank(&c, &subsets, 7);
+        assert_eq!(
+            common::snapshot_rows(snap),
+            common::core_rows(&want),
+            "snapshot {}",
+            i + 1
+        );
+    }
+}
