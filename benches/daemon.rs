@@ -142,6 +142,23 @@ fn daemon_rss_kb(model: &std::path::Path, url: &str, records: u64) -> (u64, u64)
     (rss, hwm)
 }
 
+/// The bench topic from its beginning to its end, as the daemon reads it.
+fn bench_topic(broker: &common::Broker) -> RunSource {
+    RunSource::Kafka {
+        url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
+        options: StreamOptions {
+            client: KafkaOptions::default(),
+            group_id: "bench".into(),
+            start: StartAt::Earliest,
+            until_end: true,
+            batch_records: 8192,
+            batch_wait: Duration::from_millis(50),
+            highs: None,
+            resume: Default::default(),
+        },
+    }
+}
+
 /// The daemon (`topology::run::daemon`) over the whole topic at the default trigger (50,000 records), with a
 /// checkpoint store in `state` (one checkpoint a trigger, as `state.dir` gives) or without;
 /// records a second, from client creation to the end of every partition.
@@ -164,30 +181,11 @@ fn daemon(
     };
     let t = Instant::now();
     let out = viewpulse::topology::run::daemon(
-        RunSource::Kafka {
-            url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
-            options: StreamOptions {
-                client: KafkaOptions::default(),
-                group_id: "bench".into(),
-                start: StartAt::Earliest,
-                until_end: true,
-                batch_records: 8192,
-                batch_wait: Duration::from_millis(50),
-                highs: None,
-                resume: Default::default(),
-            },
-        },
+        bench_topic(broker),
         membership.clone(),
         &PipelineSettings {
-            shards,
-            trigger_records: 50_000,
-            trigger_interval: None,
-            http: None,
-            http_token: None,
-            subsets: subsets.to_vec(),
-            top: 7,
             durability,
-            slow_shard: None,
+            ..common::settings(shards, 50_000, subsets)
         },
         vec![Box::new(MemorySink::default())],
         Arc::new(AtomicBool::new(false)),
@@ -239,30 +237,11 @@ fn watched(
     };
     let t = Instant::now();
     let out = viewpulse::topology::run::daemon_with(
-        RunSource::Kafka {
-            url: KafkaUrl::parse(&broker.url("bench")).expect("url"),
-            options: StreamOptions {
-                client: KafkaOptions::default(),
-                group_id: "bench".into(),
-                start: StartAt::Earliest,
-                until_end: true,
-                batch_records: 8192,
-                batch_wait: Duration::from_millis(50),
-                highs: None,
-                resume: Default::default(),
-            },
-        },
+        bench_topic(broker),
         membership.clone(),
         &PipelineSettings {
-            shards,
-            trigger_records: 50_000,
-            trigger_interval: None,
-            http: None,
-            http_token: None,
-            subsets: subsets.to_vec(),
-            top: 7,
-            durability: Default::default(),
             slow_shard: delay.map(|d| (0, d)),
+            ..common::settings(shards, 50_000, subsets)
         },
         vec![Box::new(MemorySink::default())],
         Arc::new(AtomicBool::new(false)),

@@ -91,22 +91,35 @@ fn any_shard_count_equals_brute_force() {
         .collect();
     assert_eq!(runs[0].len(), 9);
     for snaps in &runs {
-        for (i, snap) in snaps.iter().enumerate() {
-            let upto = ((i as u64 + 1) * trigger).min(lines.len() as u64);
-            assert_eq!(snap.records, upto);
-            let mut c = Counters::for_membership(&m);
-            for l in &lines[..upto as usize] {
-                c.count(l, &m);
-            }
-            let want = ratings::top_diff_rank(&c, &subsets, 7);
-            assert_eq!(
-                common::snapshot_rows(snap),
-                common::core_rows(&want),
-                "snapshot {}",
-                i + 1
-            );
-            assert_eq!((snap.valid, snap.malformed), (c.valid, c.malformed.total()));
+        let lines: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
+        assert_brute_force(snaps, &lines, &m, &subsets, trigger);
+    }
+}
+
+/// Snapshot t (1-based) holds exactly what a brute-force count of the first t x `trigger`
+/// records gives.
+fn assert_brute_force(
+    snaps: &[Snapshot],
+    lines: &[&[u8]],
+    m: &viewpulse::counters::Membership,
+    subsets: &[Subset],
+    trigger: u64,
+) {
+    for (i, snap) in snaps.iter().enumerate() {
+        let upto = ((i as u64 + 1) * trigger).min(lines.len() as u64);
+        assert_eq!((snap.trigger, snap.records), (i as u64 + 1, upto));
+        let mut c = Counters::for_membership(m);
+        for l in &lines[..upto as usize] {
+            c.count(l, m);
         }
+        let want = ratings::top_diff_rank(&c, subsets, 7);
+        assert_eq!(
+            common::snapshot_rows(snap),
+            common::core_rows(&want),
+            "snapshot {}",
+            i + 1
+        );
+        assert_eq!((snap.valid, snap.malformed), (c.valid, c.malformed.total()));
     }
 }
 
@@ -136,19 +149,5 @@ fn a_slow_shard_changes_no_snapshot() {
         Default::default(),
     );
     assert_eq!(snaps.len() as u64, (lines.len() as u64).div_ceil(trigger));
-    for (i, snap) in snaps.iter().enumerate() {
-        let upto = ((i as u64 + 1) * trigger).min(lines.len() as u64);
-        assert_eq!((snap.trigger, snap.records), (i as u64 + 1, upto));
-        let mut c = Counters::for_membership(&m);
-        for l in &lines[..upto as usize] {
-            c.count(l, &m);
-        }
-        let want = ratings::top_diff_rank(&c, &subsets, 7);
-        assert_eq!(
-            common::snapshot_rows(snap),
-            common::core_rows(&want),
-            "snapshot {}",
-            i + 1
-        );
-    }
+    assert_brute_force(&snaps, &lines, &m, &subsets, trigger);
 }
