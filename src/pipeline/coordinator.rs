@@ -209,7 +209,7 @@ async fn answers<T>(
         .await
         .into_iter()
         .collect::<Result<Vec<T>, _>>()
-        .map_err(|_| PipelineError::Mailbox("a shard stopped before it answered a barrier".into()))
+        .map_err(|_| PipelineError::ShardGone)
 }
 
 impl Handler<Merge> for Coordinator {

@@ -334,7 +334,7 @@ impl Router {
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, MailboxError>>>>;
 
 fn stopped(e: MailboxError) -> PipelineError {
-    PipelineError::Mailbox(e.to_string())
+    PipelineError::Mailbox(e)
 }
 
 /// The ingestor's sending side: the shards' and the coordinator's addresses with the requests

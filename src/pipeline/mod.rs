@@ -34,7 +34,19 @@ pub use metrics::Metrics;
 pub enum PipelineError {
     /// An actor's mailbox closed before it answered.
     #[error("an actor stopped: {0}")]
-    Mailbox(String),
+    Mailbox(#[source] actix::MailboxError),
+    /// A shard stopped before it answered a trigger's or a checkpoint's barrier.
+    #[error("a shard stopped before it answered a barrier")]
+    ShardGone,
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Spawn {
+        /// Which thread.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A checkpoint cannot be made or written.
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
@@ -111,6 +123,8 @@ impl PipelineError {
         use crate::exit;
         match self {
             PipelineError::Mailbox(_)
+            | PipelineError::ShardGone
+            | PipelineError::Spawn { .. }
             | PipelineError::Runtime(_)
             | PipelineError::PersisterStopped
             | PipelineError::WriterFailed(_) => exit::SOFTWARE,

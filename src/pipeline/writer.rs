@@ -123,7 +123,10 @@ impl Persister {
                 }
                 r
             })
-            .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+            .map_err(|source| PipelineError::Spawn {
+                what: "writer",
+                source,
+            })?;
         Ok(Persister { tx, handle })
     }
 

@@ -411,7 +411,7 @@ pub fn daemon_with(
                         drop(tx);
                         r
                     })
-                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                    .map_err(|source| PipelineError::Spawn { what: "kafka-consumer", source })?;
                 let feed_stop = stop.clone();
                 let routed = actix_rt::task::spawn_blocking(move || {
                     let r = ingest::kafka(&rx, &mut feed);
@@ -459,7 +459,7 @@ pub fn daemon_with(
                             }
                             r
                         })
-                        .map_err(|e| PipelineError::Runtime(e.to_string()))?
+                        .map_err(|source| PipelineError::Spawn { what: "global-coordinator", source })?
                 };
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
@@ -480,7 +480,7 @@ pub fn daemon_with(
                         drop(tx);
                         r
                     })
-                    .map_err(|e| PipelineError::Runtime(e.to_string()))?;
+                    .map_err(|source| PipelineError::Spawn { what: "kafka-group-consumer", source })?;
                 let feed_stop = stop.clone();
                 let routed = actix_rt::task::spawn_blocking(move || {
                     ingest::group(&rx, &mut feed, &feed_stop)
@@ -511,7 +511,7 @@ pub fn daemon_with(
         }
         let written = writer.finish();
         let routed = joined
-            .map_err(|e| PipelineError::Runtime(e.to_string()))
+            .map_err(|e| PipelineError::Runtime(format!("the feed task failed: {e}")))
             .and_then(|r| r);
         // the first cause: the writer's own error when the pipeline saw it stop, then the
         // pipeline's, then the consumer's or the global coordinator's, then the writer's
