@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -125,8 +124,8 @@ fn topic_partitions<C: ClientContext>(
 /// coordinator topic (one partition) when missing; returns the input topic's partitions.
 /// Several processes starting at once may race to create them: "already exists" is fine.
 pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, PipelineError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(&input.brokers, &s.client)
-        .create()
+    let admin: AdminClient<Context> = client_config(&input.brokers, &s.client)
+        .create_with_context(Context::default())
         .map_err(|e| kafka_err(input, format!("cannot create an admin client: {e}")))?;
     let timeout = s.client.metadata_timeout;
     let began = Instant::now();
@@ -183,10 +182,7 @@ impl Changelog {
             .set("message.timeout.ms", "30000")
             .set("message.max.bytes", "100000000");
         let producer: BaseProducer<Delivery> = cfg
-            .create_with_context(Delivery {
-                failed: failed.clone(),
-                what: "a changelog entry",
-            })
+            .create_with_context(Delivery::new(failed.clone(), "a changelog entry"))
             .map_err(|e| kafka_err(&s.changelog, format!("cannot create a producer: {e}")))?;
         let partitions =
             topic_partitions(producer.client(), &s.changelog, s.client.metadata_timeout)
@@ -479,17 +475,17 @@ pub fn coordinate(
 /// The coordinator topic as one leadership writes it: a transactional producer whose
 /// `transactional.id` is the group's, so that opening it fences every earlier holder's.
 pub struct GlobalLog {
-    out: BaseProducer,
+    out: BaseProducer<Context>,
 }
 
 impl GlobalLog {
     /// Open the producer and fence the previous coordinator (`init_transactions`).
     pub fn open(s: &ClusterSettings) -> Result<GlobalLog, String> {
-        let out: BaseProducer = client_config(&s.coordinator.brokers, &s.client)
+        let out: BaseProducer<Context> = client_config(&s.coordinator.brokers, &s.client)
             .set("transactional.id", format!("{}.coordinator", s.group_id))
             .set("linger.ms", "0")
             .set("message.max.bytes", "100000000")
-            .create()
+            .create_with_context(Context::default())
             .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
         out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
             .map_err(|e| {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::DeadLetter;
 use crate::pipeline::PipelineError;
 use crate::record::Malformed;
-use crate::source::kafka::{KafkaOptions, KafkaUrl};
+use crate::source::kafka::{Context, KafkaOptions, KafkaUrl};
 
 /// A malformed record and where it came from.
 #[derive(Debug, Clone)]
@@ -66,15 +66,40 @@ pub fn parse_position(p: &str) -> Option<(i32, i64)> {
     Some((part.parse().ok()?, off.parse().ok()?))
 }
 
-/// A producer context that counts undelivered messages in `failed` and says so once.
+/// A producer context that counts undelivered messages in `failed` and says so once; it
+/// logs, and tells outages, through the one client context ([`Context`]).
 pub struct Delivery {
     /// Messages not delivered so far.
     pub failed: Arc<AtomicU64>,
     /// What a message is, for the warning (`a dead letter`).
     pub what: &'static str,
+    /// The client context every Kafka client shares.
+    pub client: Context,
 }
 
-impl ClientContext for Delivery {}
+impl Delivery {
+    /// Count the undelivered messages of `what` in `failed`.
+    pub fn new(failed: Arc<AtomicU64>, what: &'static str) -> Delivery {
+        let client = Context::default();
+        // no start to report: outages are logged from the first one
+        client.started(false);
+        Delivery {
+            failed,
+            what,
+            client,
+        }
+    }
+}
+
+impl ClientContext for Delivery {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        self.client.log(level, fac, msg)
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.client.error(error, reason)
+    }
+}
 
 impl ProducerContext for Delivery {
     type DeliveryOpaque = ();
@@ -142,10 +167,7 @@ impl DeadLetterSink {
                     &client.properties,
                 );
                 let producer = cfg
-                    .create_with_context(Delivery {
-                        failed: failed.clone(),
-                        what: "a dead letter",
-                    })
+                    .create_with_context(Delivery::new(failed.clone(), "a dead letter"))
                     .map_err(|e| PipelineError::KafkaConfig {
                         url: url.to_string(),
                         message: format!(

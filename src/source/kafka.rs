@@ -203,6 +203,15 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {}
 
+/// A producer whose deliveries its caller checks another way (a transaction's commit, a
+/// delivery future) takes this context as it is; one that counts its deliveries wraps it
+/// ([`crate::sink::dead_letter::Delivery`]). Every Kafka client logs through it.
+impl rdkafka::producer::ProducerContext for Context {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
 /// A parsed `kafka://HOST:PORT[,HOST:PORT…]/TOPIC`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaUrl {
@@ -758,12 +767,9 @@ pub fn check_properties(properties: &Properties) -> Result<(), String> {
     if properties.is_empty() {
         return Ok(());
     }
-    let mut cfg = ClientConfig::new();
     // no brokers: only librdkafka's check of the properties
-    for (k, v) in properties {
-        cfg.set(k, v);
-    }
-    cfg.create::<BaseConsumer>()
+    client_config("", &[], properties)
+        .create_with_context::<_, BaseConsumer<Context>>(Context::default())
         .map(drop)
         .map_err(|e| client_error(&e, properties))
 }
