@@ -90,6 +90,14 @@ impl Stamp {
     }
 }
 
+/// The client context of a client that reports no start of its own: outages and connection
+/// failures are logged from the first.
+fn started() -> Context {
+    let c = Context::default();
+    c.started(false);
+    c
+}
+
 /// The factory's configuration with the user's properties; the cluster's own settings are
 /// set after them (`acks`, transactional ids: the protocol needs them as they are).
 fn client_config(brokers: &str, client: &KafkaOptions) -> ClientConfig {
@@ -125,7 +133,7 @@ fn topic_partitions<C: ClientContext>(
 /// Several processes starting at once may race to create them: "already exists" is fine.
 pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, PipelineError> {
     let admin: AdminClient<Context> = client_config(&input.brokers, &s.client)
-        .create_with_context(Context::default())
+        .create_with_context(started())
         .map_err(|e| kafka_err(input, format!("cannot create an admin client: {e}")))?;
     let timeout = s.client.metadata_timeout;
     let began = Instant::now();
@@ -485,7 +493,7 @@ impl GlobalLog {
             .set("transactional.id", format!("{}.coordinator", s.group_id))
             .set("linger.ms", "0")
             .set("message.max.bytes", "100000000")
-            .create_with_context(Context::default())
+            .create_with_context(started())
             .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
         out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
             .map_err(|e| {
@@ -521,7 +529,11 @@ impl GlobalLog {
             out.commit_transaction(timeout)
         };
         match attempt() {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // a committed transaction ends an outage of this producer (and says so once)
+                self.out.context().reachable();
+                Ok(true)
+            }
             Err(e) if fatal(&e) => {
                 warn!(topic = %s.coordinator, error = %e, trigger = snap.trigger, "the global snapshot was not committed: this coordinator was fenced");
                 Ok(false)

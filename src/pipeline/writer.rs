@@ -104,8 +104,9 @@ impl Persister {
                     file_source,
                     last: None,
                 };
-                let r = w.run(&rx, &metrics);
-                if let Err(e) = &r {
+                let mut finished = false;
+                let r = w.run(&rx, &metrics, &mut finished);
+                if let (Err(e), false) = (&r, finished) {
                     stop.store(true, Ordering::Relaxed);
                     // keep taking what the pipeline sends until it finishes, so that nothing
                     // waits for an answer a dead writer would never give (a revocation's
@@ -155,10 +156,12 @@ struct Writer {
 }
 
 impl Writer {
+    /// `finished` is set once [`Persist::Finish`] came (the last writes follow it).
     fn run(
         mut self,
         rx: &Receiver<Persist>,
         metrics: &Metrics,
+        finished: &mut bool,
     ) -> Result<Option<Snapshot>, PipelineError> {
         // The shards send their dead letters as they count, in an order that differs from run
         // to run, and go on counting past a trigger's barrier before the coordinator says the
@@ -238,7 +241,10 @@ impl Writer {
                     let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                     r?;
                 }
-                Persist::Finish => break,
+                Persist::Finish => {
+                    *finished = true;
+                    break;
+                }
             }
         }
         write_waiting(&mut self.sink, &mut waiting, None)?;
@@ -277,6 +283,29 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::record::Malformed;
+
+    #[test]
+    fn regression_a_writer_failing_after_finish_still_ends() {
+        // the last writes come after Finish; a failure there sent the writer back to wait for
+        // another Finish that never came, and the daemon hung at its exit
+        let out = Outputs {
+            sinks: Vec::new(),
+            store: None,
+            dead: Some(DeadLetterTarget::File("/dev/full".into())),
+            changelog: None,
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = Persister::start(out, None, false, Arc::new(Metrics::new(1)), stop).unwrap();
+        let dead = DeadRecord {
+            partition: 0,
+            offset: 1,
+            kind: Malformed::Empty,
+            record: vec![b'x'; 100],
+        };
+        w.sender().send(Persist::DeadLetters(vec![dead])).unwrap();
+        let e = w.finish().unwrap_err();
+        assert!(e.to_string().contains("/dev/full"), "{e}");
+    }
 
     #[test]
     fn regression_dead_letters_past_a_trigger_wait_for_their_own() {

@@ -105,9 +105,13 @@ impl ProducerContext for Delivery {
     type DeliveryOpaque = ();
 
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = r {
-            if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                warn!(error = %e, "{} could not be delivered", self.what);
+        match r {
+            // a delivered message ends an outage (and says so once)
+            Ok(_) => self.client.reachable(),
+            Err((e, _)) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(error = %e, "{} could not be delivered", self.what);
+                }
             }
         }
     }

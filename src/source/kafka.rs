@@ -1028,7 +1028,16 @@ pub fn stream_topic(
             since = Instant::now();
         }
     }
-    send(&mut batch);
+    // commit only what the pipeline took: a receiver gone (a failed pipeline) took nothing
+    // more, and what it left in the channel was never counted
+    let taken = if batch.ends.is_empty() {
+        tx.send(PolledBatch::default()).is_ok()
+    } else {
+        send(&mut batch)
+    };
+    if !taken {
+        return Ok(offsets);
+    }
     if opts.start == StartAt::Stored && !offsets.is_empty() {
         let mut commit = TopicPartitionList::new();
         for (&p, &o) in &offsets {

@@ -19,7 +19,9 @@
 //! the source; then the shutdown order, on every path, errors included: the feed's last batch,
 //! the ingestor's last trigger and checkpoint through the shards and the coordinator
 //! (drained), the actors stopped, the HTTP endpoint stopped, and the writer synced and joined
-//! last. The error reported is the first cause.
+//! last. The error reported is the root cause as far as the threads tell it: the writer's own
+//! error when the pipeline saw the writer stop, then the feed's, then the consumer's or the
+//! global coordinator's, then the writer's.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -411,19 +413,30 @@ pub fn daemon_with(
                         drop(tx);
                         r
                     })
-                    .map_err(|source| PipelineError::Spawn { what: "kafka-consumer", source })?;
+                    .map_err(|source| PipelineError::Spawn { what: "kafka-consumer", source });
                 let feed_stop = stop.clone();
                 let routed = actix_rt::task::spawn_blocking(move || {
                     let r = ingest::kafka(&rx, &mut feed);
+                    // the receiver goes first, so that a consumer told to stop sees that the
+                    // pipeline took nothing more (and commits nothing it did not count)
+                    drop(rx);
                     if r.is_err() {
                         feed_stop.store(true, Ordering::Relaxed);
                     }
                     r
                 })
                 .await;
-                let consumed = match consumer.join() {
-                    Ok(r) => r.map(drop).map_err(PipelineError::from),
-                    Err(_) => Err(PipelineError::Runtime("the consumer thread panicked".into())),
+                if !matches!(routed, Ok(Ok(_))) {
+                    // a feed that failed or panicked: the consumer of a quiet topic would
+                    // never find out by itself
+                    stop.store(true, Ordering::Relaxed);
+                }
+                let consumed = match consumer.map(|c| c.join()) {
+                    Ok(Ok(r)) => r.map(drop).map_err(PipelineError::from),
+                    Ok(Err(_)) => {
+                        Err(PipelineError::Runtime("the consumer thread panicked".into()))
+                    }
+                    Err(e) => Err(e),
                 };
                 (routed, consumed)
             }
@@ -459,8 +472,11 @@ pub fn daemon_with(
                             }
                             r
                         })
-                        .map_err(|source| PipelineError::Spawn { what: "global-coordinator", source })?
+                        .map_err(|source| PipelineError::Spawn { what: "global-coordinator", source })
                 };
+                if coordinator.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
                 let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
                 let restore_settings = cluster.clone();
@@ -480,22 +496,29 @@ pub fn daemon_with(
                         drop(tx);
                         r
                     })
-                    .map_err(|source| PipelineError::Spawn { what: "kafka-group-consumer", source })?;
+                    .map_err(|source| PipelineError::Spawn { what: "kafka-group-consumer", source });
                 let feed_stop = stop.clone();
                 let routed = actix_rt::task::spawn_blocking(move || {
                     ingest::group(&rx, &mut feed, &feed_stop)
                 })
                 .await;
+                if !matches!(routed, Ok(Ok(_))) {
+                    stop.store(true, Ordering::Relaxed);
+                }
                 coordinating.store(true, Ordering::Relaxed);
-                let consumed = match consumer.join() {
-                    Ok(r) => r.map_err(PipelineError::from),
-                    Err(_) => Err(PipelineError::Runtime("the consumer thread panicked".into())),
+                let consumed = match consumer.map(|c| c.join()) {
+                    Ok(Ok(r)) => r.map_err(PipelineError::from),
+                    Ok(Err(_)) => {
+                        Err(PipelineError::Runtime("the consumer thread panicked".into()))
+                    }
+                    Err(e) => Err(e),
                 };
-                let coordinated = match coordinator.join() {
-                    Ok(r) => r,
-                    Err(_) => Err(PipelineError::Runtime(
+                let coordinated = match coordinator.map(|c| c.join()) {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(PipelineError::Runtime(
                         "the coordinator thread panicked".into(),
                     )),
+                    Err(e) => Err(e),
                 };
                 (routed, consumed.and(coordinated))
             }
