@@ -563,12 +563,17 @@ impl Actor for Ingestor {
     }
 }
 
+/// The answer of a handler that refuses its message.
+fn refused<T: 'static>(e: PipelineError) -> AtomicResponse<Ingestor, Result<T, PipelineError>> {
+    AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))))
+}
+
 impl Handler<Ingest> for Ingestor {
     type Result = AtomicResponse<Self, Result<(), PipelineError>>;
 
     fn handle(&mut self, msg: Ingest, _ctx: &mut Self::Context) -> Self::Result {
         if let Err(e) = self.failed() {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+            return refused(e);
         }
         let b = msg.0;
         let mut start = 0;
@@ -587,7 +592,7 @@ impl Handler<Finish> for Ingestor {
 
     fn handle(&mut self, msg: Finish, _ctx: &mut Self::Context) -> Self::Result {
         if let Err(e) = self.failed() {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+            return refused(e);
         }
         self.metrics.draining.store(true, Ordering::Relaxed);
         self.finished = true;
@@ -609,7 +614,7 @@ impl Handler<Revoke> for Ingestor {
 
     fn handle(&mut self, msg: Revoke, _ctx: &mut Self::Context) -> Self::Result {
         if let Err(e) = self.failed() {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+            return refused(e);
         }
         self.router.revoke(&msg.0);
         let outs = self.router.take();
@@ -630,10 +635,10 @@ impl Handler<Assign> for Ingestor {
 
     fn handle(&mut self, msg: Assign, _ctx: &mut Self::Context) -> Self::Result {
         if let Err(e) = self.failed() {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+            return refused(e);
         }
         if let Err(e) = self.router.adopt(msg.0, self.shape) {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+            return refused(e);
         }
         let outs = self.router.take();
         AtomicResponse::new(Box::pin(self.execute(outs, true)))

@@ -90,14 +90,6 @@ impl Stamp {
     }
 }
 
-/// The client context of a client that reports no start of its own: outages and connection
-/// failures are logged from the first.
-fn started() -> Context {
-    let c = Context::default();
-    c.started(false);
-    c
-}
-
 /// The factory's configuration with the user's properties; the cluster's own settings are
 /// set after them (`acks`, transactional ids: the protocol needs them as they are).
 fn client_config(brokers: &str, client: &KafkaOptions) -> ClientConfig {
@@ -133,7 +125,7 @@ fn topic_partitions<C: ClientContext>(
 /// Several processes starting at once may race to create them: "already exists" is fine.
 pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, PipelineError> {
     let admin: AdminClient<Context> = client_config(&input.brokers, &s.client)
-        .create_with_context(started())
+        .create_with_context(Context::running())
         .map_err(|e| kafka_err(input, format!("cannot create an admin client: {e}")))?;
     let timeout = s.client.metadata_timeout;
     let began = Instant::now();
@@ -493,7 +485,7 @@ impl GlobalLog {
             .set("transactional.id", format!("{}.coordinator", s.group_id))
             .set("linger.ms", "0")
             .set("message.max.bytes", "100000000")
-            .create_with_context(started())
+            .create_with_context(Context::running())
             .map_err(|e| format!("{}: cannot create a producer: {e}", s.coordinator))?;
         out.init_transactions(s.session_timeout.max(Duration::from_secs(10)))
             .map_err(|e| {

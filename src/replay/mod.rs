@@ -461,9 +461,8 @@ pub fn replay(
         failed: AtomicU64::new(0),
         first_error: Mutex::new(None),
         log,
-        client: Context::default(),
+        client: Context::running(),
     };
-    ctx.client.started(false);
     let producer: BaseProducer<Deliveries> = cfg.create_with_context(ctx).map_err(|e| {
         ReplayError::Usage(format!(
             "{url}: cannot create a producer: {}",

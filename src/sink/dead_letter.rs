@@ -80,13 +80,10 @@ pub struct Delivery {
 impl Delivery {
     /// Count the undelivered messages of `what` in `failed`.
     pub fn new(failed: Arc<AtomicU64>, what: &'static str) -> Delivery {
-        let client = Context::default();
-        // no start to report: outages are logged from the first one
-        client.started(false);
         Delivery {
             failed,
             what,
-            client,
+            client: Context::running(),
         }
     }
 }

@@ -95,6 +95,14 @@ impl Context {
         )
     }
 
+    /// The context of a client that reports no start of its own (a producer, an admin
+    /// client): outages and connection failures are logged from the first.
+    pub fn running() -> Context {
+        let c = Context::default();
+        c.started(false);
+        c
+    }
+
     /// The first connection succeeded: from now on outages are logged here. When the caller
     /// already reported failures while starting, the errors librdkafka still has queued from
     /// then count as that outage, which ends with the first record.
