@@ -155,34 +155,7 @@ impl Cluster {
         // (local-cluster.sh names them after it) are this test's too
         let topic = &broker.topic(topic);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("viewpulse.toml"),
-            format!(
-                r#"model = "{model}"
-
-[trigger]
-records = 1000
-interval = "300ms"
-
-[pipeline]
-shards = 2
-subsets = ["3"]
-top = 7
-
-[kafka]
-group_id = "viewpulse-{topic}"
-startup_wait = "30s"
-
-[sinks]
-stdout = false
-
-[cluster]
-session_timeout = "6s"
-"#,
-                model = data().model.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("viewpulse.toml"), config(topic)).unwrap();
         Cluster {
             dir,
             broker,
@@ -332,6 +305,34 @@ impl Drop for Cluster {
             .env("BROKER", &self.broker.addr)
             .output();
     }
+}
+
+/// The members' configuration.
+fn config(topic: &str) -> String {
+    format!(
+        r#"model = "{model}"
+
+[trigger]
+records = 1000
+interval = "300ms"
+
+[pipeline]
+shards = 2
+subsets = ["3"]
+top = 7
+
+[kafka]
+group_id = "viewpulse-{topic}"
+startup_wait = "30s"
+
+[sinks]
+stdout = false
+
+[cluster]
+session_timeout = "6s"
+"#,
+        model = data().model.display()
+    )
 }
 
 /// The records produced before the members start.
@@ -570,4 +571,60 @@ fn a_newer_coordinator_fences_the_older_one_s_writes() {
         .map(|s| (s.trigger, s.records))
         .collect();
     assert_eq!(got, vec![(1, 10), (2, 20)]);
+}
+
+/// Regression: a group member whose broker stayed away past `--outage-limit` left the group
+/// and exited 0, as if it had finished; it exits 69 (unavailable) as one process does, and
+/// says why.
+#[test]
+fn regression_a_member_past_its_outage_limit_exits_unavailable() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let broker = common::Broker::dedicated();
+    broker.create_topic("views", PARTITIONS);
+    let records = &data().stream[..3_000];
+    common::produce_at(
+        &broker.addr,
+        &broker.topic("views"),
+        records,
+        common::household_key,
+        |v| Some(partition_of(v)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("viewpulse.toml");
+    std::fs::write(&cfg, config(&broker.topic("views"))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--member", "m1", "--outage-limit", "2s", "--log", "info"])
+        .env("VIEWPULSE_SOURCE", broker.url("views"))
+        .env("VIEWPULSE_CHANGELOG", broker.url("views-changelog"))
+        .env("VIEWPULSE_COORDINATOR", broker.url("views-coordinator"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let coordinator = broker.topic("views-coordinator");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !global_snapshots(&broker.addr, &coordinator)
+        .last()
+        .is_some_and(|s| s.records >= records.len() as u64)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the member ended early"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no global snapshot covered every record"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(broker);
+    let began = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("outage_limit"), "{err}");
+    assert!(began.elapsed() < Duration::from_secs(90), "{err}");
 }

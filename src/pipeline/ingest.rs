@@ -1,7 +1,8 @@
 //! The ingestor: the actor between the sources and the shards. A source thread (the Kafka
-//! `BaseConsumer`'s polling thread through its bounded channel, a file reader, the group
-//! reader) hands it batches of records through a [`Feed`], which keeps a few in flight in the
-//! ingestor's bounded mailbox. The ingestor routes each record by a stable hash of its
+//! `BaseConsumer`'s polling thread through its bounded channel, a file reader, a scale-out
+//! group member through its [`GroupFeed`], which also asks for the revocations and
+//! assignments) hands it batches of records through a [`Feed`], which keeps a few in flight
+//! in the ingestor's bounded mailbox. The ingestor routes each record by a stable hash of its
 //! household id to a shard ([`Router`], the pure part: batching, trigger and checkpoint
 //! decisions) and sends each shard its batches with up to [`WINDOW`] messages in flight, waiting
 //! for a shard only when its window is full: the windows, inside bounded mailboxes, do the
@@ -38,7 +39,7 @@ use super::shard::Shard;
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
 use crate::counters::{route, Counters};
-use crate::source::group::GroupEvent;
+use crate::source::kafka::group::Handoff;
 use crate::source::kafka::PolledBatch;
 
 /// Records buffered for one shard before they are sent.
@@ -776,62 +777,73 @@ pub fn kafka(
     Ok(done)
 }
 
-/// Scale-out: hand what the group reader sends ([`crate::source::group::stream_group`], on
-/// its own thread) to the pipeline, in order: records, and the revocations and assignments of
-/// partitions, each answered once done. When the pipeline fails, `stop` is set.
-pub fn group(
-    rx: &crossbeam_channel::Receiver<GroupEvent>,
-    feed: &mut Feed,
-    stop: &AtomicBool,
-) -> Result<Progress, PipelineError> {
-    let fed = feed_group(rx, feed);
-    if let Err(e) = &fed {
-        // the pipeline failed: stop the group reader, and answer every revocation and
-        // assignment it still sends until it leaves, so that it never waits for an answer
-        stop.store(true, Ordering::Relaxed);
-        let why = e.to_string();
-        while let Ok(event) = rx.recv() {
-            match event {
-                GroupEvent::Records(_) => {}
-                GroupEvent::Revoke { done, .. } => {
-                    let _ = done.send(Err(why.clone()));
-                }
-                GroupEvent::Assign { done, .. } => {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
-    fed
+/// Scale-out: the group reader ([`crate::source::kafka::group::stream_group`]) hands its
+/// records, revocations and assignments to the feed on its own thread, each revocation and
+/// assignment answered once the ingestor has done it. The first failure is kept, as the
+/// pipeline's error, and refuses every later call (the reader gets its text and leaves the
+/// group).
+pub struct GroupFeed {
+    feed: Feed,
+    failed: Option<PipelineError>,
 }
 
-fn feed_group(
-    rx: &crossbeam_channel::Receiver<GroupEvent>,
-    feed: &mut Feed,
-) -> Result<Progress, PipelineError> {
-    while let Ok(event) = rx.recv() {
-        match event {
-            GroupEvent::Records(batch) => feed.push(batch)?,
-            GroupEvent::Revoke { partitions, done } => {
-                let r = feed.ask(Revoke(partitions)).and_then(|r| r);
-                let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                r?;
-            }
-            GroupEvent::Assign { states, done, .. } => {
-                let r = feed.ask(Assign(states)).and_then(|r| r);
-                let _ = done.send(());
-                r?;
-            }
-        }
+impl GroupFeed {
+    /// A group reader's hand-off into `feed`.
+    pub fn new(feed: Feed) -> GroupFeed {
+        GroupFeed { feed, failed: None }
     }
-    // the group reader published every owned partition's state when it left
-    let done = feed.finish(false)?;
-    debug!(
-        records = done.records,
-        triggers = done.triggers,
-        "group source done"
-    );
-    Ok(done)
+
+    fn keep<T>(&mut self, r: Result<T, PipelineError>) -> Result<T, String> {
+        if let Some(e) = &self.failed {
+            return Err(e.to_string());
+        }
+        r.map_err(|e| {
+            let why = e.to_string();
+            self.failed = Some(e);
+            why
+        })
+    }
+
+    /// The group reader left (it published every owned partition's state as it left): wait
+    /// until the pipeline did everything, or give its first failure.
+    pub fn finish(&mut self) -> Result<Progress, PipelineError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let done = self.feed.finish(false)?;
+        debug!(
+            records = done.records,
+            triggers = done.triggers,
+            "group source done"
+        );
+        Ok(done)
+    }
+}
+
+impl Handoff for GroupFeed {
+    fn records(&mut self, batch: PolledBatch) -> Result<(), String> {
+        let r = match self.failed {
+            Some(_) => Ok(()),
+            None => self.feed.push(batch),
+        };
+        self.keep(r)
+    }
+
+    fn revoke(&mut self, partitions: &[i32]) -> Result<(), String> {
+        let r = match self.failed {
+            Some(_) => Ok(()),
+            None => self.feed.ask(Revoke(partitions.to_vec())).and_then(|r| r),
+        };
+        self.keep(r)
+    }
+
+    fn assign(&mut self, states: BTreeMap<i32, PartitionState>) -> Result<(), String> {
+        let r = match self.failed {
+            Some(_) => Ok(()),
+            None => self.feed.ask(Assign(states)).and_then(|r| r),
+        };
+        self.keep(r)
+    }
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ pub enum RunSource {
         /// The topic.
         url: KafkaUrl,
         /// How to read it.
-        options: crate::source::group::GroupOptions,
+        options: crate::source::kafka::group::GroupOptions,
         /// The changelog and the coordinator.
         cluster: scaleout::ClusterSettings,
     },

@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset};
 use tracing::{debug, error, info, warn};
 
 use super::coordinator;
@@ -39,6 +38,7 @@ use super::writer::Delivery;
 use super::{PipelineError, SnapshotSink};
 use crate::checkpoint::{self, Checkpoint, PartitionState};
 use crate::counters::{Counters, Subset};
+use crate::source::kafka::read::{self, Each, Flow, Record};
 use crate::source::kafka::{Context, KafkaOptions, KafkaUrl};
 
 /// How a process takes part in a scaled-out deployment.
@@ -267,19 +267,59 @@ fn decode_entry(bytes: &[u8], at: &str, stamp: &Stamp) -> Result<(i32, Partition
     }
 }
 
-/// A consumer with the daemon's client context (partition ends are not errors, outages are
-/// logged once).
-type Reader = BaseConsumer<Context>;
+/// A bounded or following read of a changelog or coordinator topic, by the one poll loop
+/// (entries are whole partitions' states: up to 100 MB each).
+type Reader = read::Reader<Context>;
 
-fn reader(brokers: &str, client: &KafkaOptions, group: &str) -> Result<Reader, String> {
-    let mut cfg = client_config(brokers, client);
-    cfg.set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "50")
-        .set("fetch.message.max.bytes", "100000000");
-    cfg.create_with_context(Context::default())
-        .map_err(|e| format!("cannot create a consumer: {e}"))
+fn reader(url: &KafkaUrl, client: &KafkaOptions, group: &str) -> Result<Reader, String> {
+    Reader::new(
+        url,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", "50"),
+            ("fetch.message.max.bytes", "100000000"),
+        ],
+        &client.properties,
+        Context::default(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Entries taken a round at the most, so that a follower checks its role often.
+const ENTRIES: usize = 256;
+
+/// The partitions `wanted` of `r`'s topic, each read from its beginning to its end as of now.
+fn read_to_end(
+    mut r: Reader,
+    client: &KafkaOptions,
+    wanted: &[i32],
+    mut entry: impl FnMut(Record<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let starts: Vec<(i32, Offset)> = wanted.iter().map(|&p| (p, Offset::Beginning)).collect();
+    r.assign(&starts, ENTRIES).map_err(|e| e.to_string())?;
+    r.until_end(|_, low| Some(low), client.metadata_timeout);
+    let mut failed = None;
+    let limits = read::Limits {
+        wait: Duration::from_millis(100),
+        idle: Some(client.idle_timeout),
+        outage: None,
+    };
+    let never = AtomicBool::new(false);
+    r.run(
+        &never,
+        &limits,
+        &mut Each::new(|m: Record<'_>| match entry(m) {
+            Ok(()) => Flow::Go,
+            Err(e) => {
+                failed = Some(e);
+                Flow::Stop
+            }
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// The newest state of each of `partitions` in the changelog (the entry with the highest
@@ -293,62 +333,34 @@ pub fn read_states(
     if partitions.is_empty() {
         return Ok(out);
     }
-    let consumer = reader(
-        &s.changelog.brokers,
-        &s.client,
-        &format!("{}.restore", s.group_id),
-    )?;
-    let n = topic_partitions(consumer.client(), &s.changelog, s.client.metadata_timeout)
-        .map_err(|e| format!("{}: {e}", s.changelog))?
-        .ok_or_else(|| format!("{}: the changelog topic does not exist", s.changelog))?
+    let r = reader(&s.changelog, &s.client, &format!("{}.restore", s.group_id))?;
+    let n = topic_partitions(
+        r.consumer().client(),
+        &s.changelog,
+        s.client.metadata_timeout,
+    )
+    .map_err(|e| format!("{}: {e}", s.changelog))?
+    .ok_or_else(|| format!("{}: the changelog topic does not exist", s.changelog))?
         as i32;
     let mut wanted: Vec<i32> = partitions.iter().map(|p| p.rem_euclid(n)).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let mut tpl = TopicPartitionList::new();
-    for &cp in &wanted {
-        tpl.add_partition_offset(&s.changelog.topic, cp, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut at_end = std::collections::BTreeSet::new();
     let began = Instant::now();
-    let mut last = Instant::now();
-    while at_end.len() < wanted.len() {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                last = Instant::now();
-                let at = format!(
-                    "{} partition {} offset {}",
-                    s.changelog,
-                    m.partition(),
-                    m.offset()
-                );
-                let (p, state) = decode_entry(m.payload().unwrap_or(&[]), &at, stamp)?;
-                if !partitions.contains(&p) {
-                    continue;
-                }
-                if out
-                    .get(&p)
-                    .is_none_or(|o| state.next_offset > o.next_offset)
-                {
-                    out.insert(p, state);
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(cp))) => {
-                at_end.insert(cp);
-            }
-            Some(Err(e)) => debug!(error = %e, "changelog read"),
-            None => {
-                if last.elapsed() > s.client.idle_timeout {
-                    return Err(format!(
-                        "{}: nothing arrived for {:?} while reading the changelog",
-                        s.changelog, s.client.idle_timeout
-                    ));
-                }
-            }
+    read_to_end(r, &s.client, &wanted, |m| {
+        let at = format!(
+            "{} partition {} offset {}",
+            s.changelog, m.partition, m.offset
+        );
+        let (p, state) = decode_entry(m.payload, &at, stamp)?;
+        if partitions.contains(&p)
+            && out
+                .get(&p)
+                .is_none_or(|o| state.next_offset > o.next_offset)
+        {
+            out.insert(p, state);
         }
-    }
+        Ok(())
+    })?;
     debug!(partitions = ?partitions, restored = out.len(), took_ms = began.elapsed().as_millis() as u64, "changelog read");
     Ok(out)
 }
@@ -373,8 +385,6 @@ pub struct GlobalSettings {
 struct Leading {
     out: GlobalLog,
     changelog: Reader,
-    changelog_partitions: usize,
-    at_end: std::collections::BTreeSet<i32>,
     latest: BTreeMap<i32, (i64, Counters)>,
     last_trigger: u64,
     last_offsets: BTreeMap<i32, i64>,
@@ -383,39 +393,22 @@ struct Leading {
 
 /// The last global snapshot written to the coordinator topic, if any.
 fn last_global(s: &ClusterSettings) -> Result<Option<Snapshot>, String> {
-    let consumer = reader(
-        &s.coordinator.brokers,
+    let mut last = None;
+    let r = reader(
+        &s.coordinator,
         &s.client,
         &format!("{}.coordinator-log", s.group_id),
     )?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&s.coordinator.topic, 0, Offset::Beginning)
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut last = None;
-    let mut heard = Instant::now();
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                heard = Instant::now();
-                match serde_json::from_slice::<Snapshot>(m.payload().unwrap_or(&[])) {
-                    Ok(snap) => last = Some(snap),
-                    Err(e) => {
-                        warn!(topic = %s.coordinator, offset = m.offset(), error = %e, "not a snapshot in the coordinator topic; skipped")
-                    }
-                }
+    read_to_end(r, &s.client, &[0], |m| {
+        match serde_json::from_slice::<Snapshot>(m.payload) {
+            Ok(snap) => last = Some(snap),
+            Err(e) => {
+                warn!(topic = %s.coordinator, offset = m.offset, error = %e, "not a snapshot in the coordinator topic; skipped")
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
-            Some(Err(e)) => debug!(error = %e, "coordinator topic read"),
-            None if heard.elapsed() > s.client.idle_timeout => {
-                return Err(format!(
-                    "{}: nothing arrived for {:?}",
-                    s.coordinator, s.client.idle_timeout
-                ))
-            }
-            None => {}
         }
-    }
+        Ok(())
+    })?;
+    Ok(last)
 }
 
 /// The global coordinator: runs on its own thread in every process until `stop`, emitting
@@ -547,21 +540,23 @@ fn lead(g: &GlobalSettings) -> Result<Leading, String> {
     // committed before this read or never
     let out = GlobalLog::open(s)?;
     let last = last_global(s)?;
-    let changelog = reader(
-        &s.changelog.brokers,
+    let mut changelog = reader(
+        &s.changelog,
         &s.client,
         &format!("{}.coordinator-changelog", s.group_id),
     )?;
     // a changelog that went missing leaves nothing to follow (and nothing is emitted)
-    let n = topic_partitions(changelog.client(), &s.changelog, s.client.metadata_timeout)
-        .map_err(|e| format!("{}: {e}", s.changelog))?
-        .unwrap_or(0);
-    let mut tpl = TopicPartitionList::new();
-    for cp in 0..n as i32 {
-        tpl.add_partition_offset(&s.changelog.topic, cp, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    changelog.assign(&tpl).map_err(|e| e.to_string())?;
+    let n = topic_partitions(
+        changelog.consumer().client(),
+        &s.changelog,
+        s.client.metadata_timeout,
+    )
+    .map_err(|e| format!("{}: {e}", s.changelog))?
+    .unwrap_or(0);
+    let starts: Vec<(i32, Offset)> = (0..n as i32).map(|cp| (cp, Offset::Beginning)).collect();
+    changelog
+        .assign(&starts, ENTRIES)
+        .map_err(|e| e.to_string())?;
     let (last_trigger, last_offsets) = match last {
         Some(snap) => (
             snap.trigger,
@@ -575,8 +570,6 @@ fn lead(g: &GlobalSettings) -> Result<Leading, String> {
     Ok(Leading {
         out,
         changelog,
-        changelog_partitions: n,
-        at_end: Default::default(),
         latest: BTreeMap::new(),
         last_trigger,
         last_offsets,
@@ -584,42 +577,41 @@ fn lead(g: &GlobalSettings) -> Result<Leading, String> {
     })
 }
 
-/// Read what the changelog has for now (at most a few hundred entries a call, so that the
-/// role is checked often).
+/// Read what the changelog has for now (one round of at most [`ENTRIES`] entries, so that
+/// the role is checked often).
 fn follow(g: &GlobalSettings, l: &mut Leading) -> Result<(), PipelineError> {
     let s = &g.cluster;
-    for _ in 0..256 {
-        match l.changelog.poll(Duration::from_millis(20)) {
-            None => return Ok(()),
-            Some(Err(KafkaError::PartitionEOF(cp))) => {
-                l.at_end.insert(cp);
-            }
-            Some(Err(e)) => {
-                debug!(error = %e, "changelog read");
+    let latest = &mut l.latest;
+    let mut failed = None;
+    let mut take = Each::new(|m: Record<'_>| {
+        let at = format!(
+            "{} partition {} offset {}",
+            s.changelog, m.partition, m.offset
+        );
+        let entry = decode_entry(m.payload, &at, &g.stamp).and_then(|(p, state)| {
+            if latest.get(&p).is_some_and(|(o, _)| *o >= state.next_offset) {
                 return Ok(());
             }
-            Some(Ok(m)) => {
-                let at = format!(
-                    "{} partition {} offset {}",
-                    s.changelog,
-                    m.partition(),
-                    m.offset()
-                );
-                let (p, state) = decode_entry(m.payload().unwrap_or(&[]), &at, &g.stamp)
-                    .map_err(PipelineError::Restore)?;
-                if l.latest
-                    .get(&p)
-                    .is_some_and(|(o, _)| *o >= state.next_offset)
-                {
-                    continue;
-                }
-                let counters = Counters::from_state(&state.counters, g.shape.0, g.shape.1)
-                    .map_err(|e| PipelineError::Restore(format!("{at}: {e}")))?;
-                l.latest.insert(p, (state.next_offset, counters));
+            let counters = Counters::from_state(&state.counters, g.shape.0, g.shape.1)
+                .map_err(|e| format!("{at}: {e}"))?;
+            latest.insert(p, (state.next_offset, counters));
+            Ok(())
+        });
+        match entry {
+            Ok(()) => Flow::Go,
+            Err(e) => {
+                failed = Some(e);
+                Flow::Stop
             }
         }
+    });
+    if let Err(e) = l.changelog.poll(Duration::from_millis(20), &mut take) {
+        debug!(error = %e, "changelog read");
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(PipelineError::Restore(e)),
+        None => Ok(()),
+    }
 }
 
 /// The offsets the latest entries cover.
@@ -641,7 +633,7 @@ fn emit_if_due(
     sinks: &mut [Box<dyn SnapshotSink>],
     metrics: &Metrics,
 ) -> Result<Emitted, PipelineError> {
-    if l.at_end.len() < l.changelog_partitions || l.last_emit.elapsed() < g.interval {
+    if !l.changelog.caught_up() || l.last_emit.elapsed() < g.interval {
         return Ok(Emitted::Done);
     }
     let offsets = covered(l);

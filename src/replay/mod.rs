@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::secret::{client_error, Properties};
-use crate::source::kafka::{Context, Ends, KafkaUrl};
+use crate::source::kafka::read::{Flow, Limits, Reader, Record, Take};
+use crate::source::kafka::{Context, KafkaUrl};
 use crate::source::SourceError;
 use recording::{Entry, Header, RecordingError};
 
@@ -622,6 +622,57 @@ pub struct Captured {
     pub partitions: Vec<i32>,
 }
 
+/// What a capture does with each record: write it to the recording, until its bound.
+struct Capturing<'a> {
+    w: recording::Writer,
+    bound: Bound,
+    started: Instant,
+    failed: Option<ReplayError>,
+    bar: indicatif::ProgressBar,
+    url: &'a KafkaUrl,
+}
+
+impl Take for Capturing<'_> {
+    fn record(&mut self, r: Record<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Bound::MaxRecords(n) = self.bound {
+            if self.w.records >= n {
+                return; // the rest of the last batch is not part of the capture
+            }
+        }
+        let written = self.w.write(&Entry {
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms.unwrap_or(-1),
+            key: r.key,
+            value: r.payload,
+        });
+        match written {
+            Ok(()) if self.w.records % 4096 == 0 => self.bar.set_message(format!(
+                "recording {}: {} records",
+                self.url, self.w.records
+            )),
+            Ok(()) => {}
+            Err(e) => self.failed = Some(e.into()),
+        }
+    }
+
+    fn round(&mut self) -> Flow {
+        let over = match self.bound {
+            Bound::Duration(d) => self.started.elapsed() >= d,
+            Bound::MaxRecords(n) => self.w.records >= n,
+            Bound::UntilEnd | Bound::Never => false,
+        };
+        if over || self.failed.is_some() {
+            Flow::Stop
+        } else {
+            Flow::Go
+        }
+    }
+}
+
 /// Copy every record of `url`'s topic, from the beginning of each partition, into a
 /// recording at `out`, until `bound` or `stop`. The file is readable whatever stops it.
 pub fn capture(
@@ -631,13 +682,9 @@ pub fn capture(
     properties: &Properties,
     stop: &AtomicBool,
 ) -> Result<Captured, ReplayError> {
-    let kafka = |message: String| ReplayError::Kafka {
-        url: url.to_string(),
-        message,
-    };
     let partitions = ensure_topic(url, None, properties)?;
-    let cfg = crate::source::kafka::client_config(
-        &url.brokers,
+    let mut reader: Reader<Context> = Reader::new(
+        url,
         &[
             ("group.id", "viewpulse-record"),
             ("enable.auto.commit", "false"),
@@ -655,28 +702,16 @@ pub fn capture(
             ),
         ],
         properties,
-    );
-    let consumer: BaseConsumer<Context> =
-        cfg.create_with_context(Context::default()).map_err(|e| {
-            ReplayError::Usage(format!(
-                "{url}: cannot create a consumer: {}",
-                client_error(&e, properties)
-            ))
-        })?;
-    consumer.context().started(false);
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(&url.topic, p, Offset::Beginning)
-            .map_err(|e| kafka(format!("cannot assign partition {p}: {e}")))?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| kafka(format!("cannot assign partitions: {e}")))?;
+        Context::default(),
+    )?;
+    reader.context().started(false);
+    let starts: Vec<(i32, Offset)> = partitions.iter().map(|&p| (p, Offset::Beginning)).collect();
+    reader.assign(&starts, 8192)?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let mut w = recording::Writer::create(
+    let w = recording::Writer::create(
         out,
         &Header {
             version: recording::VERSION,
@@ -686,61 +721,32 @@ pub fn capture(
             writer: format!("viewpulse {}", env!("CARGO_PKG_VERSION")),
         },
     )?;
-    let bar = crate::progress::spinner(&format!("recording {url}"));
-    let started = Instant::now();
     // --until-end: each partition's high watermark as the capture starts (EOF the fallback)
-    let mut ends = if bound == Bound::UntilEnd {
-        Ends::query(
-            &consumer,
-            &url.topic,
-            &partitions,
-            |_, low| Some(low),
-            Duration::from_secs(10),
-        )
-    } else {
-        Ends::default()
-    };
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        match bound {
-            Bound::UntilEnd if ends.all(partitions.len()) => break,
-            Bound::Duration(d) if started.elapsed() >= d => break,
-            Bound::MaxRecords(n) if w.records >= n => break,
-            _ => {}
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => ends.eof(p),
-            Some(Err(KafkaError::MessageConsumption(code)))
-                if crate::source::kafka::is_undecodable(code) =>
-            {
-                return Err(kafka(crate::source::kafka::undecodable(None, code, "")));
-            }
-            Some(Err(e)) => consumer.context().consumer_error(url, &e),
-            Some(Ok(m)) => {
-                consumer.context().reachable();
-                if bound == Bound::UntilEnd && !ends.take(m.partition(), m.offset()) {
-                    continue;
-                }
-                w.write(&Entry {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
-                    key: m.key(),
-                    value: m.payload().unwrap_or(&[]),
-                })?;
-                if w.records % 4096 == 0 {
-                    bar.set_message(format!("recording {url}: {} records", w.records));
-                }
-            }
-        }
+    if bound == Bound::UntilEnd {
+        reader.until_end(|_, low| Some(low), Duration::from_secs(10));
     }
-    bar.finish_and_clear();
-    let bytes = w.bytes;
-    let records = w.finish()?;
-    let seconds = started.elapsed().as_secs_f64();
+    let mut capturing = Capturing {
+        w,
+        bound,
+        started: Instant::now(),
+        failed: None,
+        bar: crate::progress::spinner(&format!("recording {url}")),
+        url,
+    };
+    let limits = Limits {
+        wait: Duration::from_millis(100),
+        idle: None,
+        outage: None,
+    };
+    let read = reader.run(stop, &limits, &mut capturing);
+    capturing.bar.finish_and_clear();
+    if let Some(e) = capturing.failed.take() {
+        return Err(e);
+    }
+    read?;
+    let bytes = capturing.w.bytes;
+    let records = capturing.w.finish()?;
+    let seconds = capturing.started.elapsed().as_secs_f64();
     info!(%url, records, bytes, seconds, file = %out.display(), "recorded");
     Ok(Captured {
         records,

@@ -18,8 +18,6 @@ use crate::counters::{Counters, Membership};
 use crate::progress::{self, Unit};
 use crate::sink::{DeadLetter, SinkError};
 
-pub mod batch;
-pub mod group;
 pub mod kafka;
 pub mod parquet;
 

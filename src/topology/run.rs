@@ -5,8 +5,9 @@
 //!
 //! | what | where | fed by |
 //! |---|---|---|
-//! | consumer (`BaseConsumer` polling batches) | thread `kafka-consumer` (`kafka-group-consumer` in scale-out) | the broker |
+//! | consumer (the one poll loop, [`kafka::read`], on a `BaseConsumer`) | thread `kafka-consumer` | the broker |
 //! | feed (hands batches to the ingestor) | a blocking task | the consumer's bounded channel (8 batches) |
+//! | scale-out: group member (poll loop and feed in one, rebalances answered by the ingestor) | a blocking task | the broker, the changelog on assignment |
 //! | ingestor actor (routing, triggers, barriers) | its own arbiter | its mailbox: [`ingest::FEED_WINDOW`] batches in flight |
 //! | shard actors (counting) | one arbiter each | their mailboxes: [`ingest::WINDOW`] messages in flight |
 //! | coordinator actor (merge, snapshot, checkpoint) | its own arbiter | [`ingest::COORDINATOR_WINDOW`] requests in flight |
@@ -14,7 +15,7 @@
 //! | global coordinator (scale-out only) | thread `global-coordinator` | the changelog topic |
 //! | HTTP endpoint, signal handler | the system arbiter (actix-web workers) | requests, SIGINT/SIGTERM |
 //!
-//! A file source is read by the feed itself. One stop signal (an `AtomicBool`, set by SIGINT,
+//! A file source is read by the feed itself, as a group member's records are. One stop signal (an `AtomicBool`, set by SIGINT,
 //! SIGTERM, the caller, or a failure of the writer, the feed or the global coordinator) ends
 //! the source; then the shutdown order, on every path, errors included: the feed's last batch,
 //! the ingestor's last trigger and checkpoint through the shards and the coordinator
@@ -140,7 +141,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
         let session_timeout = *session_timeout;
         RunSource::Group {
             url: url.clone(),
-            options: crate::source::group::GroupOptions {
+            options: kafka::group::GroupOptions {
                 client: client.clone(),
                 group_id: cfg.kafka.group_id.clone(),
                 member: member.clone(),
@@ -477,42 +478,40 @@ pub fn daemon_with(
                 if coordinator.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
-                let (tx, rx) = crossbeam_channel::bounded(8);
                 let consumer_stop = stop.clone();
                 let restore_settings = cluster.clone();
-                let restore: Arc<crate::source::group::Restore> = Arc::new(move |ps: &[i32]| {
+                let restore: Arc<kafka::group::Restore> = Arc::new(move |ps: &[i32]| {
                     pipeline::scaleout::read_states(&restore_settings, &stamp, ps)
                 });
-                let consumer = std::thread::Builder::new()
-                    .name("kafka-group-consumer".into())
-                    .spawn(move || {
-                        let r = crate::source::group::stream_group(
-                            &url,
-                            &options,
-                            restore,
-                            &consumer_stop,
-                            &tx,
-                        );
-                        drop(tx);
-                        r
-                    })
-                    .map_err(|source| PipelineError::Spawn { what: "kafka-group-consumer", source });
-                let feed_stop = stop.clone();
-                let routed = actix_rt::task::spawn_blocking(move || {
-                    ingest::group(&rx, &mut feed, &feed_stop)
+                // the group reader hands records and rebalances to the feed itself, on its
+                // own thread; the feed's first failure is the pipeline's error
+                let handoff = Arc::new(std::sync::Mutex::new(ingest::GroupFeed::new(feed)));
+                let joined = actix_rt::task::spawn_blocking(move || {
+                    let read = kafka::group::stream_group(
+                        &url,
+                        &options,
+                        restore,
+                        &consumer_stop,
+                        handoff.clone(),
+                    );
+                    let fed = handoff.lock().unwrap_or_else(|e| e.into_inner()).finish();
+                    (fed, read)
                 })
                 .await;
+                let (routed, consumed) = match joined {
+                    // an outage past its limit is the root cause of what failed after it:
+                    // the state published as the member left, which no broker acknowledged
+                    Ok((Err(fed), Err(read @ crate::source::SourceError::Outage { .. }))) => {
+                        tracing::warn!(error = %fed, "while leaving the group after the outage");
+                        (Ok(Err(PipelineError::from(read))), Ok(()))
+                    }
+                    Ok((fed, read)) => (Ok(fed), read.map_err(PipelineError::from)),
+                    Err(e) => (Err(e), Ok(())),
+                };
                 if !matches!(routed, Ok(Ok(_))) {
                     stop.store(true, Ordering::Relaxed);
                 }
                 coordinating.store(true, Ordering::Relaxed);
-                let consumed = match consumer.map(|c| c.join()) {
-                    Ok(Ok(r)) => r.map_err(PipelineError::from),
-                    Ok(Err(_)) => {
-                        Err(PipelineError::Runtime("the consumer thread panicked".into()))
-                    }
-                    Err(e) => Err(e),
-                };
                 let coordinated = match coordinator.map(|c| c.join()) {
                     Ok(Ok(r)) => r,
                     Ok(Err(_)) => Err(PipelineError::Runtime(

@@ -5,9 +5,10 @@
 //! message. Measured on the daemon bench (README, Performance): a bare per-message poll loop
 //! reads about 1.0 M records/s here, an upper bound for a daemon polling that way; the daemon
 //! on this path reads 1.7-2.2 M records/s, counting included.
-//! The consumer's own queue (logs, statistics, errors) is still served, without waiting, at
-//! every call. The unsafe code is confined here: the queue lives no longer than its consumer,
-//! and each message is destroyed right after the callback that borrows its bytes.
+//! The consumer's own queue (logs, statistics, errors, and a group's messages and rebalances)
+//! is served by [`serve`]. The unsafe code is confined here: a queue must not outlive its
+//! consumer (its owner, [`super::read::Reader`], drops it first), and each message is destroyed
+//! right after the callback that borrows its bytes.
 
 use std::ffi::CString;
 use std::time::Duration;
@@ -16,7 +17,6 @@ use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::TopicPartitionList;
 
 /// One thing a poll found.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub enum Polled<'a> {
         offset: i64,
         /// Its value (empty for a null value).
         payload: &'a [u8],
+        /// Its key, if any.
+        key: Option<&'a [u8]>,
+        /// Its timestamp in milliseconds since the epoch, if any.
+        timestamp_ms: Option<i64>,
     },
     /// The end of `partition` was reached (with `enable.partition.eof`).
     End(i32),
@@ -51,39 +55,56 @@ pub struct Failure {
     pub text: String,
 }
 
+/// Serve the consumer's own queue: wait up to `timeout` for the first event, then take what
+/// is there without waiting, `limit` events at the most; hand each to `f` (the lock `f` may
+/// take is not held while librdkafka runs callbacks, such as a group's rebalances). Returns
+/// how many events it served.
+pub fn serve<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+    limit: usize,
+    mut f: impl FnMut(Polled<'_>),
+) -> usize {
+    let mut served = 0;
+    let mut wait = timeout;
+    while served < limit {
+        let Some(r) = consumer.poll(wait) else { break };
+        wait = Duration::ZERO;
+        served += 1;
+        match r {
+            Ok(m) => f(Polled::Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().unwrap_or(&[]),
+                key: m.key(),
+                timestamp_ms: m.timestamp().to_millis(),
+            }),
+            Err(KafkaError::PartitionEOF(p)) => f(Polled::End(p)),
+            Err(e) => f(Polled::Error(e)),
+        }
+    }
+    served
+}
+
 /// The split-off queue of some partitions of one consumer.
-pub struct BatchQueue<'c, C: ConsumerContext> {
-    consumer: &'c BaseConsumer<C>,
+pub struct BatchQueue {
     queue: *mut rdsys::rd_kafka_queue_t,
     buf: Vec<*mut rdsys::rd_kafka_message_t>,
 }
 
-impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
-    /// Assign `tpl` (partitions of `topic` with their start offsets) to the consumer, their
-    /// messages taken off its queue first ([`BatchQueue::split`]) so that none lands there.
-    pub fn assign(
-        consumer: &'c BaseConsumer<C>,
-        topic: &str,
-        tpl: &TopicPartitionList,
-        batch: usize,
-    ) -> Result<BatchQueue<'c, C>, String> {
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        let q = BatchQueue::split(consumer, topic, &partitions, batch)?;
-        consumer
-            .assign(tpl)
-            .map_err(|e| format!("cannot assign partitions: {e}"))?;
-        Ok(q)
-    }
-
-    /// Move `partitions` of `topic` off the consumer's queue into a new one, consumed `batch`
+impl BatchQueue {
+    /// Move `partitions` of `topic` off `consumer`'s queue into a new one, consumed `batch`
     /// messages at a time at the most. Call before assigning them, so that no message lands
     /// on the consumer's queue first.
-    fn split(
-        consumer: &'c BaseConsumer<C>,
+    ///
+    /// # Safety
+    /// The queue must be dropped before `consumer`.
+    pub unsafe fn split<C: ConsumerContext>(
+        consumer: &BaseConsumer<C>,
         topic: &str,
         partitions: &[i32],
         batch: usize,
-    ) -> Result<BatchQueue<'c, C>, String> {
+    ) -> Result<BatchQueue, String> {
         let name = CString::new(topic).map_err(|_| format!("topic {topic:?} holds a NUL byte"))?;
         let rk = consumer.client().native_ptr();
         // SAFETY: `rk` is the live client handle of `consumer`, which outlives the queue.
@@ -92,7 +113,6 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
             return Err("librdkafka made no queue".into());
         }
         let q = BatchQueue {
-            consumer,
             queue,
             buf: vec![std::ptr::null_mut(); batch.max(1)],
         };
@@ -111,20 +131,9 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
         Ok(q)
     }
 
-    /// Serve the consumer's own queue without waiting, then wait up to `timeout` for a batch
-    /// of messages; hand everything found to `f`. Returns how many messages the batch held.
-    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(Polled<'_>)) -> usize {
-        while let Some(r) = self.consumer.poll(Duration::ZERO) {
-            match r {
-                Ok(m) => f(Polled::Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    payload: m.payload().unwrap_or(&[]),
-                }),
-                Err(KafkaError::PartitionEOF(p)) => f(Polled::End(p)),
-                Err(e) => f(Polled::Error(e)),
-            }
-        }
+    /// Wait up to `timeout` for a batch of messages and hand each to `f`. Returns how many
+    /// messages the batch held.
+    pub fn batch(&mut self, timeout: Duration, mut f: impl FnMut(Polled<'_>)) -> usize {
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: the queue is live and `buf` has room for `buf.len()` message pointers.
         let n = unsafe {
@@ -148,10 +157,21 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
                         } else {
                             std::slice::from_raw_parts(msg.payload as *const u8, msg.len)
                         };
+                        let key = if msg.key.is_null() {
+                            None
+                        } else {
+                            Some(std::slice::from_raw_parts(
+                                msg.key as *const u8,
+                                msg.key_len,
+                            ))
+                        };
+                        let ts = rdsys::rd_kafka_message_timestamp(m, std::ptr::null_mut());
                         f(Polled::Record {
                             partition: msg.partition,
                             offset: msg.offset,
                             payload,
+                            key,
+                            timestamp_ms: (ts >= 0).then_some(ts),
                         })
                     }
                     rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
@@ -183,9 +203,9 @@ impl<'c, C: ConsumerContext> BatchQueue<'c, C> {
     }
 }
 
-impl<C: ConsumerContext> Drop for BatchQueue<'_, C> {
+impl Drop for BatchQueue {
     fn drop(&mut self) {
-        // SAFETY: created in `split`, destroyed once, before the consumer (borrowed for 'c).
+        // SAFETY: created in `split`, destroyed once, before the consumer (`split`'s contract).
         unsafe { rdsys::rd_kafka_queue_destroy(self.queue) };
     }
 }
