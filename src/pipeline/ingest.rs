@@ -38,7 +38,7 @@ use super::metrics::Metrics;
 use super::shard::Shard;
 use super::PipelineError;
 use crate::checkpoint::{Checkpoint, PartitionState};
-use crate::counters::{route, Counters};
+use crate::counters::{route, Counters, CountersState};
 use crate::source::kafka::group::Handoff;
 use crate::source::kafka::PolledBatch;
 
@@ -315,12 +315,12 @@ impl Router {
         states: BTreeMap<i32, PartitionState>,
         shape: (usize, usize),
     ) -> Result<(), PipelineError> {
-        let n = self.shards;
-        let mut per_shard = vec![BTreeMap::new(); n];
+        let per_shard = spread(
+            states.iter().map(|(&p, st)| (p, &st.counters)),
+            self.shards,
+            shape,
+        )?;
         for (p, st) in states {
-            let c = Counters::from_state(&st.counters, shape.0, shape.1)
-                .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
-            per_shard[p.rem_euclid(n as i32) as usize].insert(p, c);
             self.offsets.insert(p, st.next_offset);
         }
         for (i, m) in per_shard.into_iter().enumerate() {
@@ -330,6 +330,24 @@ impl Router {
         }
         Ok(())
     }
+}
+
+/// Restored counters of input partitions spread over `shards` shards, partition p to shard
+/// p mod shards (any shard may hold them: the merge is a sum), each checked against the
+/// model's `shape` (subsets, clusters).
+pub fn spread<'a>(
+    states: impl IntoIterator<Item = (i32, &'a CountersState)>,
+    shards: usize,
+    shape: (usize, usize),
+) -> Result<Vec<BTreeMap<i32, Counters>>, PipelineError> {
+    let mut per_shard = vec![BTreeMap::new(); shards.max(1)];
+    let n = per_shard.len() as i32;
+    for (partition, state) in states {
+        let c = Counters::from_state(state, shape.0, shape.1)
+            .map_err(|source| PipelineError::RestoredPartition { partition, source })?;
+        per_shard[partition.rem_euclid(n) as usize].insert(partition, c);
+    }
+    Ok(per_shard)
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, MailboxError>>>>;
@@ -850,6 +868,30 @@ impl Handoff for GroupFeed {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Restored partitions go to shard p mod shards, whole; counters of another shape are
+    /// refused naming the partition (the error keeps the counters' own as its source).
+    #[test]
+    fn restored_partitions_spread_over_the_shards_and_a_misfit_is_named() {
+        let mut c = Counters::new(1, 2);
+        c.add_valid(b"10", Some((1, 1)));
+        c.records += 1;
+        let states: BTreeMap<i32, CountersState> = [0, 1, 4, 5, 7]
+            .into_iter()
+            .map(|p| (p, c.to_state()))
+            .collect();
+        let per = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 2)).unwrap();
+        let keys: Vec<Vec<i32>> = per.iter().map(|m| m.keys().copied().collect()).collect();
+        assert_eq!(keys, vec![vec![0], vec![1, 4, 7], vec![5]]);
+        assert!(per.iter().flat_map(|m| m.values()).all(|x| x.records == 1));
+        let e = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 3)).unwrap_err();
+        assert!(
+            matches!(e, PipelineError::RestoredPartition { partition: 0, .. }),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(e.to_string().contains("partition 0"), "{e}");
+    }
 
     /// Apply a router's outs to per-shard record lists, in order, as the shards' mailboxes
     /// would: at every trigger and checkpoint, what the shards hold is what it covers.

@@ -59,6 +59,16 @@ pub enum PipelineError {
     /// A checkpoint does not fit this run.
     #[error("restoring state: {0}")]
     Restore(String),
+    /// A restored input partition's counters do not fit the model (another shape, totals
+    /// that do not add up).
+    #[error("restoring state: partition {partition}: {source}")]
+    RestoredPartition {
+        /// The input partition.
+        partition: i32,
+        /// What is wrong with its counters.
+        #[source]
+        source: crate::counters::CountersError,
+    },
     /// `shards` is 0.
     #[error("shards must be at least 1")]
     NoShard,
@@ -104,6 +114,18 @@ pub enum PipelineError {
         /// librdkafka's reason.
         message: String,
     },
+    /// A scale-out topic (the input's metadata, the changelog, the coordinator topic) cannot
+    /// be reached, or refuses a request.
+    #[error("{url}: {message}")]
+    ScaleOut {
+        /// The topic.
+        url: String,
+        /// What failed, with the client's reason.
+        message: String,
+        /// The client's error, when there is one.
+        #[source]
+        source: Option<Box<rdkafka::error::KafkaError>>,
+    },
     /// The actix system failed.
     #[error("the actor runtime failed: {0}")]
     Runtime(String),
@@ -129,11 +151,15 @@ impl PipelineError {
             | PipelineError::PersisterStopped
             | PipelineError::WriterFailed(_) => exit::SOFTWARE,
             PipelineError::Checkpoint(e) => e.exit_code(),
-            PipelineError::Restore(_) | PipelineError::Read { .. } => exit::DATA,
+            PipelineError::Restore(_)
+            | PipelineError::RestoredPartition { .. }
+            | PipelineError::Read { .. } => exit::DATA,
             PipelineError::NoShard | PipelineError::KafkaConfig { .. } => exit::USAGE,
             PipelineError::Source(e) => e.exit_code(),
             PipelineError::Sink { .. } | PipelineError::Stdout(_) => exit::IO,
-            PipelineError::KafkaSink { .. } | PipelineError::Http { .. } => exit::UNAVAILABLE,
+            PipelineError::KafkaSink { .. }
+            | PipelineError::ScaleOut { .. }
+            | PipelineError::Http { .. } => exit::UNAVAILABLE,
         }
     }
 

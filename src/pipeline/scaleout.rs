@@ -96,10 +96,21 @@ fn client_config(brokers: &str, client: &KafkaOptions) -> ClientConfig {
     crate::source::kafka::client_config(brokers, &[], &client.properties)
 }
 
+/// A scale-out topic failed in a way the client did not put in an error of its own.
 fn kafka_err(url: &KafkaUrl, message: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Read {
-        source_name: url.to_string(),
+    PipelineError::ScaleOut {
+        url: url.to_string(),
         message: message.to_string(),
+        source: None,
+    }
+}
+
+/// `what` failed on a scale-out topic with the client's error `e` (kept as the source).
+fn client_err(url: &KafkaUrl, what: impl std::fmt::Display, e: KafkaError) -> PipelineError {
+    PipelineError::ScaleOut {
+        url: url.to_string(),
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -126,7 +137,7 @@ fn topic_partitions<C: ClientContext>(
 pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, PipelineError> {
     let admin: AdminClient<Context> = client_config(&input.brokers, &s.client)
         .create_with_context(Context::running())
-        .map_err(|e| kafka_err(input, format!("cannot create an admin client: {e}")))?;
+        .map_err(|e| client_err(input, "cannot create an admin client", e))?;
     let timeout = s.client.metadata_timeout;
     let began = Instant::now();
     let partitions = loop {
@@ -152,7 +163,7 @@ pub fn ensure_topics(input: &KafkaUrl, s: &ClusterSettings) -> Result<usize, Pip
         }
         let opts = AdminOptions::new().operation_timeout(Some(timeout));
         let created = futures_executor::block_on(admin.create_topics([&t], &opts))
-            .map_err(|e| kafka_err(url, format!("cannot create the topic: {e}")))?;
+            .map_err(|e| client_err(url, "cannot create the topic", e))?;
         for r in created {
             match r {
                 Ok(_) => info!(topic = %url.topic, partitions = n, "topic created"),
@@ -183,7 +194,7 @@ impl Changelog {
             .set("message.max.bytes", "100000000");
         let producer: BaseProducer<Delivery> = cfg
             .create_with_context(Delivery::new(failed.clone(), "a changelog entry"))
-            .map_err(|e| kafka_err(&s.changelog, format!("cannot create a producer: {e}")))?;
+            .map_err(|e| client_err(&s.changelog, "cannot create a producer", e))?;
         let partitions =
             topic_partitions(producer.client(), &s.changelog, s.client.metadata_timeout)
                 .map_err(|e| kafka_err(&s.changelog, e))?
@@ -218,9 +229,10 @@ impl Changelog {
                         rec = back;
                     }
                     Err((e, _)) => {
-                        return Err(kafka_err(
+                        return Err(client_err(
                             &self.url,
-                            format!("cannot publish partition {p}: {e}"),
+                            format!("cannot publish partition {p}"),
+                            e,
                         ))
                     }
                 }
@@ -234,7 +246,7 @@ impl Changelog {
     pub fn sync(&self, timeout: Duration) -> Result<(), PipelineError> {
         self.producer
             .flush(timeout)
-            .map_err(|e| kafka_err(&self.url, format!("entries not acknowledged: {e}")))?;
+            .map_err(|e| client_err(&self.url, "entries not acknowledged", e))?;
         match self.failed.swap(0, Ordering::Relaxed) {
             0 => Ok(()),
             n => Err(kafka_err(&self.url, format!("{n} entries not delivered"))),
@@ -271,20 +283,17 @@ fn decode_entry(bytes: &[u8], at: &str, stamp: &Stamp) -> Result<(i32, Partition
 /// (entries are whole partitions' states: up to 100 MB each).
 type Reader = read::Reader<Context>;
 
+/// The reader's own settings come after the user's properties (those are the input's: a
+/// `fetch.wait.max.ms` tuned for it, or `enable.partition.eof`, must not change these reads).
 fn reader(url: &KafkaUrl, client: &KafkaOptions, group: &str) -> Result<Reader, String> {
-    Reader::new(
-        url,
-        &[
-            ("group.id", group),
-            ("enable.auto.commit", "false"),
-            ("enable.partition.eof", "true"),
-            ("fetch.wait.max.ms", "50"),
-            ("fetch.message.max.bytes", "100000000"),
-        ],
-        &client.properties,
-        Context::default(),
-    )
-    .map_err(|e| e.to_string())
+    let mut cfg = client_config(&url.brokers, client);
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.message.max.bytes", "100000000");
+    Reader::from_config(url, &cfg, &client.properties, Context::default())
+        .map_err(|e| e.to_string())
 }
 
 /// Entries taken a round at the most, so that a follower checks its role often.
@@ -299,7 +308,9 @@ fn read_to_end(
 ) -> Result<(), String> {
     let starts: Vec<(i32, Offset)> = wanted.iter().map(|&p| (p, Offset::Beginning)).collect();
     r.assign(&starts, ENTRIES).map_err(|e| e.to_string())?;
-    r.until_end(|_, low| Some(low), client.metadata_timeout);
+    // the end of partition event: the coordinator topic ends with a transaction marker,
+    // which a watermark would wait for in vain, and no ListOffsets request slows a restore
+    r.until_eof();
     let mut failed = None;
     let limits = read::Limits {
         wait: Duration::from_millis(100),
@@ -525,9 +536,10 @@ impl GlobalLog {
             }
             Err(e) => {
                 let _ = out.abort_transaction(timeout);
-                Err(kafka_err(
+                Err(client_err(
                     &s.coordinator,
-                    format!("cannot commit global snapshot {}: {e}", snap.trigger),
+                    format!("cannot commit global snapshot {}", snap.trigger),
+                    e,
                 ))
             }
         }

@@ -15,7 +15,7 @@
 //! | global coordinator (scale-out only) | thread `global-coordinator` | the changelog topic |
 //! | HTTP endpoint, signal handler | the system arbiter (actix-web workers) | requests, SIGINT/SIGTERM |
 //!
-//! A file source is read by the feed itself, as a group member's records are. One stop signal (an `AtomicBool`, set by SIGINT,
+//! A file source is read by the feed itself; a group member's poll loop calls the feed itself. One stop signal (an `AtomicBool`, set by SIGINT,
 //! SIGTERM, the caller, or a failure of the writer, the feed or the global coordinator) ends
 //! the source; then the shutdown order, on every path, errors included: the feed's last batch,
 //! the ingestor's last trigger and checkpoint through the shards and the coordinator
@@ -499,8 +499,9 @@ pub fn daemon_with(
                 })
                 .await;
                 let (routed, consumed) = match joined {
-                    // an outage past its limit is the root cause of what failed after it:
-                    // the state published as the member left, which no broker acknowledged
+                    // an outage past its limit is the root cause of what failed after it (the
+                    // state published as the member left, which no broker acknowledged, and
+                    // so the writer too): deliberately ahead of the writer's own error
                     Ok((Err(fed), Err(read @ crate::source::SourceError::Outage { .. }))) => {
                         tracing::warn!(error = %fed, "while leaving the group after the outage");
                         (Ok(Err(PipelineError::from(read))), Ok(()))
@@ -571,13 +572,14 @@ fn restored_state(
         return Ok(None);
     };
     let (n, k) = (membership.subsets().len(), membership.clusters() as usize);
-    let mut per_shard = vec![std::collections::BTreeMap::new(); shards];
+    let per_shard = ingest::spread(
+        c.partitions.iter().map(|(&p, st)| (p, &st.counters)),
+        shards,
+        (n, k),
+    )?;
     let mut total = crate::counters::Counters::new(n, k);
-    for (&p, st) in &c.partitions {
-        let counters = crate::counters::Counters::from_state(&st.counters, n, k)
-            .map_err(|e| PipelineError::Restore(format!("partition {p}: {e}")))?;
-        total.merge(&counters);
-        per_shard[p.rem_euclid(shards as i32) as usize].insert(p, counters);
+    for counters in per_shard.iter().flat_map(|m| m.values()) {
+        total.merge(counters);
     }
     if total.records != c.records {
         return Err(PipelineError::Restore(format!(

@@ -56,7 +56,8 @@ pub struct Failure {
 }
 
 /// Serve the consumer's own queue: wait up to `timeout` for the first event, then take what
-/// is there without waiting, `limit` events at the most; hand each to `f` (the lock `f` may
+/// comes without waiting, `limit` events at the most (a poll that served only a callback,
+/// such as a rebalance or statistics, ends the call early); hand each to `f` (the lock `f` may
 /// take is not held while librdkafka runs callbacks, such as a group's rebalances). Returns
 /// how many events it served.
 pub fn serve<C: ConsumerContext>(
@@ -145,9 +146,16 @@ impl BatchQueue {
             )
         };
         let n = usize::try_from(n).unwrap_or(0).min(self.buf.len());
-        for &m in &self.buf[..n] {
+        // what is not handed on yet is destroyed even if `f` panics: a client closed while
+        // it still has messages out may wait for them
+        let mut rest = Rest {
+            messages: &self.buf[..n],
+            next: 0,
+        };
+        for (i, &m) in self.buf[..n].iter().enumerate() {
+            rest.next = i;
             // SAFETY: librdkafka filled `n` valid message pointers; each is read, handed on as
-            // a borrow that ends with `f`, and destroyed once.
+            // a borrow that ends with `f`, and destroyed once (here, or by `rest` on a panic).
             unsafe {
                 let msg = &*m;
                 match msg.err {
@@ -171,7 +179,7 @@ impl BatchQueue {
                             offset: msg.offset,
                             payload,
                             key,
-                            timestamp_ms: (ts >= 0).then_some(ts),
+                            timestamp_ms: (ts != -1).then_some(ts),
                         })
                     }
                     rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => {
@@ -198,8 +206,25 @@ impl BatchQueue {
                 }
                 rdsys::rd_kafka_message_destroy(m);
             }
+            rest.next = i + 1;
         }
         n
+    }
+}
+
+/// The messages of a batch from `next` on, destroyed when it is dropped (by a panic while
+/// they were handed on; after a whole batch there are none).
+struct Rest<'a> {
+    messages: &'a [*mut rdsys::rd_kafka_message_t],
+    next: usize,
+}
+
+impl Drop for Rest<'_> {
+    fn drop(&mut self) {
+        for &m in self.messages.get(self.next..).unwrap_or(&[]) {
+            // SAFETY: these were filled by librdkafka and not destroyed yet
+            unsafe { rdsys::rd_kafka_message_destroy(m) };
+        }
     }
 }
 

@@ -170,23 +170,32 @@ impl<H: Handoff> GroupContext<H> {
         if let Err(e) = assigned {
             return shared.fail(format!("the pipeline stopped during an assignment: {e}"));
         }
-        let mut positions = lock(&self.positions);
-        for &p in &partitions {
-            let next = match states.get(&p) {
-                Some(s) => {
-                    positions.resume(p, s.next_offset);
-                    s.next_offset
+        // the poll loop takes `positions` before `shared`: so does this, never both at once
+        drop(shared);
+        let mut failed = None;
+        {
+            let mut positions = lock(&self.positions);
+            for &p in &partitions {
+                let next = match states.get(&p) {
+                    Some(s) => {
+                        positions.resume(p, s.next_offset);
+                        s.next_offset
+                    }
+                    None => {
+                        positions.forget(p);
+                        0
+                    }
+                };
+                // at `next` exactly, or `resume_rewind` earlier (see `stream_topic`)
+                let at = resume_at(next, self.resume_rewind);
+                if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
+                    failed = Some(format!("cannot assign partition {p} at {next}: {e}"));
+                    break;
                 }
-                None => {
-                    positions.forget(p);
-                    0
-                }
-            };
-            // at `next` exactly, or `resume_rewind` earlier (see `stream_topic`)
-            let at = resume_at(next, self.resume_rewind);
-            if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
-                return shared.fail(format!("cannot assign partition {p} at {next}: {e}"));
             }
+        }
+        if let Some(why) = failed {
+            return lock(&self.shared).fail(why);
         }
         if partitions.contains(&0) {
             self.owns_first.store(true, Ordering::Relaxed);
@@ -272,9 +281,11 @@ impl<H: Handoff> Take for Member<'_, H> {
 }
 
 /// Join the group, poll the partitions it assigns on the calling thread and hand records and
-/// rebalances to `handoff`, until `stop` is set, the pipeline refuses, or an outage lasts
-/// `outage_limit`. At the end every partition still owned is revoked (its state published)
-/// before the group is left.
+/// rebalances to `handoff`, until `stop` is set, the pipeline refuses, a rebalance fails (a
+/// state that cannot be read or taken), a batch cannot be decompressed, or an outage lasts
+/// `outage_limit`. At the end every partition still owned is revoked before the group is
+/// left: its state published, unless a failure came first (the records of a failed
+/// assignment may sit at the wrong offsets; the next owner resumes from the last entry).
 pub fn stream_group<H: Handoff>(
     url: &KafkaUrl,
     opts: &GroupOptions,
@@ -372,11 +383,11 @@ pub fn stream_group<H: Handoff>(
     opts.owns_first.store(false, Ordering::Relaxed);
     let fatal = lock(&shared).fatal.take();
     match (fatal, read) {
-        // the read ended with the outage: what failed as the member left (the state it
-        // published, which no broker acknowledged) followed from it
-        (_, Err(e @ SourceError::Outage { .. })) => Err(e),
-        (Some(why), _) => Err(kafka(why)),
-        (None, Err(e)) => Err(e),
+        // the read ended with an error (an outage past its limit, an undecodable batch):
+        // what failed as the member left (the state it published, which no broker may have
+        // acknowledged) followed from it
+        (_, Err(e)) => Err(e),
+        (Some(why), Ok(_)) => Err(kafka(why)),
         (None, Ok(_)) => Ok(()),
     }
 }

@@ -319,7 +319,23 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
         properties: &Properties,
         ctx: C,
     ) -> Result<Reader<C>, SourceError> {
-        let consumer: BaseConsumer<C> = client_config(&url.brokers, defaults, properties)
+        Reader::from_config(
+            url,
+            &client_config(&url.brokers, defaults, properties),
+            properties,
+            ctx,
+        )
+    }
+
+    /// A consumer of `url`'s topic configured by `cfg` (built by [`client_config`], with
+    /// settings the reader cannot do without set after the user's `properties`).
+    pub fn from_config(
+        url: &KafkaUrl,
+        cfg: &rdkafka::ClientConfig,
+        properties: &Properties,
+        ctx: C,
+    ) -> Result<Reader<C>, SourceError> {
+        let consumer: BaseConsumer<C> = cfg
             .create_with_context(ctx)
             .map_err(|e| SourceError::consumer_config(url, &e, properties))?;
         Ok(Reader {
@@ -417,6 +433,12 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
             start,
             timeout,
         ));
+    }
+
+    /// Make the read bounded by the end of partition events alone (no ListOffsets request):
+    /// for topics read whole where a watermark adds nothing, such as a changelog.
+    pub fn until_eof(&mut self) {
+        self.ends = Some(Ends::default());
     }
 
     /// Whether every partition of a bounded read reached its end.
@@ -553,8 +575,10 @@ impl Round<'_> {
                     if offset < from {
                         return;
                     }
-                    if offset > from && !pos.next.contains_key(&p) {
-                        tracing::error!(url = %self.url, partition = p, expected = from, got = offset, "the broker skipped records on resume: offsets {from}..{offset} are missing");
+                    // one offset may be a transaction's marker; more were removed (retention,
+                    // compaction, aborted transactions) or skipped by the broker
+                    if offset > from + 1 && !pos.next.contains_key(&p) {
+                        warn!(url = %self.url, partition = p, expected = from, got = offset, "the read resumed past its stored offset: offsets {from}..{offset} hold no record it was given (removed by retention or compaction, aborted transactions, or skipped by the broker)");
                     }
                 }
                 if let Some(e) = self.ends.as_mut() {
