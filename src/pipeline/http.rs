@@ -162,9 +162,9 @@ pub fn serve(
         .disable_signals()
         .shutdown_timeout(1)
         .bind(addr)
-        .map_err(|e| PipelineError::Http {
+        .map_err(|source| PipelineError::Http {
             addr: addr.to_string(),
-            message: e.to_string(),
+            source,
         })?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))

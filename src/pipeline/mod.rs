@@ -84,14 +84,15 @@ pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     /// A file output (snapshots, dead letters) cannot be written.
-    #[error("cannot write {what} to {path}: {message}")]
+    #[error("cannot write {what} to {path}: {source}")]
     Sink {
         /// What was being written: `snapshots`, `dead letters`.
         what: &'static str,
         /// The file.
         path: String,
-        /// The cause.
-        message: String,
+        /// The cause (an I/O or encoding error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Standard output cannot be written (a closed pipe, a full disk).
     #[error("cannot write to stdout: {0}")]
@@ -130,16 +131,30 @@ pub enum PipelineError {
     #[error("the actor runtime failed: {0}")]
     Runtime(String),
     /// The HTTP endpoint cannot bind.
-    #[error("http.listen: cannot serve HTTP on {addr}: {message}")]
+    #[error("http.listen: cannot serve HTTP on {addr}: {source}")]
     Http {
         /// The address.
         addr: String,
         /// The cause.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
 impl PipelineError {
+    /// A file output (`what`: `snapshots`, `dead letters`) that cannot be written to `path`.
+    pub fn sink(
+        what: &'static str,
+        path: &std::path::Path,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> PipelineError {
+        PipelineError::Sink {
+            what,
+            path: path.display().to_string(),
+            source: source.into(),
+        }
+    }
+
     /// The process exit code this error means.
     pub fn exit_code(&self) -> i32 {
         use crate::exit;

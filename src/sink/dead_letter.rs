@@ -127,11 +127,8 @@ pub enum DeadLetterSink {
 
 /// A dead-letter file's write error, naming the file and the cause.
 pub(crate) fn dead_letter_file(e: crate::sink::SinkError) -> PipelineError {
-    PipelineError::Sink {
-        what: "dead letters",
-        path: e.path().display().to_string(),
-        message: e.cause(),
-    }
+    let path = e.path().to_path_buf();
+    PipelineError::sink("dead letters", &path, e.into_cause())
 }
 
 impl DeadLetterSink {

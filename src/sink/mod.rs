@@ -55,6 +55,16 @@ impl SinkError {
         }
     }
 
+    /// The cause without its file, as an error of its own (for an error that names the
+    /// file itself).
+    pub fn into_cause(self) -> Box<dyn std::error::Error + Send + Sync> {
+        match self {
+            SinkError::Io { source, .. } => Box::new(source),
+            SinkError::Json { source, .. } => Box::new(source),
+            SinkError::Parquet(e) => e.cause().into(),
+        }
+    }
+
     /// Why, in one phrase (the error without its file).
     pub fn cause(&self) -> String {
         match self {

@@ -34,11 +34,7 @@ pub struct JsonLines {
 impl JsonLines {
     /// Create (truncate) the file.
     pub fn create(path: &Path) -> Result<JsonLines, PipelineError> {
-        let err = |e: std::io::Error| PipelineError::Sink {
-            what: "snapshots",
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
+        let err = |e: std::io::Error| PipelineError::sink("snapshots", path, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -56,17 +52,13 @@ impl JsonLines {
     /// after that checkpoint, which the restored run emits again, and a line cut by a crash),
     /// and append from there. Every snapshot is synced to disk from then on.
     pub fn resume(path: &Path, upto: u64) -> Result<(JsonLines, usize), PipelineError> {
-        let err = |e: String| PipelineError::Sink {
-            what: "snapshots",
-            path: path.display().to_string(),
-            message: e,
-        };
+        let err = |e: std::io::Error| PipelineError::sink("snapshots", path, e);
         if !crate::sink::is_regular(path) {
             // `/dev/null` or a pipe: nothing to keep or cut, and nothing to sync
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(err)?;
             return Ok((
                 JsonLines {
                     path: path.to_path_buf(),
@@ -80,7 +72,7 @@ impl JsonLines {
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(err(e)),
         };
         let mut keep = 0usize;
         let mut dropped = 0usize;
@@ -99,11 +91,11 @@ impl JsonLines {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|e| err(e.to_string()))?;
-        f.set_len(keep as u64).map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
+        f.set_len(keep as u64).map_err(err)?;
+        f.sync_all().map_err(err)?;
         let mut w = BufWriter::new(f);
-        std::io::Seek::seek(&mut w, std::io::SeekFrom::End(0)).map_err(|e| err(e.to_string()))?;
+        std::io::Seek::seek(&mut w, std::io::SeekFrom::End(0)).map_err(err)?;
         Ok((
             JsonLines {
                 path: path.to_path_buf(),
@@ -125,12 +117,9 @@ impl JsonLines {
 
 impl SnapshotSink for JsonLines {
     fn emit(&mut self, s: &Snapshot) -> Result<(), PipelineError> {
-        let err = |m: String| PipelineError::Sink {
-            what: "snapshots",
-            path: self.path.display().to_string(),
-            message: m,
-        };
-        let mut line = serde_json::to_string(s).map_err(|e| err(e.to_string()))?;
+        let mut line = serde_json::to_string(s)
+            .map_err(|e| PipelineError::sink("snapshots", &self.path, e))?;
+        let err = |e: std::io::Error| PipelineError::sink("snapshots", &self.path, e);
         line.push('\n');
         let written = self
             .w
@@ -151,9 +140,9 @@ impl SnapshotSink for JsonLines {
             (Err(e), Some(whole)) => {
                 // cut the torn line off: the file ends with the last whole snapshot
                 crate::sink::cut_back(&mut self.w, whole);
-                Err(err(e.to_string()))
+                Err(err(e))
             }
-            (Err(e), None) => Err(err(e.to_string())),
+            (Err(e), None) => Err(err(e)),
         }
     }
 }
@@ -289,5 +278,27 @@ impl SnapshotSink for MemorySink {
             .map_err(|_| PipelineError::Runtime("a snapshot sink was poisoned".into()))?
             .push(s.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshots file that cannot be created names itself and keeps the I/O error as the
+    /// source (exit 74).
+    #[test]
+    fn a_snapshots_file_that_cannot_be_created_names_it_and_keeps_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = match JsonLines::create(&file.join("s.jsonl")) {
+            Err(e) => e,
+            Ok(_) => panic!("a file under a file was created"),
+        };
+        assert!(e.to_string().contains("s.jsonl"), "{e}");
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause}");
+        assert_eq!(e.exit_code(), crate::exit::IO);
     }
 }
