@@ -237,6 +237,18 @@ fn parse_i64(s: &[u8]) -> Result<i64, Malformed> {
     }
 }
 
+/// The records of an arena batch (their bytes back to back in `data`, `ends` the end of
+/// each), as slices, in order: how every batch in the pipeline holds its records.
+pub fn split<'a>(data: &'a [u8], ends: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for &end in ends {
+        out.push(&data[start..end]);
+        start = end;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,13 +61,7 @@ impl RecordBatch {
 
     /// The records as slices.
     pub fn records(&self) -> Vec<&[u8]> {
-        let mut out = Vec::with_capacity(self.ends.len());
-        let mut start = 0;
-        for &end in &self.ends {
-            out.push(&self.data[start..end]);
-            start = end;
-        }
-        out
+        crate::record::split(&self.data, &self.ends)
     }
 }
 

@@ -21,7 +21,7 @@ use rdkafka::TopicPartitionList;
 use tracing::{info, warn};
 
 use super::read::{Each, Flow, Limits, PolledBatch, Positions, Reader, Record, Take};
-use super::{resume_at, Context, KafkaOptions, KafkaUrl, FETCH_QUEUE_BACKOFF_MS};
+use super::{resume_at, Context, KafkaOptions, KafkaUrl, DAEMON_CONSUMER};
 use crate::checkpoint::PartitionState;
 use crate::source::SourceError;
 
@@ -320,21 +320,18 @@ pub fn stream_group<H: Handoff>(
         owns_first: opts.owns_first.clone(),
         resume_rewind: opts.client.resume_rewind,
     };
+    let own = [
+        ("group.id", opts.group_id.as_str()),
+        ("client.id", opts.member.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", session_ms.as_str()),
+        ("heartbeat.interval.ms", heartbeat_ms.as_str()),
+    ];
     let mut reader = Reader::new(
         url,
-        &[
-            ("group.id", opts.group_id.as_str()),
-            ("client.id", opts.member.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("session.timeout.ms", session_ms.as_str()),
-            ("heartbeat.interval.ms", heartbeat_ms.as_str()),
-            ("statistics.interval.ms", "1000"),
-            ("fetch.wait.max.ms", "100"),
-            ("queued.max.messages.kbytes", "16384"),
-            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
-        ],
+        &[&own[..], DAEMON_CONSUMER].concat(),
         &opts.client.properties,
         ctx,
     )?

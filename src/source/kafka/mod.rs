@@ -345,6 +345,19 @@ pub fn client_config(
     cfg
 }
 
+/// The settings a daemon's consumer (one process or a group member) adds to its own.
+pub const DAEMON_CONSUMER: &[(&str, &str)] = &[
+    ("statistics.interval.ms", "1000"),
+    // a snapshot daemon wants fresh records more than full fetches: Apache Kafka answers a
+    // fetch as soon as a byte is there, but a broker that holds each fetch until the wait runs
+    // out (tansu 0.6.0 did) made snapshots half a second stale at the 500 ms default
+    ("fetch.wait.max.ms", "100"),
+    // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
+    // producer should hold less (the broker keeps the rest)
+    ("queued.max.messages.kbytes", "16384"),
+    ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+];
+
 /// How long librdkafka waits before fetching a partition again once its local queue is full
 /// (`fetch.queue.backoff.ms`). Its default, 1 s, made a reader that drains its queue fast
 /// (the batch path of [`batch`]) wait up to a second for more now and then:

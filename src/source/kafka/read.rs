@@ -79,13 +79,7 @@ impl PolledBatch {
 
     /// Each record's bytes, in order.
     pub fn records(&self) -> Vec<&[u8]> {
-        let mut out = Vec::with_capacity(self.ends.len());
-        let mut start = 0;
-        for &end in &self.ends {
-            out.push(&self.data[start..end]);
-            start = end;
-        }
-        out
+        crate::record::split(&self.data, &self.ends)
     }
 
     /// Empty it, keeping its buffers.

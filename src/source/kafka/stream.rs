@@ -14,7 +14,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use super::read::{Flow, Limits, PolledBatch, Reader, Record, Take};
-use super::{resume_at, Context, KafkaOptions, KafkaUrl, StartAt, FETCH_QUEUE_BACKOFF_MS};
+use super::{resume_at, Context, KafkaOptions, KafkaUrl, StartAt, DAEMON_CONSUMER};
 use crate::source::SourceError;
 
 /// Settings of a streaming read.
@@ -90,28 +90,19 @@ pub fn stream_topic(
     if let Some(h) = &opts.highs {
         ctx.highs = h.clone();
     }
+    let own = [
+        ("group.id", opts.group_id.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        (
+            "enable.partition.eof",
+            if opts.until_end { "true" } else { "false" },
+        ),
+        ("auto.offset.reset", "earliest"),
+    ];
     let mut reader: Reader<Context> = Reader::new(
         url,
-        &[
-            ("group.id", opts.group_id.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            (
-                "enable.partition.eof",
-                if opts.until_end { "true" } else { "false" },
-            ),
-            ("auto.offset.reset", "earliest"),
-            ("statistics.interval.ms", "1000"),
-            // a snapshot daemon wants fresh records more than full fetches: Apache Kafka
-            // answers a fetch as soon as a byte is there, but a broker that holds each fetch
-            // until the wait runs out (tansu 0.6.0 did) made snapshots half a second stale at
-            // the 500 ms default
-            ("fetch.wait.max.ms", "100"),
-            // librdkafka prefetches up to 64 MB a partition by default; a daemon behind a fast
-            // producer should hold less (the broker keeps the rest)
-            ("queued.max.messages.kbytes", "16384"),
-            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
-        ],
+        &[&own[..], DAEMON_CONSUMER].concat(),
         &opts.client.properties,
         ctx,
     )?;
