@@ -486,11 +486,9 @@ impl RunConfig {
 
     /// `http.listen`, parsed.
     pub fn http_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        crate::pipeline::http::parse_listen(&self.http.listen).map_err(|message| {
-            ConfigError::Invalid {
-                key: "http.listen",
-                message,
-            }
+        crate::sink::http::parse_listen(&self.http.listen).map_err(|message| ConfigError::Invalid {
+            key: "http.listen",
+            message,
         })
     }
 

@@ -7,7 +7,6 @@
 //! settings; [`crate::topology::run`] starts them.
 
 pub mod coordinator;
-pub mod http;
 pub mod ingest;
 pub mod messages;
 pub mod metrics;

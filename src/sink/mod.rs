@@ -1,10 +1,13 @@
 //! Where results go: the CSV files and `summary.json` of SPEC 6 for a batch run, the
 //! dead-letter file that keeps malformed records with their source position, and the daemon's
-//! snapshot sinks ([`snapshot`]: JSON lines, stdout, a Kafka topic, memory). Writers only
+//! sinks: snapshots pushed ([`snapshot`]: JSON lines, stdout, a Kafka topic, memory) or served
+//! ([`http`]: `/snapshot`, `/metrics`, `/healthz`), and dead letters ([`dead_letter`]: a file
+//! or a Kafka topic). Writers only
 //! format what the pure core computed; floats are printed to full round-trip precision
 //! (Rust's shortest representation that parses back to the same f64).
 
 pub mod dead_letter;
+pub mod http;
 pub mod snapshot;
 
 use std::collections::BTreeMap;

@@ -35,7 +35,7 @@ use super::{load_membership, resolved, TopologyError};
 use crate::config::{RunConfig, SourceAt};
 use crate::counters::Membership;
 use crate::pipeline::{
-    self, coordinator, http, ingest, shard, Durability, JsonLines, Metrics, PipelineError,
+    self, coordinator, ingest, shard, Durability, JsonLines, Metrics, PipelineError,
     PipelineSettings, RunOutcome, RunSource, SnapshotSink, StdoutTable,
 };
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
@@ -285,7 +285,7 @@ pub fn daemon_with(
                 } else {
                     "none"
                 };
-                let (server, bound) = http::serve(addr, metrics.clone(), s.http_token.clone())?;
+                let (server, bound) = crate::sink::http::serve(addr, metrics.clone(), s.http_token.clone())?;
                 for a in &bound {
                     tracing::info!(addr = %a, auth, "http endpoint listening (/snapshot, /healthz, /metrics)");
                 }

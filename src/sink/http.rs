@@ -13,8 +13,8 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use super::metrics::Metrics;
-use super::PipelineError;
+use crate::pipeline::metrics::Metrics;
+use crate::pipeline::PipelineError;
 use crate::secret::Secret;
 
 /// The token `/snapshot` and `/metrics` require, if any.
