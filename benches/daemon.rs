@@ -153,7 +153,7 @@ fn bench_topic(broker: &common::Broker) -> RunSource {
             until_end: true,
             batch_records: 8192,
             batch_wait: Duration::from_millis(50),
-            highs: None,
+            context: None,
             resume: Default::default(),
         },
     }

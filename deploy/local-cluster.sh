@@ -26,7 +26,7 @@
 #   CONFIG                 a viewpulse configuration for every member (--config), optional;
 #                          a cluster one, e.g. deploy/systemd/viewpulse.toml with its paths
 #                          changed (no state.dir, no until_end)
-#   HTTP_PORT_BASE         member I serves /healthz, /snapshot, /metrics on
+#   HTTP_PORT_BASE         member I serves /readyz, /livez, /snapshot, /metrics on
 #                          127.0.0.1:HTTP_PORT_BASE+I-1 (default 9898); "off": leave http.listen
 #   STOP_TIMEOUT           seconds to wait for a member to go (default 30)
 #
@@ -44,7 +44,7 @@
 #   cargo build --release
 #   deploy/local-cluster.sh start 3
 #   viewpulse replay --file views.csv --to kafka://127.0.0.1:9092/viewstream --partitions 6
-#   curl -s 127.0.0.1:9898/healthz; deploy/local-cluster.sh kill 2; deploy/local-cluster.sh add
+#   curl -s 127.0.0.1:9898/readyz; deploy/local-cluster.sh kill 2; deploy/local-cluster.sh add
 #   deploy/local-cluster.sh stop
 set -euo pipefail
 shopt -s nullglob

@@ -227,18 +227,41 @@ pub struct SinksConfig {
     /// A dead-letter Kafka topic, `kafka://HOST:PORT/TOPIC` (it must exist): key = the
     /// record's position, value = its bytes, header `kind`.
     pub dead_letter_topic: Option<String>,
+    /// Without `state.dir`, a run starts over and `snapshots` is written anew: a file that
+    /// already holds snapshots is refused unless this is set (then it is replaced).
+    pub overwrite: bool,
 }
 
-/// The HTTP endpoint: `GET /snapshot`, `GET /healthz`, `GET /metrics` (Prometheus).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The HTTP endpoint: `GET /snapshot`, `GET /metrics` (Prometheus), the probes `GET /livez`,
+/// `GET /readyz` and `GET /healthz` (the readiness summary).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// `HOST:PORT` to listen on, or a bare port (on 127.0.0.1); empty or `off` = no server.
     pub listen: String,
     /// When set, `/snapshot` and `/metrics` answer only requests with
-    /// `Authorization: Bearer TOKEN` (`/healthz` stays open); `${env:NAME}` or `${file:PATH}`
+    /// `Authorization: Bearer TOKEN` (the probes stay open); `${env:NAME}` or `${file:PATH}`
     /// keep it out of the file. Empty = no authentication.
     pub token: String,
+    /// `/livez` fails when the ingestor or a shard actor does not answer within this.
+    pub live_timeout: String,
+    /// `/readyz` fails when records wait and the last trigger is older than this many
+    /// trigger intervals (`trigger.interval`, or 10 s without one).
+    pub ready_trigger_factor: f64,
+    /// `/readyz` fails when a consumer group rebalance lasts longer than this.
+    pub ready_rebalance_grace: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: String::new(),
+            token: String::new(),
+            live_timeout: "5s".into(),
+            ready_trigger_factor: 3.0,
+            ready_rebalance_grace: "30s".into(),
+        }
+    }
 }
 
 impl fmt::Debug for HttpConfig {
@@ -251,6 +274,9 @@ impl fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
             .field("token", &token)
+            .field("live_timeout", &self.live_timeout)
+            .field("ready_trigger_factor", &self.ready_trigger_factor)
+            .field("ready_rebalance_grace", &self.ready_rebalance_grace)
             .finish()
     }
 }
@@ -313,6 +339,7 @@ impl Default for SinksConfig {
             kafka: None,
             dead_letter: None,
             dead_letter_topic: None,
+            overwrite: false,
         }
     }
 }
@@ -352,6 +379,8 @@ pub struct Validated {
     pub http_listen: Option<SocketAddr>,
     /// `http.token`; none = no token.
     pub http_token: Option<Secret>,
+    /// The probes' bounds (`http.live_timeout`, `http.ready_*`).
+    pub probes: crate::sink::http::Probes,
     /// `sinks.kafka`.
     pub kafka_sink: Option<crate::source::kafka::KafkaUrl>,
     /// `sinks.dead_letter_topic`.
@@ -396,10 +425,34 @@ impl RunConfig {
             checkpoint_interval: c.checkpoint_interval()?,
             http_listen: c.http_listen()?,
             http_token: c.http_token(),
+            probes: c.probes()?,
             kafka_sink: url(&c.sinks.kafka)?,
             dead_letter_topic: url(&c.sinks.dead_letter_topic)?,
             cluster,
             raw: c,
+        })
+    }
+
+    /// The configuration as TOML, every secret (`http.token`, the sensitive
+    /// `kafka.properties`) shown as `***`, whether given as a value or a reference.
+    pub fn redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut c = self.clone();
+        if !c.http.token.is_empty() {
+            c.http.token = crate::secret::REDACTED.into();
+        }
+        let mut props = Properties::new();
+        for (k, v) in c.kafka.properties.iter() {
+            let v = if crate::secret::is_sensitive(k) {
+                crate::secret::REDACTED
+            } else {
+                v.as_str()
+            };
+            props.insert(k.clone(), v);
+        }
+        c.kafka.properties = props;
+        toml::to_string(&c).map_err(|e| ConfigError::Invalid {
+            key: "config",
+            message: format!("cannot be written as TOML: {e}"),
         })
     }
 
@@ -444,6 +497,35 @@ impl RunConfig {
             });
         }
         Ok(Some(d))
+    }
+
+    /// The probes' bounds, parsed: `http.live_timeout`, `http.ready_trigger_factor` (times
+    /// `trigger.interval`, or 10 s) and `http.ready_rebalance_grace`.
+    pub fn probes(&self) -> Result<crate::sink::http::Probes, ConfigError> {
+        let live = duration("http.live_timeout", &self.http.live_timeout)?;
+        if live.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "http.live_timeout",
+                message: "must be longer than 0".into(),
+            });
+        }
+        let factor = self.http.ready_trigger_factor;
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(ConfigError::Invalid {
+                key: "http.ready_trigger_factor",
+                message: format!("{factor} is not a number of at least 1"),
+            });
+        }
+        let interval = self.trigger_interval()?;
+        let ready = crate::pipeline::health::ReadyBounds {
+            trigger_age: interval.unwrap_or(Duration::from_secs(10)).mul_f64(factor),
+            interval_triggers: interval.is_some(),
+            rebalance_grace: duration(
+                "http.ready_rebalance_grace",
+                &self.http.ready_rebalance_grace,
+            )?,
+        };
+        Ok(crate::sink::http::Probes::new(ready, live))
     }
 
     /// `kafka.connect_timeout`, parsed.
@@ -574,6 +656,7 @@ impl RunConfig {
         self.connect_timeout()?;
         self.startup_wait()?;
         self.http_listen()?;
+        self.probes()?;
         if let Some(k) = &self.sinks.kafka {
             crate::source::kafka::KafkaUrl::parse(k).map_err(|e| ConfigError::Invalid {
                 key: "sinks.kafka",
@@ -793,6 +876,10 @@ pub struct RunFlags {
     /// state.reset: discard the stored state at start.
     #[arg(long, env = "VIEWPULSE_RESET_STATE")]
     pub reset_state: bool,
+    /// sinks.overwrite: without state.dir, replace a snapshots file that already holds
+    /// snapshots (refused otherwise).
+    #[arg(long, env = "VIEWPULSE_OVERWRITE_SNAPSHOTS")]
+    pub overwrite_snapshots: bool,
     /// sinks.dead_letter: a dead-letter file for malformed records.
     #[arg(long, env = "VIEWPULSE_DEAD_LETTER")]
     pub dead_letter: Option<PathBuf>,
@@ -803,6 +890,13 @@ pub struct RunFlags {
     /// the value may be ${env:NAME} or ${file:PATH}, which keeps a secret out of `ps`.
     #[arg(short = 'X', long = "property", value_parser = property)]
     pub properties: Vec<(String, String)>,
+    /// Print the effective configuration (file, environment and flags merged; secrets shown
+    /// as ***) as TOML, and exit.
+    #[arg(long, conflicts_with = "check_config")]
+    pub print_config: bool,
+    /// Validate the configuration and the model it names, and exit: 0 when `run` would start.
+    #[arg(long)]
+    pub check_config: bool,
     /// cluster.changelog: share the input topic with the group's other processes, publishing
     /// partition state to this topic, kafka://HOST:PORT/TOPIC.
     #[arg(long, env = "VIEWPULSE_CHANGELOG")]
@@ -901,6 +995,9 @@ impl RunFlags {
         }
         if let Some(v) = self.dead_letter_topic {
             c.sinks.dead_letter_topic = Some(v);
+        }
+        if self.overwrite_snapshots {
+            c.sinks.overwrite = true;
         }
         for (k, v) in self.properties {
             c.kafka.properties.insert(k, v);

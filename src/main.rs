@@ -307,10 +307,20 @@ fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn init_tracing(log: &LogArgs) {
+/// Start tracing with `--log` (or `VIEWPULSE_LOG`), else `RUST_LOG`, else `info`; a filter
+/// that does not parse is a usage error naming where it came from, not a silent `info`.
+fn init_tracing(log: &LogArgs) -> Result<(), String> {
+    let bad = |from: &str, f: &str, e: &dyn std::fmt::Display| {
+        format!("{from} {f:?} is not a log filter ({e}); examples: info, debug, viewpulse=debug,rdkafka=warn")
+    };
     let filter = match &log.log {
-        Some(f) => EnvFilter::try_new(f).unwrap_or_else(|_| EnvFilter::new("info")),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        Some(f) => EnvFilter::try_new(f).map_err(|e| bad("--log (VIEWPULSE_LOG)", f, &e))?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(f) if !f.trim().is_empty() => {
+                EnvFilter::try_new(&f).map_err(|e| bad("RUST_LOG", &f, &e))?
+            }
+            _ => EnvFilter::new("info"),
+        },
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -320,6 +330,7 @@ fn init_tracing(log: &LogArgs) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<(), TopologyError> {
@@ -433,7 +444,16 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             );
         }
         Command::Run(args) => {
+            let (print, check) = (args.print_config, args.check_config);
             let cfg = args.into_config()?;
+            if print {
+                out!("{}", cfg.redacted_toml().map_err(TopologyError::from)?);
+                return Ok(());
+            }
+            if check {
+                outln!("{}", topology::run::check(&cfg)?);
+                return Ok(());
+            }
             let out = topology::run(&cfg)?;
             note!(
                 "viewpulse: {}, {}",
@@ -593,7 +613,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(&cli.log);
+    if let Err(e) = init_tracing(&cli.log) {
+        note!("viewpulse: error: {e}");
+        return ExitCode::from(viewpulse::exit::USAGE as u8);
+    }
     let json = matches!(cli.log.log_format, LogFormat::Json);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -457,7 +457,7 @@ fn run_writes_the_golden_snapshots_and_refuses_bad_config() {
             "--source",
             s(&views),
             "--http-listen",
-            "localhost:80",
+            "localhost:99999",
         ],
         2,
     );

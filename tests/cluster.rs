@@ -357,7 +357,7 @@ fn single_process(broker: &common::Broker, topic: &str) -> Snapshot {
                 until_end: true,
                 batch_records: 4096,
                 batch_wait: Duration::from_millis(20),
-                highs: None,
+                context: None,
                 resume: Default::default(),
             },
         },

@@ -54,7 +54,7 @@ fn stream_options(until_end: bool) -> StreamOptions {
         until_end,
         batch_records: 1000,
         batch_wait: Duration::from_millis(20),
-        highs: None,
+        context: None,
         resume: Default::default(),
     }
 }

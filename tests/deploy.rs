@@ -623,7 +623,8 @@ fn statefulset_agrees_with_its_config_service_and_budget() {
         "metadata.name"
     );
 
-    // the container port is http.listen's; the probes ask /healthz there
+    // the container port is http.listen's; the probes ask /livez (startup, liveness) and
+    // /readyz (readiness) there
     let port = http_port(&config);
     let ports = at(c, &["ports"]).as_sequence().unwrap();
     let http = ports
@@ -641,9 +642,13 @@ fn statefulset_agrees_with_its_config_service_and_budget() {
             other => other.as_u64().unwrap(),
         }
     };
-    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+    for (probe, path) in [
+        ("startupProbe", "/livez"),
+        ("livenessProbe", "/livez"),
+        ("readinessProbe", "/readyz"),
+    ] {
         let get = at(c, &[probe, "httpGet"]);
-        assert_eq!(text(at(get, &["path"])), "/healthz", "{probe}");
+        assert_eq!(text(at(get, &["path"])), path, "{probe}");
         assert_eq!(port_of(at(get, &["port"])), u64::from(port), "{probe}");
     }
     let svc_port = &at(&svc, &["spec", "ports"]).as_sequence().unwrap()[0];

@@ -33,7 +33,7 @@ fn run_topic(url: &str, shards: usize, subsets: &[Subset], trigger: u64) -> Vec<
                 until_end: true,
                 batch_records: 1000,
                 batch_wait: Duration::from_millis(20),
-                highs: None,
+                context: None,
                 resume: Default::default(),
             },
         },
@@ -235,5 +235,78 @@ fn http_endpoint_then_sigterm_drains_and_emits_a_last_snapshot() {
     assert!(
         common::http_get(&http, "/healthz").is_err(),
         "the endpoint stops with the daemon"
+    );
+}
+
+/// Offsets where the ecosystem looks: the daemon commits what its snapshots cover to its
+/// consumer group (advisory), so Kafka's own `kafka-consumer-groups` (ConsumerGroupCommand,
+/// run from the broker's jars) describes the group with every partition of the topic, and
+/// their lag goes to 0 once the daemon has caught up.
+#[test]
+fn kafka_consumer_groups_shows_the_daemon_caught_up() {
+    use std::process::{Command, Stdio};
+    let broker = common::Broker::start();
+    let records = common::lines(&golden().join("input/views_stream.csv"));
+    broker.create_topic("grouped", 2);
+    broker.produce("grouped", &records, common::household_key);
+    let topic = broker.topic("grouped");
+    let group = broker.topic("viewpulse-grouped");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(["--log", "warn", "run", "--model"])
+        .arg(golden())
+        .args([
+            "--source",
+            &broker.url("grouped"),
+            "--group-id",
+            &group,
+            "--trigger-records",
+            "700",
+            "--trigger-interval",
+            "500ms",
+            "--subsets",
+            "3",
+            "--no-stdout",
+            "--snapshots",
+        ])
+        .arg(dir.path().join("s.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
+    let describe = || -> Vec<Vec<String>> {
+        let out = viewpulse::kafka_broker::tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &[
+                "--bootstrap-server",
+                &broker.addr,
+                "--describe",
+                "--group",
+                &group,
+            ],
+        )
+        .unwrap_or_default();
+        out.lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter(|cols| cols.len() >= 6 && cols[1] == topic)
+            .collect()
+    };
+    let mut rows = Vec::new();
+    common::wait_for(90, "the group's lag is 0 on every partition", || {
+        assert!(child.try_wait().unwrap().is_none(), "the daemon ended");
+        rows = describe();
+        rows.len() == 2 && rows.iter().all(|r| r[5] == "0" && r[3] == r[4])
+    });
+    let committed: u64 = rows.iter().map(|r| r[3].parse::<u64>().unwrap()).sum();
+    assert_eq!(committed, records.len() as u64, "{rows:?}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

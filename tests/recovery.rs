@@ -342,7 +342,7 @@ fn run_in_process(
             until_end: false,
             batch_records: 1000,
             batch_wait: Duration::from_millis(20),
-            highs: None,
+            context: None,
             resume: Default::default(),
         },
     };
@@ -583,4 +583,101 @@ fn regression_sigterm_then_restart_keeps_the_trigger_numbers_and_the_files() {
         assert_eq!(g, w, "trigger {}", w["trigger"]);
     }
     assert_eq!(dead_letters(&dead), want_dead, "the same dead-letter file");
+}
+
+/// The probes through the real binary against Apache Kafka: `/livez` and `/readyz` answer
+/// 200 while the daemon runs; with the broker killed, `/readyz` turns 503 naming the broker
+/// within seconds while `/livez` stays 200 (the actors still answer); with the broker back,
+/// `/readyz` is 200 again. The daemon keeps running throughout.
+#[test]
+fn readyz_follows_a_broker_outage_while_livez_stays_up() {
+    let mut broker = common::Broker::dedicated();
+    broker.create_topic("views", 1);
+    let n = 3_000;
+    broker.produce("views", &data().stream[..n], common::household_key);
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let mut c = daemon(
+        &broker.url("views"),
+        &dir.path().join("s.jsonl"),
+        &dir.path().join("d.tsv"),
+        None,
+    );
+    let args: Vec<std::ffi::OsString> = c
+        .get_args()
+        .filter(|a| *a != "--until-end")
+        .map(|a| a.to_owned())
+        .collect();
+    c = Command::new(env!("CARGO_BIN_EXE_viewpulse"));
+    c.args(args)
+        .args(["--http-listen", &http, "--trigger-interval", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let probe = |path: &str| common::http_get(&http, path).unwrap_or((0, String::new()));
+    common::wait_for(60, "every record counted", || {
+        assert!(child.try_wait().unwrap().is_none(), "the daemon ended");
+        probe("/healthz").1.contains(r#""records":3000"#)
+    });
+    let (code, body) = probe("/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""status":"ready""#), "{body}");
+    let (code, body) = probe("/livez");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("shard 3 answered") && body.contains("the ingestor answered"),
+        "{body}"
+    );
+
+    broker.kill();
+    let killed = Instant::now();
+    common::wait_for(30, "/readyz 503 naming the broker", || {
+        let (code, body) = probe("/readyz");
+        code == 503 && body.contains(r#""failing":["broker"]"#)
+    });
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "503 only {took:?} after the kill"
+    );
+    let (code, body) = probe("/livez");
+    assert_eq!(
+        code, 200,
+        "the actors still answer during the outage: {body}"
+    );
+    let (code, body) = probe("/healthz");
+    assert_eq!(code, 503, "/healthz is the readiness summary: {body}");
+    assert!(body.contains(r#""records":3000"#), "{body}");
+
+    broker.restart();
+    common::wait_for(60, "/readyz 200 again with the broker back", || {
+        probe("/readyz").0 == 200
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon kept running"
+    );
+    let (_, metrics) = probe("/metrics");
+    for family in [
+        "viewpulse_broker_up 1",
+        "viewpulse_assigned_partitions 1",
+        "viewpulse_coordinator 1",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "viewpulse_build_info{version=",
+        "viewpulse_snapshot_age_seconds",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from\n{metrics}");
+    }
+    // SIGTERM: drains and exits 0
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let (code, err) = stderr_of(child);
+    assert_eq!(code, 0, "{err}");
+    eprintln!(
+        "/readyz turned 503 {:.1} s after the broker was killed",
+        took.as_secs_f64()
+    );
+    drop(broker);
 }

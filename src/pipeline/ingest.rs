@@ -31,8 +31,8 @@ use tracing::debug;
 
 use super::coordinator::Coordinator;
 use super::messages::{
-    Adopt, Assign, Barrier, CheckpointAt, Count, Finish, Ingest, Merge, Progress, RecordBatch,
-    Release, Revoke, StateBarrier, SyncChangelog, TakeCheckpoint, Trigger,
+    Adopt, Assign, Barrier, CheckpointAt, Count, Finish, Ingest, Merge, Ping, Progress,
+    RecordBatch, Release, Revoke, StateBarrier, SyncChangelog, TakeCheckpoint, Trigger,
 };
 use super::metrics::Metrics;
 use super::shard::Shard;
@@ -553,6 +553,12 @@ impl Ingestor {
             None => Ok(()),
         }
     }
+}
+
+impl Handler<Ping> for Ingestor {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 impl Actor for Ingestor {

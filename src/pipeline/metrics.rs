@@ -6,13 +6,32 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
 use crate::counters::Counters;
 use crate::record::{Malformed, MalformedCounts};
+use crate::source::kafka::Context;
+
+/// When something last happened, if it did.
+#[derive(Debug, Default)]
+pub struct When(Mutex<Option<Instant>>);
+
+impl When {
+    /// It happened now.
+    pub fn mark(&self) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = Some(Instant::now());
+        }
+    }
+
+    /// How long ago it last happened.
+    pub fn age(&self) -> Option<Duration> {
+        self.0.lock().ok().and_then(|w| w.map(|t| t.elapsed()))
+    }
+}
 
 /// Upper bounds (seconds) of the trigger merge-time histogram's buckets.
 pub const MERGE_BUCKETS: [f64; 12] = [
@@ -67,6 +86,22 @@ pub struct Metrics {
     pub checkpoint_nanos: AtomicU64,
     /// Malformed records handed to the dead-letter sink.
     pub dead_letters: AtomicU64,
+    /// The Kafka consumer's context, when the source is a topic: its outages, assignment and
+    /// rebalances, and the partitions' watermarks.
+    kafka: OnceLock<Context>,
+    /// When the writer last took a trigger's snapshot (the pipeline's own triggers).
+    pub last_trigger: When,
+    /// Records consumed as of the last trigger.
+    pub records_at_trigger: AtomicU64,
+    /// When a snapshot was last emitted to the sinks (by this process).
+    pub last_snapshot: When,
+    /// When the last checkpoint (or changelog entry) was written.
+    pub last_checkpoint: When,
+    /// Whether this process emits the snapshots: always in one process, while it holds input
+    /// partition 0 in scale-out.
+    pub coordinator: AtomicBool,
+    /// Seconds since the Unix epoch when the process started.
+    start_unix: f64,
 }
 
 impl Metrics {
@@ -92,7 +127,38 @@ impl Metrics {
             checkpoints: AtomicU64::new(0),
             checkpoint_nanos: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
+            kafka: OnceLock::new(),
+            last_trigger: When::default(),
+            records_at_trigger: AtomicU64::new(0),
+            last_snapshot: When::default(),
+            last_checkpoint: When::default(),
+            coordinator: AtomicBool::new(true),
+            start_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
         }
+    }
+
+    /// The context for the Kafka consumer of this pipeline's source: it shares its state
+    /// (watermarks, outages, assignment) with these metrics and the probes.
+    pub fn watch_kafka(&self) -> Context {
+        let ctx = self.kafka.get_or_init(|| {
+            let mut c = Context::default();
+            c.highs = self.high.clone();
+            c
+        });
+        ctx.clone()
+    }
+
+    /// The Kafka consumer's context, when the source is a topic.
+    pub fn kafka(&self) -> Option<&Context> {
+        self.kafka.get()
+    }
+
+    /// A trigger's snapshot went through the writer, covering `records` records.
+    pub fn triggered(&self, records: u64) {
+        self.records_at_trigger.store(records, Ordering::Relaxed);
+        self.last_trigger.mark();
     }
 
     /// Start from restored counters: their totals become the counted ones.
@@ -219,6 +285,7 @@ impl Metrics {
         if let Ok(mut l) = self.latest.write() {
             *l = Some(json);
         }
+        self.last_snapshot.mark();
     }
 
     /// The latest snapshot as JSON, if any was emitted.
@@ -394,8 +461,116 @@ impl Metrics {
             "Seconds since the pipeline started.",
         );
         let _ = writeln!(out, "viewpulse_uptime_seconds {:.3}", self.uptime());
+        family(
+            &mut out,
+            "viewpulse_snapshot_age_seconds",
+            "gauge",
+            "Seconds since this process last emitted a snapshot (since the start, before the first).",
+        );
+        let age = self
+            .last_snapshot
+            .age()
+            .map_or(self.uptime(), |a| a.as_secs_f64());
+        let _ = writeln!(out, "viewpulse_snapshot_age_seconds {age:.3}");
+        if let Some(age) = self.last_checkpoint.age() {
+            family(
+                &mut out,
+                "viewpulse_checkpoint_age_seconds",
+                "gauge",
+                "Seconds since the last checkpoint or changelog entry was written.",
+            );
+            let _ = writeln!(
+                out,
+                "viewpulse_checkpoint_age_seconds {:.3}",
+                age.as_secs_f64()
+            );
+        }
+        family(
+            &mut out,
+            "viewpulse_coordinator",
+            "gauge",
+            "1 on the process that emits the snapshots (scale-out: the owner of input partition 0).",
+        );
+        let _ = writeln!(
+            out,
+            "viewpulse_coordinator {}",
+            u8::from(self.coordinator.load(Ordering::Relaxed))
+        );
+        if let Some(k) = self.kafka() {
+            family(
+                &mut out,
+                "viewpulse_assigned_partitions",
+                "gauge",
+                "Input partitions this process holds now.",
+            );
+            let _ = writeln!(
+                out,
+                "viewpulse_assigned_partitions {}",
+                k.holding().unwrap_or(0)
+            );
+            family(
+                &mut out,
+                "viewpulse_rebalances_total",
+                "counter",
+                "Consumer group rebalances this process went through.",
+            );
+            let _ = writeln!(out, "viewpulse_rebalances_total {}", k.rebalances());
+            family(
+                &mut out,
+                "viewpulse_broker_up",
+                "gauge",
+                "1 while the brokers are reachable (0 during an outage or before the first connection).",
+            );
+            let up = !k.is_starting() && k.outage_lasted().is_none();
+            let _ = writeln!(out, "viewpulse_broker_up {}", u8::from(up));
+        }
+        family(
+            &mut out,
+            "viewpulse_build_info",
+            "gauge",
+            "Always 1; the labels say which build runs.",
+        );
+        let _ = writeln!(
+            out,
+            "viewpulse_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.push_str(&process_metrics(self.start_unix));
         out
     }
+}
+
+/// The process metrics every Prometheus client exports by convention
+/// (`process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_open_fds`,
+/// `process_start_time_seconds`, ...), from the `prometheus` crate's Linux process collector,
+/// which reads `/proc/self`; elsewhere only the start time.
+fn process_metrics(start_unix: f64) -> String {
+    #[cfg(target_os = "linux")]
+    {
+        use prometheus::core::Collector;
+        use prometheus::Encoder;
+        let families = prometheus::process_collector::ProcessCollector::for_self().collect();
+        let mut buf = Vec::new();
+        if prometheus::TextEncoder::new()
+            .encode(&families, &mut buf)
+            .is_ok()
+        {
+            if let Ok(text) = String::from_utf8(buf) {
+                if text.contains("process_start_time_seconds") {
+                    return text;
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    family(
+        &mut out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    let _ = writeln!(out, "process_start_time_seconds {start_unix:.3}");
+    out
 }
 
 /// A metric family's HELP and TYPE lines; its samples follow.

@@ -7,6 +7,7 @@
 //! settings; [`crate::topology::run`] starts them.
 
 pub mod coordinator;
+pub mod health;
 pub mod ingest;
 pub mod messages;
 pub mod metrics;
@@ -224,10 +225,12 @@ pub struct PipelineSettings {
     pub trigger_records: u64,
     /// Also a trigger whenever this much time passed and records came.
     pub trigger_interval: Option<Duration>,
-    /// Serve `/snapshot`, `/healthz` and `/metrics` here.
+    /// Serve `/snapshot`, `/metrics` and the probes here.
     pub http: Option<SocketAddr>,
     /// Require `Authorization: Bearer TOKEN` on `/snapshot` and `/metrics`.
     pub http_token: Option<Secret>,
+    /// The probes' bounds (`/livez`, `/readyz`).
+    pub probes: crate::sink::http::Probes,
     /// Subsets rated.
     pub subsets: Vec<Subset>,
     /// Top-K per cluster.

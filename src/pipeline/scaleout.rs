@@ -450,6 +450,7 @@ pub fn coordinate(
                 Ok(l) => {
                     info!(member = %s.member, last_trigger = l.last_trigger, "this process is the coordinator");
                     metrics.triggers.store(l.last_trigger, Ordering::Relaxed);
+                    metrics.coordinator.store(true, Ordering::Relaxed);
                     leading = Some(l);
                     fenced_at = None;
                 }
@@ -460,6 +461,7 @@ pub fn coordinate(
             },
             (false, true) => {
                 info!(member = %s.member, "no longer the coordinator");
+                metrics.coordinator.store(false, Ordering::Relaxed);
                 leading = None;
             }
             _ => {}
@@ -468,6 +470,7 @@ pub fn coordinate(
             follow(&g, l)?;
             if let Emitted::Fenced = emit_if_due(&g, l, &mut sinks, &metrics)? {
                 info!(member = %s.member, "no longer the coordinator: another process took the role (this one was fenced)");
+                metrics.coordinator.store(false, Ordering::Relaxed);
                 leading = None;
                 fenced_at = Some(Instant::now());
             }

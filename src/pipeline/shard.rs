@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Context, Handler};
 
-use super::messages::{Adopt, Barrier, Count, Release, StateBarrier};
+use super::messages::{Adopt, Barrier, Count, Ping, Release, StateBarrier};
 use super::metrics::Metrics;
 use super::writer::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
@@ -86,6 +86,12 @@ impl Actor for Shard {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
     }
+}
+
+impl Handler<Ping> for Shard {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 impl Handler<Count> for Shard {

@@ -224,6 +224,7 @@ impl Writer {
                     }
                     if let Some(changelog) = &mut self.changelog {
                         changelog.publish(&c)?;
+                        metrics.last_checkpoint.mark();
                     }
                     if let Some(st) = &mut self.store {
                         st.write(&c)?;
@@ -231,6 +232,13 @@ impl Writer {
                         metrics
                             .checkpoint_nanos
                             .store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                        metrics.last_checkpoint.mark();
+                    }
+                    if self.changelog.is_some() || self.store.is_some() {
+                        // what the state covers, for the consumer group's tools
+                        if let Some(k) = metrics.kafka() {
+                            k.cover(c.offsets());
+                        }
                     }
                 }
                 Persist::Sync(reply) => {
@@ -261,10 +269,26 @@ impl Writer {
         for s in &mut self.sinks {
             s.emit(&snap)?;
         }
-        if let Ok(json) = serde_json::to_string(&snap) {
-            metrics.set_latest(json.into());
+        // in scale-out a process's own snapshot covers its partitions only: the global
+        // coordinator's is the one served
+        if self.changelog.is_none() {
+            if let Ok(json) = serde_json::to_string(&snap) {
+                metrics.set_latest(json.into());
+            }
         }
         metrics.triggers.fetch_add(1, Ordering::Relaxed);
+        metrics.triggered(snap.records);
+        if self.store.is_none() && self.changelog.is_none() {
+            // no checkpoint: the snapshot is what covers the records
+            if let Some(k) = metrics.kafka() {
+                k.cover(
+                    snap.offsets
+                        .iter()
+                        .filter_map(|(p, &o)| p.parse().ok().map(|p| (p, o)))
+                        .collect(),
+                );
+            }
+        }
         info!(
             trigger = snap.trigger,
             records = snap.records,

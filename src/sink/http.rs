@@ -1,21 +1,78 @@
-//! The daemon's HTTP endpoint (actix-web), for dashboards and monitoring: `GET /snapshot`
-//! (the latest snapshot, SPEC 6's JSON object), `GET /healthz` (liveness and progress) and
-//! `GET /metrics` (Prometheus text format). It only reads [`Metrics`]; it never touches the
-//! counting path. It binds where `http.listen` says; a bare port means 127.0.0.1. With
-//! `http.token` set, `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN`
-//! (compared in constant time) and say 401 with `WWW-Authenticate: Bearer` otherwise;
-//! `/healthz` stays open for liveness probes and tells nothing worth hiding.
+//! The daemon's HTTP endpoint (actix-web), for dashboards, monitoring and orchestration:
+//! - `GET /snapshot`: the latest snapshot, SPEC 6's JSON object;
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /livez`: 200 while the ingestor and every shard actor answer within
+//!   `http.live_timeout`, else 503 naming the actors that did not;
+//! - `GET /readyz`: 200 while [`health::readiness`] passes (broker reachable, partitions
+//!   held, snapshots fresh, not draining), else 503 with a JSON body naming each failing check;
+//! - `GET /healthz`: the readiness summary (its status code) with the progress counters, as
+//!   before the probes were split.
+//!
+//! It only reads [`Metrics`] and pings the actors; it never touches the counting path. It
+//! binds where `http.listen` says; a bare port means 127.0.0.1. With `http.token` set,
+//! `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN` (compared in constant
+//! time) and say 401 with `WWW-Authenticate: Bearer` otherwise; the probes stay open for the
+//! orchestrator and tell nothing worth hiding.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use actix::Recipient;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
+use crate::pipeline::health::{self, Check, ReadyBounds};
+use crate::pipeline::messages::Ping;
 use crate::pipeline::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::secret::Secret;
+
+/// The actors `/livez` pings, each with its name.
+pub type Pinged = Vec<(String, Recipient<Ping>)>;
+
+/// What the probes need besides the metrics: the bounds, and the actors to ping.
+#[derive(Clone, Debug)]
+pub struct Probes {
+    /// Readiness bounds.
+    pub ready: ReadyBounds,
+    /// An actor must answer a ping within this for `/livez`.
+    pub live_timeout: Duration,
+    /// The actors `/livez` pings, by name; filled once they run.
+    pub actors: Arc<RwLock<Pinged>>,
+}
+
+impl Probes {
+    /// Probes with these bounds and no actor yet.
+    pub fn new(ready: ReadyBounds, live_timeout: Duration) -> Probes {
+        Probes {
+            ready,
+            live_timeout,
+            actors: Arc::default(),
+        }
+    }
+
+    /// The actors to ping from now on.
+    pub fn watch(&self, actors: Pinged) {
+        if let Ok(mut a) = self.actors.write() {
+            *a = actors;
+        }
+    }
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Probes::new(
+            ReadyBounds {
+                trigger_age: Duration::from_secs(30),
+                interval_triggers: false,
+                rebalance_grace: Duration::from_secs(30),
+            },
+            Duration::from_secs(5),
+        )
+    }
+}
 
 /// The token `/snapshot` and `/metrics` require, if any.
 #[derive(Clone, Debug, Default)]
@@ -64,19 +121,41 @@ fn constant_time_eq(given: &[u8], want: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Parse `http.listen`: `HOST:PORT`, or a bare `PORT` meaning 127.0.0.1; empty or `off` means
-/// no server.
+/// Parse `http.listen`: `IP:PORT`, `HOST:PORT` (a name such as `localhost`, resolved now,
+/// its first IPv4 address preferred), `:PORT` (every interface, as Go and Prometheus read
+/// it), or a bare `PORT` meaning 127.0.0.1; empty or `off` means no server.
 pub fn parse_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
     let s = s.trim();
     if s.is_empty() || s == "off" {
         return Ok(None);
     }
+    let form = || format!("{s:?} is not HOST:PORT, :PORT, a port or off");
     if let Ok(port) = s.parse::<u16>() {
         return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
     }
-    s.parse::<SocketAddr>()
+    if let Some(port) = s.strip_prefix(':') {
+        let port = port.parse::<u16>().map_err(|_| form())?;
+        return Ok(Some(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Some(a));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(form)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(form());
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: cannot resolve {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
         .map(Some)
-        .map_err(|_| format!("{s:?} is not HOST:PORT (an IP address and a port), a port or off"))
+        .ok_or_else(|| format!("{s:?}: {host:?} resolves to no address"))
 }
 
 async fn snapshot(
@@ -98,22 +177,90 @@ async fn snapshot(
     }
 }
 
-async fn healthz(m: web::Data<Arc<Metrics>>) -> HttpResponse {
+/// 200 or 503 with `body` as JSON.
+fn probe_answer(ok: bool, body: serde_json::Value) -> HttpResponse {
+    let mut r = if ok {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    r.content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body.to_string())
+}
+
+/// The checks that fail, by name, for the body's `failing`.
+fn failing(checks: &[Check]) -> Vec<&'static str> {
+    checks.iter().filter(|c| !c.ok).map(|c| c.name).collect()
+}
+
+async fn readyz(m: web::Data<Arc<Metrics>>, p: web::Data<Probes>) -> HttpResponse {
+    let checks = health::readiness(&m, &p.ready);
+    let ok = checks.iter().all(|c| c.ok);
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not ready" },
+        "failing": failing(&checks),
+        "checks": checks,
+    });
+    probe_answer(ok, body)
+}
+
+async fn livez(p: web::Data<Probes>) -> HttpResponse {
+    let actors = p.actors.read().map(|a| a.clone()).unwrap_or_default();
+    let mut checks = Vec::with_capacity(actors.len().max(1));
+    if actors.is_empty() {
+        checks.push(Check {
+            name: "actors",
+            ok: false,
+            detail: "the pipeline's actors are not running yet".into(),
+        });
+    }
+    for (name, actor) in actors {
+        let answered = actix_web::rt::time::timeout(p.live_timeout, actor.send(Ping)).await;
+        let (ok, detail) = match answered {
+            Ok(Ok(())) => (true, format!("{name} answered")),
+            Ok(Err(_)) => (false, format!("{name} is gone")),
+            Err(_) => (
+                false,
+                format!(
+                    "{name} did not answer within {:.1} s",
+                    p.live_timeout.as_secs_f64()
+                ),
+            ),
+        };
+        checks.push(Check {
+            name: "actor",
+            ok,
+            detail,
+        });
+    }
+    let ok = checks.iter().all(|c| c.ok);
+    let body = serde_json::json!({
+        "status": if ok { "alive" } else { "not alive" },
+        "checks": checks,
+    });
+    probe_answer(ok, body)
+}
+
+async fn healthz(m: web::Data<Arc<Metrics>>, p: web::Data<Probes>) -> HttpResponse {
+    let checks = health::readiness(&m, &p.ready);
+    let ok = checks.iter().all(|c| c.ok);
     let status = if m.draining.load(Ordering::Relaxed) {
         "draining"
-    } else {
+    } else if ok {
         "ok"
+    } else {
+        "not ready"
     };
     let body = serde_json::json!({
         "status": status,
+        "failing": failing(&checks),
         "records": m.records.load(Ordering::Relaxed),
         "triggers": m.triggers.load(Ordering::Relaxed),
         "lag": m.lag(),
         "uptime_seconds": m.uptime(),
     });
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body.to_string())
+    probe_answer(ok, body)
 }
 
 async fn metrics(
@@ -131,14 +278,22 @@ async fn metrics(
 
 /// The endpoint's routes over `m`, behind `auth`: what [`serve`] serves, and what tests call
 /// with `actix_web::test` (`App::new().configure(routes(m, auth))`).
-pub fn routes(m: Arc<Metrics>, auth: Auth) -> impl Fn(&mut web::ServiceConfig) + Clone {
+pub fn routes(
+    m: Arc<Metrics>,
+    auth: Auth,
+    probes: Probes,
+) -> impl Fn(&mut web::ServiceConfig) + Clone {
     let data = web::Data::new(m);
     let auth = web::Data::new(auth);
+    let probes = web::Data::new(probes);
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(data.clone())
             .app_data(auth.clone())
+            .app_data(probes.clone())
             .route("/snapshot", web::get().to(snapshot))
             .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/livez", web::get().to(livez))
             .route("/metrics", web::get().to(metrics));
     }
 }
@@ -149,6 +304,7 @@ pub fn serve(
     addr: SocketAddr,
     m: Arc<Metrics>,
     token: Option<Secret>,
+    probes: Probes,
 ) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), PipelineError> {
     if token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(
@@ -156,7 +312,7 @@ pub fn serve(
             "HTTP listens beyond this machine without a token: anyone who reaches the address can read /snapshot and /metrics; set http.token (--http-token, VIEWPULSE_HTTP_TOKEN)"
         );
     }
-    let routes = routes(m, Auth::new(token));
+    let routes = routes(m, Auth::new(token), probes);
     let server = HttpServer::new(move || App::new().configure(routes.clone()))
         .workers(1)
         .disable_signals()
@@ -195,9 +351,11 @@ mod tests {
     ) -> (StatusCode, Option<String>, String) {
         let m = Arc::new(Metrics::new(2));
         m.records.store(42, Ordering::Relaxed);
-        let app = web_test::init_service(
-            App::new().configure(routes(m, Auth::new(token.map(Secret::new)))),
-        )
+        let app = web_test::init_service(App::new().configure(routes(
+            m,
+            Auth::new(token.map(Secret::new)),
+            Probes::default(),
+        )))
         .await;
         let mut req = web_test::TestRequest::get().uri(path);
         if let Some(a) = authorization {
@@ -275,8 +433,21 @@ mod tests {
             parse_listen("0.0.0.0:80"),
             Ok(Some("0.0.0.0:80".parse().unwrap()))
         );
-        assert!(parse_listen("localhost:80")
-            .unwrap_err()
-            .contains("localhost"));
+        assert_eq!(
+            parse_listen("localhost:9898"),
+            Ok(Some("127.0.0.1:9898".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen(":9898"),
+            Ok(Some("0.0.0.0:9898".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:80"),
+            Ok(Some("[::1]:80".parse().unwrap()))
+        );
+        for bad in [":", ":x", "localhost", "localhost:", "host:99999", "a b:80"] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 }

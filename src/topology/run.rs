@@ -40,16 +40,49 @@ use crate::pipeline::{
 };
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 
+/// What `run` checks before it starts anything: the configuration parsed and validated, the
+/// librdkafka properties accepted, the output paths writable, the model loaded.
+fn prepare(
+    cfg: &RunConfig,
+) -> Result<
+    (
+        crate::config::Validated,
+        crate::segment::LoadedModel,
+        Membership,
+    ),
+    TopologyError,
+> {
+    let v = cfg.parse()?;
+    kafka::check_properties(&v.raw.kafka.properties)
+        .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
+    check_run_paths(&v.raw)?;
+    let (model, membership) = load_membership(&v.raw.model, &v.subsets)?;
+    Ok((v, model, membership))
+}
+
+/// `viewpulse run --check-config`: everything `run` checks before it starts, and a line
+/// saying what it would run.
+pub fn check(cfg: &RunConfig) -> Result<String, TopologyError> {
+    let (v, _, membership) = prepare(cfg)?;
+    let subsets: Vec<String> = v.subsets.iter().map(|s| s.label()).collect();
+    Ok(format!(
+        "configuration valid: source {}, model {} ({} households, {} clusters), subsets {}, {} shards{}",
+        v.raw.source,
+        v.raw.model.display(),
+        membership.len(),
+        membership.clusters(),
+        subsets.join(","),
+        v.raw.pipeline.shards,
+        if v.cluster.is_some() { ", scale-out" } else { "" }
+    ))
+}
+
 /// `viewpulse run`: validate the configuration, load the model, and run the pipeline until
 /// the source ends (`until_end`, or a file) or a signal stops it.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
-    let v = cfg.parse()?;
+    let (v, model, membership) = prepare(cfg)?;
     let cfg = &v.raw;
-    kafka::check_properties(&cfg.kafka.properties)
-        .map_err(|m| TopologyError::Settings(format!("kafka.properties: {m}")))?;
-    check_run_paths(cfg)?;
     let subsets = v.subsets.clone();
-    let (model, membership) = load_membership(&cfg.model, &subsets)?;
     info!(households = membership.len(), source = %cfg.source, shards = cfg.pipeline.shards, "daemon starting");
     let mut durability = pipeline::Durability {
         interval: v.checkpoint_interval,
@@ -148,7 +181,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
                 session_timeout,
                 batch_records: 8192,
                 batch_wait: std::time::Duration::from_millis(50),
-                highs: None,
+                context: None,
                 owns_first: Default::default(),
             },
             cluster: pipeline::scaleout::ClusterSettings {
@@ -170,7 +203,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
                 until_end: cfg.until_end,
                 batch_records: 8192,
                 batch_wait: std::time::Duration::from_millis(50),
-                highs: None,
+                context: None,
                 resume: Default::default(),
             },
         }
@@ -186,6 +219,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             trigger_interval: v.trigger_interval,
             http: v.http_listen,
             http_token: v.http_token.clone(),
+            probes: v.probes.clone(),
             subsets,
             top: cfg.pipeline.top,
             durability,
@@ -239,6 +273,17 @@ fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
             )));
         }
     }
+    // no silent loss of history: without state.dir a run starts over (trigger 1, counts from
+    // nothing), so an earlier run's snapshots would be truncated
+    if let (Some(p), None, false) = (&cfg.sinks.snapshots, &cfg.state.dir, cfg.sinks.overwrite) {
+        let held = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
+        if held {
+            return Err(TopologyError::Settings(format!(
+                "sinks.snapshots {} already holds snapshots of an earlier run; without state.dir this run starts over and would replace them: set state.dir (--state-dir) to continue that run, move the file away, or pass --overwrite-snapshots (sinks.overwrite = true) to replace it",
+                p.display()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -272,6 +317,10 @@ pub fn daemon_with(
     let sys = actix::System::new();
     let s = s.clone();
     sys.block_on(async move {
+        if !matches!(source, RunSource::File(_)) {
+            // the probes know from the start that a broker is to be reached
+            metrics.watch_kafka();
+        }
         let signals = stop.clone();
         actix_rt::spawn(async move {
             wait_for_signal().await;
@@ -285,9 +334,14 @@ pub fn daemon_with(
                 } else {
                     "none"
                 };
-                let (server, bound) = crate::sink::http::serve(addr, metrics.clone(), s.http_token.clone())?;
+                let (server, bound) = crate::sink::http::serve(
+                    addr,
+                    metrics.clone(),
+                    s.http_token.clone(),
+                    s.probes.clone(),
+                )?;
                 for a in &bound {
-                    tracing::info!(addr = %a, auth, "http endpoint listening (/snapshot, /healthz, /metrics)");
+                    tracing::info!(addr = %a, auth, "http endpoint listening (/snapshot, /metrics, /livez, /readyz, /healthz)");
                 }
                 let handle = server.handle();
                 actix_rt::spawn(server);
@@ -312,6 +366,8 @@ pub fn daemon_with(
             _ => (sinks, Vec::new(), None),
         };
         let scale_out = changelog.is_some();
+        // the global coordinator says when this process takes the role
+        metrics.coordinator.store(!scale_out, Ordering::Relaxed);
         let writer = pipeline::writer::Persister::start(
             pipeline::writer::Outputs {
                 sinks,
@@ -379,12 +435,20 @@ pub fn daemon_with(
             }
         }
         let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
+        // what /livez pings: every shard, then the ingestor
+        let mut live: Vec<(String, actix::Recipient<pipeline::messages::Ping>)> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("shard {i}"), a.clone().recipient()))
+            .collect();
         let ingestor = {
             let arb = Arbiter::new();
             let mx = metrics.clone();
             let i = ingest::Ingestor::start_in_arbiter(&arb.handle(), move |_| {
                 ingest::Ingestor::new(router, shards, coord, shape, mx)
             });
+            live.push(("the ingestor".to_string(), i.clone().recipient()));
+            s.probes.watch(live);
             arbiters.push(arb);
             i
         };
@@ -401,7 +465,7 @@ pub fn daemon_with(
                 (fed, Ok(()))
             }
             RunSource::Kafka { url, mut options } => {
-                options.highs = Some(metrics.highs());
+                options.context = Some(metrics.watch_kafka());
                 if let Some(c) = &d.restored {
                     options.resume = c.offsets();
                 }
@@ -446,7 +510,7 @@ pub fn daemon_with(
                 mut options,
                 cluster,
             } => {
-                options.highs = Some(metrics.highs());
+                options.context = Some(metrics.watch_kafka());
                 let stamp = pipeline::scaleout::Stamp {
                     model: d.model,
                     subsets: labels.clone(),

@@ -317,6 +317,7 @@ pub fn settings(
         trigger_interval: None,
         http: None,
         http_token: None,
+        probes: Default::default(),
         subsets: subsets.to_vec(),
         top: 7,
         durability: Default::default(),

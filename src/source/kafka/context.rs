@@ -3,7 +3,8 @@
 //! of a start that gives up, and the partitions' high watermarks from the statistics. Clients
 //! that need callbacks of their own wrap it and delegate to it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,17 @@ pub struct Context {
     /// librdkafka's last connection failure (a refused TLS certificate, a failed SASL
     /// handshake), for the message of a start that gives up.
     last_failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Partitions the consumer holds now; -1 before its first assignment.
+    assigned: Arc<AtomicI64>,
+    /// Group rebalances this consumer went through (each revocation starts one).
+    rebalances: Arc<AtomicU64>,
+    /// Since when a rebalance has been under way (a revocation, not yet followed by the
+    /// next assignment).
+    rebalancing_since: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The next offset of each partition that the daemon's state now covers (a checkpoint, a
+    /// changelog entry, or a snapshot when neither is kept), for the consumer to commit to
+    /// its group; the newest replaces one not committed yet.
+    covered: Arc<std::sync::Mutex<Option<BTreeMap<i32, i64>>>>,
 }
 
 impl Default for Context {
@@ -46,6 +58,10 @@ impl Default for Context {
             starting: Arc::new(AtomicBool::new(true)),
             down_since: Arc::default(),
             last_failure: Arc::default(),
+            assigned: Arc::new(AtomicI64::new(-1)),
+            rebalances: Arc::new(AtomicU64::new(0)),
+            rebalancing_since: Arc::default(),
+            covered: Arc::default(),
         }
     }
 }
@@ -136,6 +152,61 @@ impl Context {
         self.last_failure.lock().ok().and_then(|f| f.clone())
     }
 
+    /// Whether the first connection has not succeeded yet.
+    pub fn is_starting(&self) -> bool {
+        self.starting.load(Ordering::Relaxed)
+    }
+
+    /// The consumer now holds `n` partitions; a rebalance under way, if any, is over.
+    pub fn assigned(&self, n: usize) {
+        self.assigned
+            .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+        if let Ok(mut since) = self.rebalancing_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// The group takes the consumer's partitions away: a rebalance begins.
+    pub fn revoking(&self) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        self.assigned.store(0, Ordering::Relaxed);
+        if let Ok(mut since) = self.rebalancing_since.lock() {
+            since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Partitions held now, once the consumer has had its first assignment.
+    pub fn holding(&self) -> Option<usize> {
+        usize::try_from(self.assigned.load(Ordering::Relaxed)).ok()
+    }
+
+    /// Rebalances so far.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Relaxed)
+    }
+
+    /// How long the rebalance under way has lasted, if one is.
+    pub fn rebalancing_for(&self) -> Option<Duration> {
+        self.rebalancing_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
+    }
+
+    /// The daemon's state now covers every partition up to `next` (exclusive): the consumer
+    /// commits it to its group at its next round (advisory: the state's own offsets stay
+    /// the truth on a restore), so that the group's tools show where the daemon stands.
+    pub fn cover(&self, next: BTreeMap<i32, i64>) {
+        if let Ok(mut c) = self.covered.lock() {
+            *c = Some(next);
+        }
+    }
+
+    /// What to commit, if something new is covered.
+    pub fn take_covered(&self) -> Option<BTreeMap<i32, i64>> {
+        self.covered.lock().ok().and_then(|mut c| c.take())
+    }
+
     /// How long the current outage has lasted, if the brokers are unreachable.
     pub fn outage_lasted(&self) -> Option<Duration> {
         self.down_since
@@ -210,6 +281,17 @@ impl rdkafka::producer::ProducerContext for Context {
     type DeliveryOpaque = ();
 
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("starting", &self.is_starting())
+            .field("outage", &self.outage_lasted())
+            .field("holding", &self.holding())
+            .field("rebalances", &self.rebalances())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AsRef<Context> for Context {

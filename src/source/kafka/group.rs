@@ -56,8 +56,9 @@ pub struct GroupOptions {
     pub batch_records: usize,
     /// See `batch_records`.
     pub batch_wait: Duration,
-    /// Where to keep each partition's high watermark, for consumer lag.
-    pub highs: Option<Arc<dashmap::DashMap<i32, i64>>>,
+    /// The client context to use, when the caller watches it (see
+    /// [`super::StreamOptions::context`]).
+    pub context: Option<Context>,
     /// Set while this process owns input partition 0, which makes it the coordinator.
     pub owns_first: Arc<AtomicBool>,
 }
@@ -131,6 +132,7 @@ impl<H: Handoff> GroupContext<H> {
         if partitions.contains(&0) {
             self.owns_first.store(false, Ordering::Relaxed);
         }
+        self.inner.revoking();
         let mut shared = lock(&self.shared);
         // the records polled so far go first, so that the published state covers them
         if shared.fatal.is_none() && shared.hand_on() {
@@ -200,6 +202,7 @@ impl<H: Handoff> GroupContext<H> {
         if partitions.contains(&0) {
             self.owns_first.store(true, Ordering::Relaxed);
         }
+        self.inner.assigned(partitions.len());
         info!(member = %self.member, ?partitions, restored = states.len(), "partitions assigned");
     }
 }
@@ -299,10 +302,7 @@ pub fn stream_group<H: Handoff>(
     };
     let session = opts.session_timeout.as_millis().max(1000);
     let (session_ms, heartbeat_ms) = (session.to_string(), (session / 4).max(250).to_string());
-    let mut inner = Context::default();
-    if let Some(h) = &opts.highs {
-        inner.highs = h.clone();
-    }
+    let inner = opts.context.clone().unwrap_or_default();
     let shared = Arc::new(Mutex::new(Shared {
         pending: PolledBatch::default(),
         since: Instant::now(),

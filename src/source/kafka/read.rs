@@ -403,6 +403,7 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
         self.consumer
             .assign(&tpl)
             .map_err(|e| self.kafka(format!("cannot assign partitions: {e}")))?;
+        base(&self.consumer).assigned(partitions.len());
         self.partitions = partitions;
         Ok(())
     }
@@ -538,6 +539,39 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
             if take.round() == Flow::Stop {
                 return Ok(Ended::Told);
             }
+            if let Some(next) = self.context().take_covered() {
+                self.commit(&next);
+            }
+        }
+    }
+
+    /// Commit `next` to the consumer group, asynchronously, for the partitions this consumer
+    /// holds now (a partition another member took is that member's to commit). Advisory: a
+    /// refused commit (a rebalance under way) is logged at DEBUG and the next one catches up.
+    pub fn commit(&self, next: &BTreeMap<i32, i64>) {
+        let held: BTreeSet<i32> = match self.consumer.assignment() {
+            Ok(a) => a
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.url.topic)
+                .map(|e| e.partition())
+                .collect(),
+            Err(_) => return,
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in next {
+            if held.contains(&p) && o >= 0 {
+                let _ = tpl.add_partition_offset(&self.url.topic, p, Offset::Offset(o));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
+            tracing::debug!(url = %self.url, error = %e, "offsets not committed (advisory); the next commit catches up");
         }
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -32,9 +31,9 @@ pub struct StreamOptions {
     pub batch_records: usize,
     /// See `batch_records`.
     pub batch_wait: Duration,
-    /// Where to keep each partition's high watermark (from the client's statistics, every
-    /// second), for consumer lag; none when nobody asks.
-    pub highs: Option<Arc<dashmap::DashMap<i32, i64>>>,
+    /// The client context to use, when the caller watches it (the daemon's metrics and
+    /// probes read its watermarks, outages and assignment); none: a context of its own.
+    pub context: Option<Context>,
     /// Next offset per partition of a restored checkpoint: those partitions are assigned at
     /// these offsets (the state's own, not the group's committed ones), the others at `start`.
     pub resume: BTreeMap<i32, i64>,
@@ -86,10 +85,7 @@ pub fn stream_topic(
     stop: &AtomicBool,
     tx: &Sender<PolledBatch>,
 ) -> Result<BTreeMap<i32, i64>, SourceError> {
-    let mut ctx = Context::default();
-    if let Some(h) = &opts.highs {
-        ctx.highs = h.clone();
-    }
+    let ctx = opts.context.clone().unwrap_or_default();
     let own = [
         ("group.id", opts.group_id.as_str()),
         ("enable.auto.commit", "false"),
