@@ -49,6 +49,9 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Write synthetic demographics and view records (SPEC formats), seeded.
+    #[command(
+        after_help = "Example:\n  viewpulse generate --out data --households 20000 --static-records 1000000 --seed 7"
+    )]
     Generate {
         /// Output folder.
         #[arg(long)]
@@ -82,6 +85,9 @@ enum Command {
         threads: usize,
     },
     /// Features, KMeans, distance, rank and PCA (SPEC 2 and 3); writes the model folder.
+    #[command(
+        after_help = "Example:\n  viewpulse segment --demographics data/demographics.csv --out model --k 6"
+    )]
     Segment {
         /// Demographics: a Parquet or CSV file, or a folder of part files (a Spark, pyarrow or
         /// Polars dataset; `key=value` partition folders give their column).
@@ -115,6 +121,9 @@ enum Command {
         format: viewpulse::dataset::Formats,
     },
     /// Popularity, general population and diff-rank (SPEC 4) over a bounded views source.
+    #[command(
+        after_help = "Example:\n  viewpulse analyze --model model --views data/views_static.csv --out out"
+    )]
     Analyze {
         /// Model folder (from `segment`, or one holding only households.csv).
         #[arg(long)]
@@ -150,8 +159,14 @@ enum Command {
         format: viewpulse::dataset::Formats,
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
+    #[command(
+        after_help = "Example:\n  viewpulse run --model model --source kafka://127.0.0.1:9092/views --http-listen 9898 --state-dir state\n  viewpulse run --config deploy/viewpulse.example.toml --print-config"
+    )]
     Run(Box<viewpulse::config::RunFlags>),
     /// Capture every record of a topic (partition, offset, timestamp, key, value) into a file.
+    #[command(
+        after_help = "Example:\n  viewpulse record --from kafka://127.0.0.1:9092/views --out views.rec --until-end"
+    )]
     Record {
         /// The topic, kafka://HOST:PORT/TOPIC.
         #[arg(long)]
@@ -174,6 +189,9 @@ enum Command {
         properties: Vec<(String, String)>,
     },
     /// Produce a recording (or a views file, a record a line) into a topic.
+    #[command(
+        after_help = "Example:\n  viewpulse replay --file views.rec --to kafka://127.0.0.1:9092/views --rate 50000/s"
+    )]
     Replay {
         /// A recording, or a views file (plain or .gz).
         #[arg(long)]
@@ -194,6 +212,9 @@ enum Command {
     },
     /// Start (or use) a broker, run the daemon, replay a recording into it, and report
     /// throughput, lag, snapshot staleness, merge time and memory.
+    #[command(
+        after_help = "Example:\n  viewpulse loadtest --model model --file views.rec --out loadtest"
+    )]
     Loadtest {
         /// A recording, or a views file.
         #[arg(long, required_unless_present = "fetch_broker")]
@@ -235,6 +256,7 @@ enum Command {
         properties: Vec<(String, String)>,
     },
     /// The whole pipeline on an embedded default data set, no setup needed.
+    #[command(after_help = "Example:\n  viewpulse demo")]
     Demo {
         /// Where to write everything.
         #[arg(long, default_value = "viewpulse-demo")]
@@ -630,6 +652,40 @@ fn main() -> ExitCode {
                 note!("viewpulse: error: {e}");
             }
             ExitCode::from(code as u8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command's `--help` ends with an example, and every example parses.
+    #[test]
+    fn every_command_has_an_example_that_parses() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let examples: Vec<&str> = help
+                .lines()
+                .skip_while(|l| !l.starts_with("Example"))
+                .skip(1)
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            assert!(!examples.is_empty(), "{} has no example", sub.get_name());
+            for ex in examples {
+                let args: Vec<&str> = ex.split_whitespace().collect();
+                assert_eq!(args[0], "viewpulse", "{ex}");
+                assert_eq!(args[1], sub.get_name(), "{ex}");
+                if let Err(e) = Cli::try_parse_from(&args) {
+                    panic!("{ex}: {e}");
+                }
+            }
         }
     }
 }

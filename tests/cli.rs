@@ -645,3 +645,136 @@ fn secret_references_are_resolved_or_refused_naming_the_key() {
         "{help}"
     );
 }
+
+/// The small things people reach for first: `run --print-config` shows the merged
+/// configuration with every secret as `***`; `--check-config` validates (the model too) and
+/// says what it would run, exiting 0 or with the error `run` would give; a `--log` filter
+/// that does not parse is an error; `http.listen` takes `localhost:PORT` and `:PORT`.
+#[test]
+fn print_and_check_config_and_a_bad_log_filter() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+    let views = golden.join("input/views_stream.csv");
+    let shown = ok(&[
+        "run",
+        "--print-config",
+        "--model",
+        s(&golden),
+        "--source",
+        s(&views),
+        "--http-token",
+        "t0k3n-s3cret",
+        "-X",
+        "sasl.password=hunter2",
+        "-X",
+        "client.id=me",
+        "--http-listen",
+        "localhost:9898",
+        "--shards",
+        "5",
+    ]);
+    let cfg: toml::Value = toml::from_str(&shown).unwrap();
+    assert_eq!(cfg["http"]["token"].as_str(), Some("***"));
+    assert_eq!(
+        cfg["kafka"]["properties"]["sasl.password"].as_str(),
+        Some("***")
+    );
+    assert_eq!(cfg["kafka"]["properties"]["client.id"].as_str(), Some("me"));
+    assert_eq!(cfg["pipeline"]["shards"].as_integer(), Some(5));
+    assert_eq!(cfg["http"]["listen"].as_str(), Some("localhost:9898"));
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("t0k3n"),
+        "{shown}"
+    );
+
+    let said = ok(&[
+        "run",
+        "--check-config",
+        "--model",
+        s(&golden),
+        "--source",
+        s(&views),
+        "--http-listen",
+        ":0",
+        "--subsets",
+        "all,3",
+    ]);
+    assert!(
+        said.starts_with("configuration valid: source ") && said.contains("subsets all,3"),
+        "{said}"
+    );
+    let err = fails(
+        &[
+            "run",
+            "--check-config",
+            "--model",
+            "/nonexistent/model",
+            "--source",
+            s(&views),
+        ],
+        66,
+    );
+    assert!(err.contains("/nonexistent/model"), "{err}");
+    let err = fails(
+        &[
+            "--log",
+            "viewpulse=loud",
+            "run",
+            "--check-config",
+            "--model",
+            s(&golden),
+            "--source",
+            s(&views),
+        ],
+        2,
+    );
+    assert!(
+        err.contains("--log") && err.contains("viewpulse=loud"),
+        "{err}"
+    );
+}
+
+/// No silent loss of history: without state.dir, a second run onto a snapshots file that
+/// holds the first run's snapshots is refused (exit 2, naming the file and the flag), and
+/// `--overwrite-snapshots` replaces it.
+#[test]
+fn a_snapshots_file_of_an_earlier_run_is_not_truncated_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden");
+    let views = golden.join("input/views_stream.csv");
+    let snaps = dir.path().join("s.jsonl");
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "run",
+            "--model",
+            s(&golden),
+            "--source",
+            s(&views),
+            "--snapshots",
+            s(&snaps),
+            "--trigger-records",
+            "1000",
+            "--no-stdout",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let plain = args(&[]);
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    ok(&plain);
+    let first = std::fs::read_to_string(&snaps).unwrap();
+    assert_eq!(first.lines().count(), 3);
+    let err = fails(&plain, 2);
+    assert!(
+        err.contains(s(&snaps))
+            && err.contains("--overwrite-snapshots")
+            && err.contains("state.dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&snaps).unwrap(), first, "untouched");
+    let over = args(&["--overwrite-snapshots"]);
+    ok(&over.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(&snaps).unwrap().lines().count(), 3);
+}

@@ -1355,3 +1355,124 @@ fn dockerfile_is_multi_stage_non_root_and_locked() {
         }
     }
 }
+
+/// Every metric name in an expression (PromQL identifiers of viewpulse's and the process's).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("viewpulse_") || t.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `expr` and templating `query` of a Grafana dashboard.
+fn dashboard_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => dashboard_exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| dashboard_exprs(x, out)),
+        _ => {}
+    }
+}
+
+/// The Grafana dashboard and the Prometheus alert rules in deploy/ reference only metrics
+/// that `/metrics` exposes: every metric name in their expressions is a sample name of the
+/// real exposition (the library's, with a Kafka source, a position, a checkpoint and a merge,
+/// so that every family has its samples). And they hold what an operator looks for first.
+#[test]
+fn dashboards_and_alerts_reference_only_exposed_metrics() {
+    let m = viewpulse::pipeline::Metrics::new(2);
+    let k = m.watch_kafka();
+    k.started(false);
+    k.assigned(1);
+    m.set_next(0, 5);
+    m.set_high(0, 9);
+    m.last_checkpoint.mark();
+    m.merged(0.01);
+    let text = viewpulse::sink::http::exposition(&m, &viewpulse::sink::http::Probes::default());
+    let exposed: BTreeSet<String> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    for family in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "viewpulse_build_info",
+        "viewpulse_ready",
+    ] {
+        assert!(exposed.contains(family), "{family} is not exposed:\n{text}");
+    }
+
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("grafana/viewpulse-dashboard.json")).unwrap();
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dash, &mut exprs);
+    let titles: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap().to_lowercase())
+        .collect();
+    for want in [
+        "throughput",
+        "lag",
+        "snapshot age",
+        "merge",
+        "malformed",
+        "memory",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no {want} panel: {titles:?}"
+        );
+    }
+
+    let rules: Value = serde_yaml::from_str(&read("prometheus/alerts.yaml")).unwrap();
+    let mut alerts = Vec::new();
+    for g in at(&rules, &["groups"]).as_sequence().unwrap() {
+        for r in at(g, &["rules"]).as_sequence().unwrap() {
+            alerts.push(text_of(at(r, &["alert"])));
+            exprs.push(text_of(at(r, &["expr"])));
+        }
+    }
+    for want in [
+        "LagGrowing",
+        "SnapshotStale",
+        "NotReady",
+        "DeadLettersRising",
+    ] {
+        assert!(
+            alerts.iter().any(|a| a.contains(want)),
+            "no {want} alert: {alerts:?}"
+        );
+    }
+    let mut referenced = BTreeSet::new();
+    for e in &exprs {
+        let names = metric_names(e);
+        assert!(
+            !names.is_empty() || e.starts_with("label_values"),
+            "an expression naming no metric: {e}"
+        );
+        for n in names {
+            assert!(
+                exposed.contains(&n),
+                "{n} (in {e:?}) is not in the exposition:\n{text}"
+            );
+            referenced.insert(n);
+        }
+    }
+    assert!(referenced.len() >= 10, "{referenced:?}");
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}

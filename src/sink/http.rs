@@ -1,4 +1,8 @@
 //! The daemon's HTTP endpoint (actix-web), for dashboards, monitoring and orchestration:
+//! - `GET /`: the live page (self-contained HTML: the top-K of every subset and cluster with
+//!   diff-rank bars, the counts and the trigger number), which follows `GET /events`;
+//! - `GET /events`: server-sent events, the latest snapshot at once and each new one as it is
+//!   emitted;
 //! - `GET /snapshot`: the latest snapshot, SPEC 6's JSON object;
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /livez`: 200 while the ingestor and every shard actor answer within
@@ -10,8 +14,8 @@
 //!
 //! It only reads [`Metrics`] and pings the actors; it never touches the counting path. It
 //! binds where `http.listen` says; a bare port means 127.0.0.1. With `http.token` set,
-//! `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN` (compared in constant
-//! time) and say 401 with `WWW-Authenticate: Bearer` otherwise; the probes stay open for the
+//! `/`, `/events`, `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN`
+//! (compared in constant time) and say 401 with `WWW-Authenticate: Bearer` otherwise; the probes stay open for the
 //! orchestrator and tell nothing worth hiding.
 
 use std::net::SocketAddr;
@@ -170,6 +174,12 @@ async fn snapshot(
         Some(json) => HttpResponse::Ok()
             .content_type("application/json")
             .body(json.to_string()),
+        // scale-out: only the coordinator (the owner of input partition 0) has the global
+        // snapshot; the others say so, and viewpulse_coordinator tells which one is
+        None if !m.coordinator.load(Ordering::Relaxed) => HttpResponse::ServiceUnavailable()
+            .content_type("application/json")
+            .insert_header(("Retry-After", "5"))
+            .body(r#"{"error":"this member is not the coordinator: ask the member whose viewpulse_coordinator is 1"}"#),
         None => HttpResponse::ServiceUnavailable()
             .content_type("application/json")
             .insert_header(("Retry-After", "1"))
@@ -263,7 +273,63 @@ async fn healthz(m: web::Data<Arc<Metrics>>, p: web::Data<Probes>) -> HttpRespon
     probe_answer(ok, body)
 }
 
+/// What `GET /metrics` serves: the pipeline's metrics and `viewpulse_ready`, the readiness
+/// `/readyz` would answer now (1 or 0), for the alert rules.
+pub fn exposition(m: &Metrics, probes: &Probes) -> String {
+    let mut out = m.prometheus();
+    let ready = health::readiness(m, &probes.ready).iter().all(|c| c.ok);
+    out.push_str(
+        "# HELP viewpulse_ready 1 while /readyz answers 200.\n# TYPE viewpulse_ready gauge\n",
+    );
+    out.push_str(&format!("viewpulse_ready {}\n", u8::from(ready)));
+    out
+}
+
 async fn metrics(
+    req: HttpRequest,
+    m: web::Data<Arc<Metrics>>,
+    auth: web::Data<Auth>,
+    p: web::Data<Probes>,
+) -> HttpResponse {
+    if let Some(denied) = auth.check(&req) {
+        return denied;
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(exposition(&m, &p))
+}
+
+/// The live page: one self-contained HTML file (no external script, style or font), which
+/// follows `/events`.
+const LIVE_PAGE: &str = include_str!("live.html");
+
+async fn live_page(req: HttpRequest, auth: web::Data<Auth>) -> HttpResponse {
+    if let Some(denied) = auth.check(&req) {
+        return denied;
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(LIVE_PAGE)
+}
+
+/// How often `/events` looks for a new snapshot, and how long a quiet stream waits before a
+/// keep-alive comment (so that proxies do not close it).
+const EVENTS_POLL: Duration = Duration::from_millis(100);
+const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// One server-sent event carrying a snapshot's JSON (one line: JSON has no raw newline).
+fn snapshot_event(json: &str) -> web::Bytes {
+    let id = serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["trigger"].as_u64())
+        .unwrap_or(0);
+    web::Bytes::from(format!("event: snapshot\nid: {id}\ndata: {json}\n\n"))
+}
+
+/// `GET /events`: the latest snapshot at once (if any), then each new one as it is emitted,
+/// as server-sent events (`event: snapshot`, `id:` the trigger number).
+async fn events(
     req: HttpRequest,
     m: web::Data<Arc<Metrics>>,
     auth: web::Data<Auth>,
@@ -271,9 +337,35 @@ async fn metrics(
     if let Some(denied) = auth.check(&req) {
         return denied;
     }
+    let m: Arc<Metrics> = m.get_ref().clone();
+    let stream = futures_util::stream::unfold(
+        (m, None::<Arc<str>>, std::time::Instant::now()),
+        |(m, sent, mut quiet)| async move {
+            loop {
+                if let Some(latest) = m.latest() {
+                    if sent.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &latest)) {
+                        let event = snapshot_event(&latest);
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (m, Some(latest), std::time::Instant::now()),
+                        ));
+                    }
+                }
+                if quiet.elapsed() >= EVENTS_KEEPALIVE {
+                    quiet = std::time::Instant::now();
+                    return Some((
+                        Ok(web::Bytes::from_static(b": keep-alive\n\n")),
+                        (m, sent, quiet),
+                    ));
+                }
+                actix_web::rt::time::sleep(EVENTS_POLL).await;
+            }
+        },
+    );
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(m.prometheus())
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .streaming(stream)
 }
 
 /// The endpoint's routes over `m`, behind `auth`: what [`serve`] serves, and what tests call
@@ -290,6 +382,8 @@ pub fn routes(
         cfg.app_data(data.clone())
             .app_data(auth.clone())
             .app_data(probes.clone())
+            .route("/", web::get().to(live_page))
+            .route("/events", web::get().to(events))
             .route("/snapshot", web::get().to(snapshot))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
