@@ -622,8 +622,56 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
     Ok(())
 }
 
+/// `run`'s flags have no clap defaults (a default would override the configuration file's
+/// key); their help shows the key's default from [`viewpulse::config::RunConfig`] instead, found
+/// by the key each flag's help starts with (`pipeline.shards`, `trigger.records: …`).
+fn with_run_defaults(cmd: clap::Command) -> clap::Command {
+    let Ok(defaults) = toml::Value::try_from(viewpulse::config::RunConfig::default()) else {
+        return cmd;
+    };
+    let lookup = |key: &str| -> Option<String> {
+        let v = key.split('.').try_fold(&defaults, |v, k| v.get(k))?;
+        let shown = match v {
+            toml::Value::String(s) if s.is_empty() => return None,
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            toml::Value::Table(_) => return None,
+            other => other.to_string(),
+        };
+        Some(shown)
+    };
+    cmd.mut_subcommand("run", |run| {
+        let ids: Vec<String> = run
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        ids.iter().fold(run, |run, id| {
+            run.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let key = help.split([':', ' ', ',']).next().unwrap_or_default();
+                let valued = matches!(
+                    a.get_action(),
+                    clap::ArgAction::Set | clap::ArgAction::Append
+                );
+                match (valued && (key.contains('.') || key == "model"), lookup(key)) {
+                    (true, Some(v)) => a.help(format!("{help} [default: {v}]")),
+                    _ => a,
+                }
+            })
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = with_run_defaults(Cli::command())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are answers (0), anything else a usage error (2); either
@@ -660,6 +708,22 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `run --help` shows each key's default, from the configuration's own defaults.
+    #[test]
+    fn run_help_shows_the_defaults() {
+        let mut cmd = with_run_defaults(Cli::command());
+        let run = cmd.find_subcommand_mut("run").unwrap();
+        let help = run.render_long_help().to_string();
+        for want in [
+            "pipeline.shards [default: 4]",
+            "trigger.records [default: 50000]",
+            "[default: 30s]",
+        ] {
+            assert!(help.contains(want), "{want} not in\n{help}");
+        }
+        assert!(!help.contains("sinks.stdout = false: no table on stdout [default"));
+    }
 
     /// Every command's `--help` ends with an example, and every example parses.
     #[test]
