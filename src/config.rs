@@ -243,7 +243,7 @@ pub struct HttpConfig {
     /// `Authorization: Bearer TOKEN` (the probes stay open); `${env:NAME}` or `${file:PATH}`
     /// keep it out of the file. Empty = no authentication.
     pub token: String,
-    /// `/livez` fails when the ingestor or a shard actor does not answer within this.
+    /// `/livez` fails when the ingestor's or a shard actor's heartbeat is older than this.
     pub live_timeout: String,
     /// `/readyz` fails when records wait and the last trigger is older than this many
     /// trigger intervals (`trigger.interval`, or 10 s without one).
@@ -257,7 +257,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: String::new(),
             token: String::new(),
-            live_timeout: "5s".into(),
+            live_timeout: "30s".into(),
             ready_trigger_factor: 3.0,
             ready_rebalance_grace: "30s".into(),
         }

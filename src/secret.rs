@@ -83,9 +83,10 @@ impl SecretError {
 /// `sasl.oauthbearer.config` (case-insensitive).
 pub fn is_sensitive(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token"]
+    ["password", "passphrase", "secret", "token"]
         .iter()
         .any(|w| k.contains(w))
+        || k.ends_with(".key.pem")
         || matches!(
             k.as_str(),
             "ssl.key.pem" | "sasl.jaas.config" | "sasl.oauthbearer.config"

@@ -145,6 +145,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     broker: common::Broker,
     topic: String,
+    /// Member I serves HTTP on 127.0.0.1:http_base+I-1 (local-cluster.sh's HTTP_PORT_BASE).
+    http_base: u16,
 }
 
 impl Cluster {
@@ -160,6 +162,7 @@ impl Cluster {
             dir,
             broker,
             topic: topic.to_string(),
+            http_base: common::free_port(),
         }
     }
 
@@ -172,7 +175,7 @@ impl Cluster {
             .env("VIEWPULSE_BIN", env!("CARGO_BIN_EXE_viewpulse"))
             .env("CONFIG", self.dir.path().join("viewpulse.toml"))
             .env("VIEWPULSE_LOG", "info")
-            .env("HTTP_PORT_BASE", "off")
+            .env("HTTP_PORT_BASE", self.http_base.to_string())
             .output()
             .unwrap();
         assert!(
@@ -422,6 +425,56 @@ fn three_processes_share_six_partitions_and_match_one_process() {
     }
     let status = c.script(&["status"]);
     assert_eq!(status.matches(" running").count(), 3, "{status}");
+    // the members' metrics: exactly one coordinator, the six partitions spread over the three
+    let metric = |i: u16, name: &str| -> f64 {
+        let addr = format!("127.0.0.1:{}", c.http_base + i - 1);
+        let (_, m) = common::http_get(&addr, "/metrics").unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("member-{i}: no {name} in\n{m}"))
+    };
+    let coordinators: f64 = (1..=3).map(|i| metric(i, "viewpulse_coordinator")).sum();
+    assert_eq!(coordinators, 1.0, "one member is the coordinator");
+    let held: f64 = (1..=3)
+        .map(|i| metric(i, "viewpulse_assigned_partitions"))
+        .sum();
+    assert_eq!(held, f64::from(PARTITIONS));
+    // Kafka's own tool lists the three members of the group and a lag of 0 on every partition
+    let group = format!("viewpulse-{}", c.topic);
+    let members = viewpulse::kafka_broker::tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            &c.broker.addr,
+            "--describe",
+            "--group",
+            &group,
+            "--members",
+        ],
+    )
+    .unwrap();
+    for i in 1..=3 {
+        assert!(members.contains(&format!("member-{i}")), "{members}");
+    }
+    common::wait_for(60, "the group's lag is 0 on every partition", || {
+        let out = viewpulse::kafka_broker::tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &[
+                "--bootstrap-server",
+                &c.broker.addr,
+                "--describe",
+                "--group",
+                &group,
+            ],
+        )
+        .unwrap_or_default();
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|r| r.len() >= 6 && r[1] == c.topic)
+            .collect();
+        rows.len() == PARTITIONS as usize && rows.iter().all(|r| r[5] == "0")
+    });
 }
 
 #[test]

@@ -625,7 +625,7 @@ fn readyz_follows_a_broker_outage_while_livez_stays_up() {
     let (code, body) = probe("/livez");
     assert_eq!(code, 200, "{body}");
     assert!(
-        body.contains("shard 3 answered") && body.contains("the ingestor answered"),
+        body.contains("shard 3 beat") && body.contains("the ingestor beat"),
         "{body}"
     );
 

@@ -31,8 +31,8 @@ use tracing::debug;
 
 use super::coordinator::Coordinator;
 use super::messages::{
-    Adopt, Assign, Barrier, CheckpointAt, Count, Finish, Ingest, Merge, Ping, Progress,
-    RecordBatch, Release, Revoke, StateBarrier, SyncChangelog, TakeCheckpoint, Trigger,
+    Adopt, Assign, Barrier, CheckpointAt, Count, Finish, Ingest, Merge, Progress, RecordBatch,
+    Release, Revoke, StateBarrier, SyncChangelog, TakeCheckpoint, Trigger,
 };
 use super::metrics::Metrics;
 use super::shard::Shard;
@@ -536,9 +536,7 @@ impl Ingestor {
 
     /// Where the router stands, for `/metrics`.
     fn progress(&self) {
-        self.metrics
-            .records
-            .store(self.router.records, Ordering::Relaxed);
+        self.metrics.consumed(self.router.records);
         for (&p, &o) in &self.router.offsets {
             self.metrics.set_next(p, o);
         }
@@ -555,18 +553,14 @@ impl Ingestor {
     }
 }
 
-impl Handler<Ping> for Ingestor {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
-}
-
 impl Actor for Ingestor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(FEED_WINDOW + 2);
         ctx.run_interval(TICK, |act, ctx| {
+            // the event loop runs: /livez's heartbeat (none while a handler waits)
+            act.metrics.beat(act.metrics.shards());
             // busy (a handler's future holds the lanes: actix polls interval items before it
             // merges a wait registered in the same poll) or failed: the next tick will do
             if act.broken || act.finished || act.lanes.is_none() || ctx.waiting() {

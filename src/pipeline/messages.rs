@@ -238,9 +238,3 @@ pub struct Snapshot {
     /// Top-K rows per configured subset, by cluster then rank.
     pub subsets: std::collections::BTreeMap<String, Vec<SnapshotRow>>,
 }
-
-/// Are you there? The liveness probe asks the ingestor and every shard; an actor answers once
-/// it has handled what was before it in its mailbox.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct Ping;

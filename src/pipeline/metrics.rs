@@ -102,7 +102,15 @@ pub struct Metrics {
     pub coordinator: AtomicBool,
     /// Seconds since the Unix epoch when the process started.
     start_unix: f64,
+    /// Each actor's last heartbeat, milliseconds since `started` (+1; 0 = none yet): the
+    /// shards by index, then the ingestor. Each beats from its own event loop.
+    beats: Vec<AtomicU64>,
+    /// When the records consumed last grew.
+    pub last_progress: When,
 }
+
+/// How often each actor beats (its own interval on its event loop).
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
 impl Metrics {
     /// Metrics of a pipeline with `shards` shards.
@@ -136,6 +144,42 @@ impl Metrics {
             start_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
+            beats: (0..=shards).map(|_| AtomicU64::new(0)).collect(),
+            last_progress: When::default(),
+        }
+    }
+
+    /// Actor `i` (a shard's index; [`Metrics::shards`] for the ingestor) is alive now.
+    pub fn beat(&self, i: usize) {
+        if let Some(b) = self.beats.get(i) {
+            let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            b.store(ms.saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago each actor last beat, by name (none: it never did).
+    pub fn heartbeats(&self) -> Vec<(String, Option<Duration>)> {
+        let now = self.started.elapsed();
+        self.beats
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name = if i == self.shards() {
+                    "the ingestor".to_string()
+                } else {
+                    format!("shard {i}")
+                };
+                let at = b.load(Ordering::Relaxed);
+                let age = (at > 0).then(|| now.saturating_sub(Duration::from_millis(at - 1)));
+                (name, age)
+            })
+            .collect()
+    }
+
+    /// The ingestor has routed `records` records in all.
+    pub fn consumed(&self, records: u64) {
+        if self.records.swap(records, Ordering::Relaxed) != records {
+            self.last_progress.mark();
         }
     }
 
@@ -164,6 +208,9 @@ impl Metrics {
     /// Start from restored counters: their totals become the counted ones.
     pub fn restored(&self, total: &Counters) {
         self.records.store(total.records, Ordering::Relaxed);
+        // the restored state is as good as a trigger: nothing waits for one yet
+        self.records_at_trigger
+            .store(total.records, Ordering::Relaxed);
         self.valid.store(total.valid, Ordering::Relaxed);
         self.unknown_household
             .store(total.unknown_household, Ordering::Relaxed);

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler};
+use actix::{Actor, AsyncContext, Context, Handler};
 
-use super::messages::{Adopt, Barrier, Count, Ping, Release, StateBarrier};
+use super::messages::{Adopt, Barrier, Count, Release, StateBarrier};
 use super::metrics::Metrics;
 use super::writer::{DeadRecord, Persist};
 use crate::counters::{Counters, Membership};
@@ -85,13 +85,12 @@ impl Actor for Shard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        // /livez's heartbeat, from this shard's own event loop (late while a batch counts)
+        self.metrics.beat(self.index);
+        ctx.run_interval(super::metrics::HEARTBEAT, |act, _| {
+            act.metrics.beat(act.index)
+        });
     }
-}
-
-impl Handler<Ping> for Shard {
-    type Result = ();
-
-    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
 }
 
 impl Handler<Count> for Shard {

@@ -225,6 +225,8 @@ impl Writer {
                     if let Some(changelog) = &mut self.changelog {
                         changelog.publish(&c)?;
                         metrics.last_checkpoint.mark();
+                        // scale-out: the pipeline's triggers are its changelog entries
+                        metrics.triggered(c.records);
                     }
                     if let Some(st) = &mut self.store {
                         st.write(&c)?;

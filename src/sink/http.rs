@@ -5,14 +5,15 @@
 //!   emitted;
 //! - `GET /snapshot`: the latest snapshot, SPEC 6's JSON object;
 //! - `GET /metrics`: Prometheus text format;
-//! - `GET /livez`: 200 while the ingestor and every shard actor answer within
-//!   `http.live_timeout`, else 503 naming the actors that did not;
+//! - `GET /livez`: 200 while the ingestor and every shard actor beat (each stamps a
+//!   heartbeat from its own event loop every half second, none while a handler blocks it)
+//!   within `http.live_timeout`, else 503 naming the actors that did not;
 //! - `GET /readyz`: 200 while [`health::readiness`] passes (broker reachable, partitions
 //!   held, snapshots fresh, not draining), else 503 with a JSON body naming each failing check;
 //! - `GET /healthz`: the readiness summary (its status code) with the progress counters, as
 //!   before the probes were split.
 //!
-//! It only reads [`Metrics`] and pings the actors; it never touches the counting path. It
+//! It only reads [`Metrics`]; it never touches the counting path or an actor's mailbox. It
 //! binds where `http.listen` says; a bare port means 127.0.0.1. With `http.token` set,
 //! `/`, `/events`, `/snapshot` and `/metrics` answer only `Authorization: Bearer TOKEN`
 //! (compared in constant time) and say 401 with `WWW-Authenticate: Bearer` otherwise; the probes stay open for the
@@ -20,47 +21,32 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Recipient;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::pipeline::health::{self, Check, ReadyBounds};
-use crate::pipeline::messages::Ping;
 use crate::pipeline::metrics::Metrics;
 use crate::pipeline::PipelineError;
 use crate::secret::Secret;
 
-/// The actors `/livez` pings, each with its name.
-pub type Pinged = Vec<(String, Recipient<Ping>)>;
-
-/// What the probes need besides the metrics: the bounds, and the actors to ping.
+/// What the probes need besides the metrics: their bounds.
 #[derive(Clone, Debug)]
 pub struct Probes {
     /// Readiness bounds.
     pub ready: ReadyBounds,
-    /// An actor must answer a ping within this for `/livez`.
+    /// `/livez` fails when an actor's heartbeat is older than this.
     pub live_timeout: Duration,
-    /// The actors `/livez` pings, by name; filled once they run.
-    pub actors: Arc<RwLock<Pinged>>,
 }
 
 impl Probes {
-    /// Probes with these bounds and no actor yet.
+    /// Probes with these bounds.
     pub fn new(ready: ReadyBounds, live_timeout: Duration) -> Probes {
         Probes {
             ready,
             live_timeout,
-            actors: Arc::default(),
-        }
-    }
-
-    /// The actors to ping from now on.
-    pub fn watch(&self, actors: Pinged) {
-        if let Ok(mut a) = self.actors.write() {
-            *a = actors;
         }
     }
 }
@@ -73,7 +59,7 @@ impl Default for Probes {
                 interval_triggers: false,
                 rebalance_grace: Duration::from_secs(30),
             },
-            Duration::from_secs(5),
+            Duration::from_secs(30),
         )
     }
 }
@@ -215,35 +201,32 @@ async fn readyz(m: web::Data<Arc<Metrics>>, p: web::Data<Probes>) -> HttpRespons
     probe_answer(ok, body)
 }
 
-async fn livez(p: web::Data<Probes>) -> HttpResponse {
-    let actors = p.actors.read().map(|a| a.clone()).unwrap_or_default();
-    let mut checks = Vec::with_capacity(actors.len().max(1));
-    if actors.is_empty() {
-        checks.push(Check {
-            name: "actors",
-            ok: false,
-            detail: "the pipeline's actors are not running yet".into(),
-        });
-    }
-    for (name, actor) in actors {
-        let answered = actix_web::rt::time::timeout(p.live_timeout, actor.send(Ping)).await;
-        let (ok, detail) = match answered {
-            Ok(Ok(())) => (true, format!("{name} answered")),
-            Ok(Err(_)) => (false, format!("{name} is gone")),
-            Err(_) => (
-                false,
-                format!(
-                    "{name} did not answer within {:.1} s",
+async fn livez(m: web::Data<Arc<Metrics>>, p: web::Data<Probes>) -> HttpResponse {
+    let checks: Vec<Check> = m
+        .heartbeats()
+        .into_iter()
+        .map(|(name, age)| match age {
+            Some(a) if a <= p.live_timeout => Check {
+                name: "actor",
+                ok: true,
+                detail: format!("{name} beat {:.1} s ago", a.as_secs_f64()),
+            },
+            Some(a) => Check {
+                name: "actor",
+                ok: false,
+                detail: format!(
+                    "{name} last beat {:.1} s ago (bound {:.1} s)",
+                    a.as_secs_f64(),
                     p.live_timeout.as_secs_f64()
                 ),
-            ),
-        };
-        checks.push(Check {
-            name: "actor",
-            ok,
-            detail,
-        });
-    }
+            },
+            None => Check {
+                name: "actor",
+                ok: false,
+                detail: format!("{name} is not running yet"),
+            },
+        })
+        .collect();
     let ok = checks.iter().all(|c| c.ok);
     let body = serde_json::json!({
         "status": if ok { "alive" } else { "not alive" },

@@ -797,6 +797,8 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
     };
     cfg.pipeline.subsets = vec!["3".into()];
     cfg.sinks.snapshots = Some(out.join("snapshots.jsonl"));
+    // the demo writes its folder anew each time
+    cfg.sinks.overwrite = true;
     cfg.sinks.stdout = true;
     let streamed = run(&cfg)?;
     drop(cluster);

@@ -435,20 +435,12 @@ pub fn daemon_with(
             }
         }
         let resume_at = router.offsets.get(&0).copied().unwrap_or(0);
-        // what /livez pings: every shard, then the ingestor
-        let mut live: Vec<(String, actix::Recipient<pipeline::messages::Ping>)> = shards
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (format!("shard {i}"), a.clone().recipient()))
-            .collect();
         let ingestor = {
             let arb = Arbiter::new();
             let mx = metrics.clone();
             let i = ingest::Ingestor::start_in_arbiter(&arb.handle(), move |_| {
                 ingest::Ingestor::new(router, shards, coord, shape, mx)
             });
-            live.push(("the ingestor".to_string(), i.clone().recipient()));
-            s.probes.watch(live);
             arbiters.push(arb);
             i
         };

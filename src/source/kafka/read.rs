@@ -283,9 +283,9 @@ enum Messages {
 
 /// A consumer of one topic and where its read stands.
 pub struct Reader<C: ConsumerContext + AsRef<Context> + 'static> {
-    // declared before the consumer, so that a split queue is dropped first (its contract)
+    // dropped before the consumer (a split queue's contract): see the `Drop` below
     messages: Messages,
-    consumer: BaseConsumer<C>,
+    consumer: std::mem::ManuallyDrop<BaseConsumer<C>>,
     url: KafkaUrl,
     ends: Option<Ends>,
     partitions: Vec<i32>,
@@ -334,7 +334,7 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
             .map_err(|e| SourceError::consumer_config(url, &e, properties))?;
         Ok(Reader {
             messages: Messages::Idle,
-            consumer,
+            consumer: std::mem::ManuallyDrop::new(consumer),
             url: url.clone(),
             ends: None,
             partitions: Vec::new(),
@@ -540,7 +540,10 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
                 return Ok(Ended::Told);
             }
             if let Some(next) = self.context().take_covered() {
-                self.commit(&next);
+                // no commit into an outage: it would only wait for the coordinator
+                if self.context().outage_lasted().is_none() {
+                    self.commit(&next);
+                }
             }
         }
     }
@@ -573,6 +576,23 @@ impl<C: ConsumerContext + AsRef<Context> + 'static> Reader<C> {
         {
             tracing::debug!(url = %self.url, error = %e, "offsets not committed (advisory); the next commit catches up");
         }
+    }
+}
+
+impl<C: ConsumerContext + AsRef<Context> + 'static> Drop for Reader<C> {
+    fn drop(&mut self) {
+        // the split queue goes first (it must not outlive its consumer)
+        self.messages = Messages::Idle;
+        if self.context().outage_lasted().is_some() {
+            // librdkafka's consumer close waits for the group coordinator (its outstanding
+            // offset commits), which a broker outage keeps away for good: a reader dropped
+            // in an outage (the outage limit, a stop signal) leaves the client to the
+            // process's exit rather than hang it
+            tracing::debug!(url = %self.url, "the consumer is not closed: the brokers are unreachable");
+            return;
+        }
+        // SAFETY: dropped once, here, and never used again
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.consumer) };
     }
 }
 
