@@ -275,7 +275,13 @@ fn check_run_paths(cfg: &RunConfig) -> Result<(), TopologyError> {
     }
     // no silent loss of history: without state.dir a run starts over (trigger 1, counts from
     // nothing), so an earlier run's snapshots would be truncated
-    if let (Some(p), None, false) = (&cfg.sinks.snapshots, &cfg.state.dir, cfg.sinks.overwrite) {
+    // (scale-out continues through the changelog and the coordinator topic instead)
+    if let (Some(p), None, false, false) = (
+        &cfg.sinks.snapshots,
+        &cfg.state.dir,
+        cfg.sinks.overwrite,
+        cfg.clustered(),
+    ) {
         let held = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0);
         if held {
             return Err(TopologyError::Settings(format!(
