@@ -464,7 +464,7 @@ mod tests {
 
     #[actix_web::test]
     async fn no_or_a_wrong_token_is_refused_with_a_challenge() {
-        for path in ["/snapshot", "/metrics"] {
+        for path in ["/snapshot", "/metrics", "/", "/events"] {
             for (authorization, error) in [
                 (None, false),
                 (Some("Bearer wrong"), true),
