@@ -457,22 +457,7 @@ fn three_processes_share_six_partitions_and_match_one_process() {
         assert!(members.contains(&format!("member-{i}")), "{members}");
     }
     common::wait_for(60, "the group's lag is 0 on every partition", || {
-        let out = viewpulse::kafka_broker::tool(
-            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-            &[
-                "--bootstrap-server",
-                &c.broker.addr,
-                "--describe",
-                "--group",
-                &group,
-            ],
-        )
-        .unwrap_or_default();
-        let rows: Vec<Vec<&str>> = out
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|r| r.len() >= 6 && r[1] == c.topic)
-            .collect();
+        let rows = common::group_offsets(&c.broker.addr, &group, &c.topic);
         rows.len() == PARTITIONS as usize && rows.iter().all(|r| r[5] == "0")
     });
 }

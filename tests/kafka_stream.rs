@@ -275,28 +275,10 @@ fn kafka_consumer_groups_shows_the_daemon_caught_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID
-    let describe = || -> Vec<Vec<String>> {
-        let out = viewpulse::kafka_broker::tool(
-            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-            &[
-                "--bootstrap-server",
-                &broker.addr,
-                "--describe",
-                "--group",
-                &group,
-            ],
-        )
-        .unwrap_or_default();
-        out.lines()
-            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-            .filter(|cols| cols.len() >= 6 && cols[1] == topic)
-            .collect()
-    };
     let mut rows = Vec::new();
     common::wait_for(90, "the group's lag is 0 on every partition", || {
         assert!(child.try_wait().unwrap().is_none(), "the daemon ended");
-        rows = describe();
+        rows = common::group_offsets(&broker.addr, &group, &topic);
         rows.len() == 2 && rows.iter().all(|r| r[5] == "0" && r[3] == r[4])
     });
     let committed: u64 = rows.iter().map(|r| r[3].parse::<u64>().unwrap()).sum();

@@ -485,3 +485,18 @@ pub fn interop<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
     );
     stdout
 }
+
+/// Kafka's own `kafka-consumer-groups --describe --group GROUP` (ConsumerGroupCommand, from
+/// the broker's jars), its rows for `topic`, split on blanks: GROUP TOPIC PARTITION
+/// CURRENT-OFFSET LOG-END-OFFSET LAG CONSUMER-ID HOST CLIENT-ID. Empty when the tool fails.
+pub fn group_offsets(addr: &str, group: &str, topic: &str) -> Vec<Vec<String>> {
+    let out = viewpulse::kafka_broker::tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &["--bootstrap-server", addr, "--describe", "--group", group],
+    )
+    .unwrap_or_default();
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|cols| cols.len() >= 6 && cols[1] == topic)
+        .collect()
+}
