@@ -185,6 +185,13 @@ pub struct ArchetypeTruth {
     pub households: u64,
     /// The stations it over-watches.
     pub stations: Vec<String>,
+    /// Each numeric column's centre in its own units (before the noise, the rounding and the
+    /// clamping to the column's range).
+    #[serde(default)]
+    pub numeric_centres: std::collections::BTreeMap<String, f64>,
+    /// Each categorical column's most likely value.
+    #[serde(default)]
+    pub modes: std::collections::BTreeMap<String, String>,
 }
 
 /// `archetypes.json`.
@@ -443,6 +450,19 @@ fn demographic_rows(cfg: &GenerateConfig, world: &World) -> Vec<DemoRow> {
             }
         })
         .collect()
+}
+
+/// The most likely index of cumulative weights.
+fn mode_of(cumulative: &[f64]) -> usize {
+    let mut best = (0usize, f64::NEG_INFINITY);
+    let mut prev = 0.0;
+    for (i, &c) in cumulative.iter().enumerate() {
+        if c - prev > best.1 {
+            best = (i, c - prev);
+        }
+        prev = c;
+    }
+    best.0
 }
 
 fn cat_value(j: usize, v: usize) -> &'static str {
@@ -845,6 +865,21 @@ pub fn generate(cfg: &GenerateConfig, out: &Path) -> Result<Generated, GenerateE
                         .stations
                         .iter()
                         .map(|&s| world.stations[s].clone())
+                        .collect(),
+                    numeric_centres: crate::segment::demographics::NUMERIC
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| {
+                            let (lo, hi) = RANGES[j];
+                            (c.to_string(), lo as f64 + (hi - lo) as f64 * a.centre[j])
+                        })
+                        .collect(),
+                    modes: crate::segment::demographics::CATEGORICAL
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| {
+                            (c.to_string(), cat_value(j, mode_of(&a.cats[j])).to_string())
+                        })
                         .collect(),
                 }
             })

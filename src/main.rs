@@ -96,19 +96,23 @@ enum Command {
         /// Model folder to write.
         #[arg(long)]
         out: PathBuf,
-        /// Number of clusters.
-        #[arg(long, default_value_t = 6)]
-        k: usize,
+        /// Number of clusters, or a range `A..B` (both included): each k is fitted and scored
+        /// (k_selection.csv, k_selection.png) and the recommended one is kept.
+        #[arg(long, default_value = "6")]
+        k: viewpulse::segment::KChoice,
         /// KMeans seed.
         #[arg(long, default_value_t = 3)]
         seed: u64,
-        /// KMeans runs (the lowest inertia wins).
-        #[arg(long, default_value_t = 10)]
+        /// KMeans runs, each from its own greedy k-means++ start (the lowest inertia wins).
+        #[arg(long, default_value_t = KMeansSettings::default().runs)]
         runs: usize,
-        /// Above this many households the runs search a seeded sample of this size, then one
-        /// run refines the best centroids on every household (0 = always every household).
-        #[arg(long, default_value_t = 50_000)]
+        /// Above this many households the runs search a seeded sample of this size, then the
+        /// `--refine` best are iterated on every household (0 = always every household).
+        #[arg(long, default_value_t = KMeansSettings::default().sample)]
         sample: usize,
+        /// How many of the sample's best distinct results are iterated on every household.
+        #[arg(long, default_value_t = KMeansSettings::default().refine)]
+        refine: usize,
         /// Refuse a row with a missing or unparseable value instead of skipping it.
         #[arg(long)]
         strict: bool,
@@ -398,6 +402,7 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             seed,
             runs,
             sample,
+            refine,
             strict,
             no_charts,
             format,
@@ -406,11 +411,19 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 demographics,
                 out: out.clone(),
                 kmeans: KMeansSettings {
-                    k,
+                    k: match k {
+                        viewpulse::segment::KChoice::Fixed(k) => k,
+                        viewpulse::segment::KChoice::Range(a, _) => a,
+                    },
                     seed,
                     runs,
                     sample,
+                    refine,
                     ..KMeansSettings::default()
+                },
+                k_range: match k {
+                    viewpulse::segment::KChoice::Fixed(_) => None,
+                    viewpulse::segment::KChoice::Range(a, b) => Some((a, b)),
                 },
                 strict,
                 formats: format,
@@ -426,6 +439,14 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 seg.info.duplicates,
                 out.display()
             );
+            if let Some(sel) = &seg.info.k_selection {
+                outln!(
+                    "recommended k = {}: {} (every k in {})",
+                    sel.recommended,
+                    sel.why,
+                    out.join("k_selection.csv").display()
+                );
+            }
         }
         Command::Analyze {
             model,

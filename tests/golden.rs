@@ -91,6 +91,7 @@ fn golden_features_through_segment() {
                 demographics: golden().join("input").join(input),
                 out: out.path().to_path_buf(),
                 kmeans: viewpulse::segment::KMeansSettings::default(),
+                k_range: None,
                 strict: true,
                 formats: Default::default(),
             },

@@ -398,6 +398,98 @@ pub fn cluster_sizes(path: &Path, sizes: &[u64]) -> Result<(), ReportError> {
     Ok(())
 }
 
+/// Size of [`k_selection`]'s image.
+pub const K_SELECTION_SIZE: (u32, u32) = (1000, 420);
+
+/// The k range's chart: the inertia against k (the elbow) on the left, the silhouette against
+/// k on the right, the recommended k marked on both.
+pub fn k_selection(path: &Path, sel: &crate::segment::KSelection) -> Result<(), ReportError> {
+    font(path)?;
+    let e = draw_err(path);
+    let root = BitMapBackend::new(path, K_SELECTION_SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (left, right) = root.split_horizontally(K_SELECTION_SIZE.0 / 2);
+    let ks: Vec<f64> = sel.scores.iter().map(|r| r.k as f64).collect();
+    let (k0, k1) = span(ks.iter().copied());
+    type Panel<'a, 'b> = (
+        &'a DrawingArea<BitMapBackend<'b>, Shift>,
+        &'static str,
+        &'static str,
+    );
+    let panels: [(Panel, Vec<f64>); 2] = [
+        (
+            (&left, "Inertia against k (the elbow)", "inertia"),
+            sel.scores.iter().map(|r| r.inertia).collect(),
+        ),
+        (
+            (&right, "Silhouette against k", "silhouette"),
+            sel.scores.iter().map(|r| r.silhouette).collect(),
+        ),
+    ];
+    for ((area, title, desc), values) in panels {
+        let (lo, hi) = span(values.iter().copied().filter(|v| v.is_finite()));
+        let pad = ((hi - lo) * 0.08).max(1e-9);
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, (FAMILY, 16))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(78)
+            .build_cartesian_2d((k0 - 0.5)..(k1 + 0.5), (lo - pad)..(hi + pad))
+            .map_err(&e)?;
+        chart
+            .configure_mesh()
+            .x_desc("k")
+            .y_desc(desc)
+            .x_labels(ks.len().min(20))
+            .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .label_style((FAMILY, 12))
+            .axis_desc_style((FAMILY, 13))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(&e)?;
+        let points: Vec<(f64, f64)> = ks
+            .iter()
+            .copied()
+            .zip(values.iter().copied())
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour(0).stroke_width(2),
+            ))
+            .map_err(&e)?;
+        chart
+            .draw_series(points.iter().map(|&(k, v)| {
+                let chosen = k as u32 == sel.recommended;
+                Circle::new(
+                    (k, v),
+                    if chosen { 7 } else { 4 },
+                    if chosen {
+                        colour(1).filled()
+                    } else {
+                        colour(0).filled()
+                    },
+                )
+            }))
+            .map_err(&e)?;
+        if let Some(&(k, v)) = points.iter().find(|(k, _)| *k as u32 == sel.recommended) {
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((k, v))
+                        + Text::new(
+                            format!("recommended k = {}", sel.recommended),
+                            (8, -10),
+                            text_style(13, &BLACK, HPos::Left, VPos::Bottom),
+                        ),
+                ))
+                .map_err(&e)?;
+        }
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
 /// One sample of a load test's timeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadPoint {

@@ -65,6 +65,45 @@ pub struct ReportInput<'a> {
     pub diff_rank_pngs: &'a [(String, PathBuf)],
     /// Households per cluster.
     pub cluster_sizes: &'a [u64],
+    /// Who each cluster is (empty for a model made elsewhere).
+    pub profiles: &'a [crate::segment::profile::Profile],
+}
+
+/// A cluster's profile as a table: each numeric column's mean and median against the
+/// population's, then its distinctive categories with their lift.
+fn profile_table(h: &mut String, p: &crate::segment::profile::Profile) {
+    let c = p.cluster;
+    let _ = writeln!(
+        h,
+        "<table class=\"profile\" id=\"profile-cluster-{c}\" data-cluster=\"{c}\"><caption>Who they are: {} ({:.1} % of households)</caption>\n\
+<thead><tr><th>column</th><th>mean</th><th>everyone</th><th>median</th><th>everyone</th></tr></thead><tbody>",
+        escape(&p.label),
+        100.0 * p.share
+    );
+    for n in &p.numeric {
+        let _ = writeln!(
+            h,
+            "<tr data-column=\"{0}\"><th>{0}</th><td class=\"n\">{1:.2}</td><td class=\"n\">{2:.2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
+            escape(&n.column),
+            n.mean,
+            n.population_mean,
+            n.median,
+            n.population_median
+        );
+    }
+    h.push_str("</tbody>\n<thead><tr><th>category</th><th>share</th><th>everyone</th><th colspan=\"2\">lift</th></tr></thead><tbody>\n");
+    for d in &p.distinctive {
+        let _ = writeln!(
+            h,
+            "<tr data-category=\"{0}={1}\"><th>{0} = {1}</th><td class=\"n\">{2:.1} %</td><td class=\"n\">{3:.1} %</td><td class=\"n\" colspan=\"2\">{4:.2}</td></tr>",
+            escape(&d.column),
+            escape(&d.value),
+            100.0 * d.share,
+            100.0 * d.population_share,
+            d.lift
+        );
+    }
+    h.push_str("</tbody></table>\n");
 }
 
 /// `3` -> `3rd`, `17` -> `17th`, `22` -> `22nd`, `111` -> `111th`.
@@ -159,6 +198,8 @@ table.topk td { font-family: 'DejaVu Sans Mono', monospace; white-space: nowrap;
 table.topk td.pos span { color: #1f77b4; }
 table.topk td.neg span { color: #d62728; }
 table.topk tbody th { text-align: right; }
+table.profile { margin-top: 0.6em; font-size: 0.9em; }
+table.profile caption { text-align: left; font-weight: bold; }
 td[title] { cursor: help; }
 figure { margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #e4e4e4; }
@@ -352,9 +393,13 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
             .get(c as usize)
             .map(|n| format!(" <small>· {} households</small>", thousands(*n)))
             .unwrap_or_default();
+        let profile = input.profiles.iter().find(|p| p.cluster == c);
+        let label = profile
+            .map(|p| format!(": {}", escape(&p.label)))
+            .unwrap_or_default();
         let _ = write!(
             h,
-            "<div class=\"cluster\" id=\"cluster-{c}\">\n<h3>Cluster {c}{size}</h3>\n\
+            "<div class=\"cluster\" id=\"cluster-{c}\">\n<h3>Cluster {c}{label}{size}</h3>\n\
 <table class=\"topk\" id=\"topk-cluster-{c}\" data-cluster=\"{c}\">\n<thead><tr><th>rank</th>"
         );
         for l in &labels {
@@ -390,7 +435,11 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
             }
             h.push_str("</tr>\n");
         }
-        h.push_str("</tbody></table>\n</div>\n");
+        h.push_str("</tbody></table>\n");
+        if let Some(p) = profile {
+            profile_table(&mut h, p);
+        }
+        h.push_str("</div>\n");
     }
     h.push_str("</div>\n</section>\n");
 
@@ -406,6 +455,36 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
             "Blue: watched more by the cluster than by the general population; red: less.",
             Some(png),
         );
+    }
+    if !input.profiles.is_empty() {
+        h.push_str(
+            "<section id=\"segments\">\n<h2>The segments</h2>\n<table id=\"segment-labels\">\
+<thead><tr><th>cluster</th><th>label</th><th>households</th><th>sets it apart (lift)</th></tr></thead><tbody>\n",
+        );
+        for p in input.profiles {
+            let apart: Vec<String> = p
+                .distinctive
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} = {} ({:.2})",
+                        escape(&d.column),
+                        escape(&d.value),
+                        d.lift
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                h,
+                "<tr data-cluster=\"{}\"><th>{}</th><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+                p.cluster,
+                p.cluster,
+                escape(&p.label),
+                thousands(p.households),
+                apart.join(", ")
+            );
+        }
+        h.push_str("</tbody></table>\n</section>\n");
     }
     figure(
         &mut h,
@@ -610,6 +689,7 @@ mod tests {
                 cluster_sizes_png: Some(&sizes_png),
                 diff_rank_pngs: &[("all".to_string(), diff_png.clone())],
                 cluster_sizes: &[4, 5],
+                profiles: &[],
             },
         )
         .unwrap();
@@ -675,6 +755,7 @@ mod tests {
                 cluster_sizes_png: None,
                 diff_rank_pngs: &[],
                 cluster_sizes: &[],
+                profiles: &[],
             },
         )
         .unwrap();
@@ -701,6 +782,7 @@ mod tests {
                 cluster_sizes_png: None,
                 diff_rank_pngs: &[],
                 cluster_sizes: &[],
+                profiles: &[],
             },
         )
         .unwrap_err();
@@ -776,6 +858,7 @@ mod tests {
                 cluster_sizes_png: Some(&dir.join("cluster_sizes.png")),
                 diff_rank_pngs: &[("all".to_string(), dir.join("diff_rank_all.png"))],
                 cluster_sizes: &sizes,
+                profiles: &[],
             },
         )
         .unwrap();

@@ -1,13 +1,19 @@
-//! KMeans (linfa-clustering, seeded KMeans++ with several runs), then SPEC 3's own
-//! definitions computed here in f64: each household's nearest centroid, its squared distance,
-//! and its rank inside the cluster by distance ascending, ties by household_id ascending.
+//! KMeans, then SPEC 3's own definitions computed here in f64: each household's nearest
+//! centroid, its squared distance, and its rank inside the cluster by distance ascending, ties
+//! by household_id ascending.
+//!
+//! The fit is scikit-learn's recipe made cheaper where the data allows it. Each run starts
+//! from greedy k-means++ (2 + ⌊ln k⌋ candidates per centre, the one that lowers the potential
+//! most is kept) and runs Lloyd's iterations with Hamerly's bounds (the same steps as Lloyd,
+//! skipping the distances the triangle inequality proves useless) until no household changes
+//! cluster. Above `sample` households the runs search a seeded sample, and the `refine` best
+//! distinct results are then iterated on every household; the lowest full inertia wins. Runs
+//! go to worker threads, but each run's arithmetic is sequential and fixed, so the result is
+//! the same for a seed whatever the thread count or machine.
 
-use linfa::traits::Fit;
-use linfa::DatasetBase;
-use linfa_clustering::{KMeans, KMeansInit};
-use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
-use rand_xoshiro::rand_core::SeedableRng;
-use rand_xoshiro::Xoshiro256Plus;
+use ndarray::{Array2, ArrayView1, ArrayView2};
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::SegmentError;
 use crate::counters::household_hash;
@@ -19,15 +25,17 @@ pub struct KMeansSettings {
     pub k: usize,
     /// Random seed of the initialisation.
     pub seed: u64,
-    /// Independent runs; the one with the lowest inertia wins.
+    /// Independent runs (each from its own greedy k-means++ start).
     pub runs: usize,
-    /// Convergence tolerance on the centroids' movement.
-    pub tolerance: f64,
     /// Iteration cap per run.
     pub max_iterations: u64,
-    /// Above this many households, the runs search on a seeded sample of this size and one
-    /// final run refines the winner's centroids on every household (0 = always use all).
+    /// Above this many households, the runs search on a seeded sample of this size and the
+    /// `refine` best results are iterated on every household (0 = always use all).
     pub sample: usize,
+    /// How many of the sample's best distinct results are iterated on every household.
+    pub refine: usize,
+    /// Worker threads for the runs (0 = one per core); the result does not depend on it.
+    pub threads: usize,
 }
 
 impl Default for KMeansSettings {
@@ -35,10 +43,11 @@ impl Default for KMeansSettings {
         KMeansSettings {
             k: 6,
             seed: 3,
-            runs: 10,
-            tolerance: 1e-4,
+            runs: 40,
             max_iterations: 300,
-            sample: 50_000,
+            sample: 5_000,
+            refine: 8,
+            threads: 0,
         }
     }
 }
@@ -63,7 +72,381 @@ pub struct Clustering {
 /// Squared Euclidean distance.
 #[inline]
 pub fn sq_dist(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum()
+    match (a.as_slice(), b.as_slice()) {
+        (Some(a), Some(b)) => sq(a, b),
+        _ => a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum(),
+    }
+}
+
+/// Squared Euclidean distance of two slices, summed in four fixed lanes (the same order on
+/// every machine, and fast enough for the compiler to vectorise).
+#[inline]
+fn sq(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let mut ca = a.chunks_exact(4);
+    let mut cb = b.chunks_exact(4);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..4 {
+            let t = x[l] - y[l];
+            acc[l] += t * t;
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        let t = x - y;
+        tail += t * t;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// Rows of a matrix as one row-major slice.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    x: &'a [f64],
+    d: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn n(&self) -> usize {
+        self.x.len() / self.d
+    }
+    #[inline]
+    fn row(&self, i: usize) -> &'a [f64] {
+        &self.x[i * self.d..(i + 1) * self.d]
+    }
+}
+
+/// Points laid out to measure a row against all of them in one pass: coordinate j of point c
+/// at `j * width + c`, `width` being the count rounded up to 4 (padding points at the origin
+/// are never read back), so the inner loop runs over points and vectorises.
+struct Transposed {
+    t: Vec<f64>,
+    k: usize,
+    width: usize,
+}
+
+impl Transposed {
+    fn new(points: &[f64], k: usize, d: usize) -> Self {
+        let width = k.div_ceil(4) * 4;
+        let mut t = vec![0f64; width * d];
+        for c in 0..k {
+            for j in 0..d {
+                t[j * width + c] = points[c * d + j];
+            }
+        }
+        Transposed { t, k, width }
+    }
+
+    /// Squared distances of `x` to every point into `out[..width]` (each summed over the
+    /// coordinates in order, the same on every machine).
+    #[inline]
+    fn distances(&self, x: &[f64], out: &mut [f64]) {
+        match self.width {
+            4 => self.fixed::<4>(x, out),
+            8 => self.fixed::<8>(x, out),
+            12 => self.fixed::<12>(x, out),
+            16 => self.fixed::<16>(x, out),
+            w => {
+                let out = &mut out[..w];
+                out.fill(0.0);
+                for (row, &xj) in self.t.chunks_exact(w).zip(x) {
+                    for (o, &c) in out.iter_mut().zip(row) {
+                        let t = xj - c;
+                        *o += t * t;
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::distances`] for a width known at compile time: the sums stay in registers.
+    #[inline(always)]
+    fn fixed<const W: usize>(&self, x: &[f64], out: &mut [f64]) {
+        let mut acc = [0f64; W];
+        for (row, &xj) in self.t.chunks_exact(W).zip(x) {
+            for l in 0..W {
+                let t = xj - row[l];
+                acc[l] += t * t;
+            }
+        }
+        out[..W].copy_from_slice(&acc);
+    }
+
+    /// The nearest point, its distance and the second-nearest distance (Euclidean).
+    #[inline]
+    fn nearest2(&self, x: &[f64], scratch: &mut [f64]) -> (usize, f64, f64) {
+        self.distances(x, scratch);
+        let mut b = (f64::INFINITY, 0usize);
+        let mut second = f64::INFINITY;
+        for (c, &v) in scratch[..self.k].iter().enumerate() {
+            if v < b.0 {
+                second = b.0;
+                b = (v, c);
+            } else if v < second {
+                second = v;
+            }
+        }
+        (b.1, b.0.sqrt(), second.sqrt())
+    }
+}
+
+/// A uniform f64 in [0, 1).
+fn unit(rng: &mut Xoshiro256PlusPlus) -> f64 {
+    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// Greedy k-means++ (Arthur and Vassilvitskii, with scikit-learn's 2 + ⌊ln k⌋ local trials):
+/// the first centre uniformly, each next one among candidates drawn in proportion to the
+/// squared distance to the nearest centre so far, keeping the candidate that lowers the total
+/// the most. Returns k × d centres, row-major.
+fn plus_plus(rows: Rows, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f64> {
+    let n = rows.n();
+    let d = rows.d;
+    let mut centres = Vec::with_capacity(k * d);
+    let first = (rng.next_u64() % n as u64) as usize;
+    centres.extend_from_slice(rows.row(first));
+    let mut closest: Vec<f64> = (0..n).map(|i| sq(rows.row(i), rows.row(first))).collect();
+    let mut potential: f64 = closest.iter().sum();
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut cumulative = vec![0f64; n];
+    let mut best = vec![0f64; n];
+    let mut scratch = vec![0f64; trials.div_ceil(4) * 4];
+    for _ in 1..k {
+        let mut run = 0.0;
+        for (c, v) in cumulative.iter_mut().zip(&closest) {
+            run += v;
+            *c = run;
+        }
+        let picks: Vec<usize> = (0..trials)
+            .map(|_| {
+                let target = unit(rng) * run;
+                cumulative.partition_point(|&c| c <= target).min(n - 1)
+            })
+            .collect();
+        let mut flat = Vec::with_capacity(trials * d);
+        for &p in &picks {
+            flat.extend_from_slice(rows.row(p));
+        }
+        let cands = Transposed::new(&flat, trials, d);
+        let mut pots = vec![0f64; trials];
+        for (i, &old) in closest.iter().enumerate() {
+            cands.distances(rows.row(i), &mut scratch);
+            for (pot, &v) in pots.iter_mut().zip(&scratch) {
+                *pot += old.min(v);
+            }
+        }
+        let mut chosen = (f64::INFINITY, 0usize);
+        for (t, &pot) in pots.iter().enumerate() {
+            if pot < chosen.0 {
+                chosen = (pot, t);
+            }
+        }
+        if chosen.0.is_finite() {
+            let p = rows.row(picks[chosen.1]);
+            for (i, slot) in best.iter_mut().enumerate() {
+                *slot = closest[i].min(sq(rows.row(i), p));
+            }
+            chosen.1 = picks[chosen.1];
+        }
+        if !chosen.0.is_finite() {
+            // every household sits on a centre already: any row will do
+            chosen = (potential, (rng.next_u64() % n as u64) as usize);
+            best.copy_from_slice(&closest);
+        }
+        centres.extend_from_slice(rows.row(chosen.1));
+        std::mem::swap(&mut closest, &mut best);
+        potential = chosen.0;
+    }
+    let _ = potential;
+    centres
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone)]
+struct Run {
+    centres: Vec<f64>,
+    inertia: f64,
+    iterations: u64,
+}
+
+/// Lloyd's iterations from `centres` until no row changes cluster (or `max_iterations`), with
+/// Hamerly's bounds: an upper bound on each row's distance to its centre and a lower bound on
+/// its distance to every other centre, moved by how far the centres move, so that a row is
+/// looked at only when the bounds no longer prove its cluster. Empty clusters keep their
+/// centre. Returns the centres as the means of the final clusters.
+// the bounds, assignments and sums are parallel arrays indexed by row and by cluster
+#[allow(clippy::needless_range_loop)]
+fn lloyd(rows: Rows, k: usize, mut centres: Vec<f64>, max_iterations: u64) -> Run {
+    let n = rows.n();
+    let d = rows.d;
+    let mut assign = vec![0u32; n];
+    let mut upper = vec![0f64; n];
+    let mut lower = vec![0f64; n];
+    let mut sums = vec![0f64; k * d];
+    let mut counts = vec![0u64; k];
+    let mut scratch = vec![0f64; k.div_ceil(4) * 4];
+    let mut layout = Transposed::new(&centres, k, d);
+    for i in 0..n {
+        let x = rows.row(i);
+        let (c, u, l) = layout.nearest2(x, &mut scratch);
+        assign[i] = c as u32;
+        upper[i] = u;
+        lower[i] = l;
+        counts[c] += 1;
+        for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(x) {
+            *s += v;
+        }
+    }
+    let mut moved = vec![0f64; k];
+    let mut half = vec![0f64; k];
+    let mut next = centres.clone();
+    let mut iterations = 0;
+    while iterations < max_iterations {
+        iterations += 1;
+        for c in 0..k {
+            if counts[c] > 0 {
+                let inv = 1.0 / counts[c] as f64;
+                for j in 0..d {
+                    next[c * d + j] = sums[c * d + j] * inv;
+                }
+            }
+            moved[c] = sq(&centres[c * d..(c + 1) * d], &next[c * d..(c + 1) * d]).sqrt();
+        }
+        std::mem::swap(&mut centres, &mut next);
+        next.copy_from_slice(&centres);
+        layout = Transposed::new(&centres, k, d);
+        let (mut m1, mut m1c, mut m2) = (0f64, 0usize, 0f64);
+        for (c, &m) in moved.iter().enumerate() {
+            if m > m1 {
+                m2 = m1;
+                m1 = m;
+                m1c = c;
+            } else if m > m2 {
+                m2 = m;
+            }
+        }
+        for c in 0..k {
+            let mut closest = f64::INFINITY;
+            for o in 0..k {
+                if o != c {
+                    closest = closest.min(sq(
+                        &centres[c * d..(c + 1) * d],
+                        &centres[o * d..(o + 1) * d],
+                    ));
+                }
+            }
+            half[c] = 0.5 * closest.sqrt();
+        }
+        let mut changed = 0u64;
+        for i in 0..n {
+            let a = assign[i] as usize;
+            upper[i] += moved[a];
+            lower[i] -= if a == m1c { m2 } else { m1 };
+            let bound = half[a].max(lower[i]);
+            if upper[i] <= bound {
+                continue;
+            }
+            let x = rows.row(i);
+            upper[i] = sq(x, &centres[a * d..(a + 1) * d]).sqrt();
+            if upper[i] <= bound {
+                continue;
+            }
+            let (c, u, l) = layout.nearest2(x, &mut scratch);
+            upper[i] = u;
+            lower[i] = l;
+            if c != a {
+                changed += 1;
+                assign[i] = c as u32;
+                counts[a] -= 1;
+                counts[c] += 1;
+                for j in 0..d {
+                    sums[a * d + j] -= x[j];
+                    sums[c * d + j] += x[j];
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    // the centres as the exact means of the final clusters (the running sums drift), and
+    // the inertia of the final assignment
+    sums.iter_mut().for_each(|s| *s = 0.0);
+    for i in 0..n {
+        let c = assign[i] as usize;
+        for (s, v) in sums[c * d..(c + 1) * d].iter_mut().zip(rows.row(i)) {
+            *s += v;
+        }
+    }
+    for c in 0..k {
+        if counts[c] > 0 {
+            let inv = 1.0 / counts[c] as f64;
+            for j in 0..d {
+                centres[c * d + j] = sums[c * d + j] * inv;
+            }
+        }
+    }
+    let inertia = (0..n)
+        .map(|i| {
+            let c = assign[i] as usize;
+            sq(rows.row(i), &centres[c * d..(c + 1) * d])
+        })
+        .sum();
+    Run {
+        centres,
+        inertia,
+        iterations,
+    }
+}
+
+/// The seed of run `r`: runs are independent streams of one seeded generator.
+fn run_rng(seed: u64, r: usize) -> Xoshiro256PlusPlus {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    for _ in 0..r {
+        rng.jump();
+    }
+    rng
+}
+
+/// `jobs` computed on up to `threads` threads, in job order.
+fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, jobs.max(1));
+    if threads == 1 {
+        return (0..jobs).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, T)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if j >= jobs {
+                            break mine;
+                        }
+                        mine.push((j, f(j)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    out.sort_unstable_by_key(|(j, _)| *j);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+fn threads(s: &KMeansSettings) -> usize {
+    match s.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    }
 }
 
 /// Fit KMeans on `x` and assign every row.
@@ -72,7 +455,18 @@ pub fn fit(
     ids: &[i64],
     s: &KMeansSettings,
 ) -> Result<Clustering, SegmentError> {
+    let centroids = fit_centres(x, ids, s)?;
+    Ok(assign(x, ids, centroids))
+}
+
+/// The centres of the best run (see the module's paragraph).
+pub fn fit_centres(
+    x: ArrayView2<f64>,
+    ids: &[i64],
+    s: &KMeansSettings,
+) -> Result<Array2<f64>, SegmentError> {
     let n = x.nrows();
+    let d = x.ncols();
     if s.k == 0 {
         return Err(SegmentError::Settings("--k must be at least 1".into()));
     }
@@ -82,25 +476,120 @@ pub fn fit(
             households: n,
         });
     }
-    let run = |data: Array2<f64>, runs: usize, init: KMeansInit<f64>| {
-        KMeans::params_with_rng(s.k, Xoshiro256Plus::seed_from_u64(s.seed))
-            .n_runs(runs)
-            .tolerance(s.tolerance)
-            .max_n_iterations(s.max_iterations.max(1))
-            .init_method(init)
-            .fit(&DatasetBase::from(data))
-            .map(|m| m.centroids().clone())
-            .map_err(|e| SegmentError::KMeans(e.to_string()))
-    };
-    let runs = s.runs.max(1);
-    let centroids = match sample_rows(ids, s.sample, s.seed) {
-        Some(rows) if rows.len() >= s.k => {
-            let searched = run(x.select(Axis(0), &rows), runs, KMeansInit::KMeansPlusPlus)?;
-            run(x.to_owned(), 1, KMeansInit::Precomputed(searched))?
+    if s.runs == 0 {
+        return Err(SegmentError::Settings("--runs must be at least 1".into()));
+    }
+    let k = s.k;
+    let max_it = s.max_iterations.max(1);
+    let owned;
+    let all = match x.as_slice() {
+        Some(v) => v,
+        None => {
+            owned = x.as_standard_layout().into_owned();
+            owned.as_slice().unwrap_or_default()
         }
-        _ => run(x.to_owned(), runs, KMeansInit::KMeansPlusPlus)?,
     };
-    Ok(assign(x, ids, centroids))
+    let full = Rows {
+        x: all,
+        d: d.max(1),
+    };
+    if d == 0 {
+        return Ok(Array2::zeros((k, 0)));
+    }
+    let threads = threads(s);
+    // the levels: the runs on the smallest sample, then the best distinct results on a sample
+    // ten times larger, then the best of those on every household (a level is skipped where
+    // its sample would hold every household)
+    let mut levels: Vec<(Option<Vec<usize>>, usize)> = Vec::new();
+    let mut size = s.sample;
+    let mut keep = s.refine.max(1);
+    loop {
+        match sample_rows(ids, size, s.seed) {
+            Some(rows) if rows.len() >= k && size > 0 => levels.push((Some(rows), keep)),
+            _ => {
+                levels.push((None, keep));
+                break;
+            }
+        }
+        size = size.saturating_mul(LEVEL_GROWTH);
+        keep = FINAL_CANDIDATES.min(keep);
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    for (level, (rows, _)) in levels.iter().enumerate() {
+        let gathered;
+        let data = match rows {
+            Some(rows) => {
+                let mut sub = Vec::with_capacity(rows.len() * d);
+                for &i in rows {
+                    sub.extend_from_slice(full.row(i));
+                }
+                gathered = sub;
+                Rows { x: &gathered, d }
+            }
+            None => full,
+        };
+        runs = if level == 0 {
+            parallel(s.runs, threads, |r| {
+                let mut rng = run_rng(s.seed, r);
+                let start = plus_plus(data, k, &mut rng);
+                lloyd(data, k, start, max_it)
+            })
+        } else {
+            let starts = best_distinct(runs, levels[level - 1].1);
+            parallel(starts.len(), threads, |j| {
+                lloyd(data, k, starts[j].clone(), max_it)
+            })
+        };
+        tracing::debug!(
+            level,
+            households = data.n(),
+            runs = runs.len(),
+            "kmeans level"
+        );
+    }
+    let best = pick(runs);
+    Array2::from_shape_vec((k, d), best.centres).map_err(|e| SegmentError::KMeans(e.to_string()))
+}
+
+/// Each sample level is this many times the one before.
+const LEVEL_GROWTH: usize = 10;
+
+/// How many results go on from the second level to the next ones (one per core here).
+const FINAL_CANDIDATES: usize = 2;
+
+/// The centres of the `keep` best runs, best first (the earlier run of equals), counting runs
+/// that ended in the same optimum (inertia equal to 1e-9) once.
+fn best_distinct(mut runs: Vec<Run>, keep: usize) -> Vec<Vec<f64>> {
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| runs[a].inertia.total_cmp(&runs[b].inertia).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = Vec::new();
+    for &r in &order {
+        let same = kept
+            .iter()
+            .any(|&o| (runs[o].inertia - runs[r].inertia).abs() <= 1e-9 * runs[o].inertia.abs());
+        if !same && kept.len() < keep {
+            kept.push(r);
+        }
+    }
+    kept.iter()
+        .map(|&r| std::mem::take(&mut runs[r].centres))
+        .collect()
+}
+
+/// The run with the lowest inertia (the first of equals).
+fn pick(runs: Vec<Run>) -> Run {
+    let mut best: Option<Run> = None;
+    for r in runs {
+        tracing::debug!(inertia = r.inertia, iterations = r.iterations, "kmeans run");
+        if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {
+            best = Some(r);
+        }
+    }
+    best.unwrap_or(Run {
+        centres: Vec::new(),
+        inertia: 0.0,
+        iterations: 0,
+    })
 }
 
 /// A seeded sample of about `size` rows, chosen by a stable hash of the household id (so the
@@ -249,5 +738,141 @@ mod tests {
         }
         let err = fit(x.view(), &ids, &KMeansSettings { k: 151, ..s }).unwrap_err();
         assert!(err.to_string().contains("151"), "{err}");
+    }
+
+    /// Seeded blob-like rows in 9 dimensions: three numeric columns and one-hot cells.
+    fn rows(n: usize, seed: u64) -> Array2<f64> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        Array2::from_shape_fn((n, 9), |(_, j)| {
+            let u = unit(&mut rng);
+            if j < 3 {
+                (u * 8.0).round() / 8.0
+            } else {
+                f64::from(u < 0.3)
+            }
+        })
+    }
+
+    /// Lloyd's algorithm as written in the textbook: every distance, every iteration.
+    fn plain_lloyd(x: &Array2<f64>, mut c: Array2<f64>) -> Array2<f64> {
+        loop {
+            let a = assign(x.view(), &vec![0; x.nrows()], c.clone());
+            let mut next = c.clone();
+            for k in 0..c.nrows() {
+                let members: Vec<usize> = (0..x.nrows())
+                    .filter(|&i| a.cluster[i] == k as u32)
+                    .collect();
+                if !members.is_empty() {
+                    let m = x
+                        .select(ndarray::Axis(0), &members)
+                        .mean_axis(ndarray::Axis(0))
+                        .unwrap();
+                    next.row_mut(k).assign(&m);
+                }
+            }
+            let again = assign(x.view(), &vec![0; x.nrows()], next.clone());
+            if again.cluster == a.cluster {
+                return next;
+            }
+            c = next;
+        }
+    }
+
+    #[test]
+    fn hamerly_bounds_reach_what_plain_lloyd_reaches() {
+        for seed in 0..6 {
+            let x = rows(2_000, seed);
+            let flat = x.as_slice().unwrap();
+            let r = Rows { x: flat, d: 9 };
+            let mut rng = run_rng(seed, 0);
+            let start = plus_plus(r, 5, &mut rng);
+            let ours = lloyd(r, 5, start.clone(), 1_000);
+            let want = plain_lloyd(&x, Array2::from_shape_vec((5, 9), start).unwrap());
+            let got = Array2::from_shape_vec((5, 9), ours.centres).unwrap();
+            let gap = (&got - &want).iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert!(gap < 1e-12, "seed {seed}: centres differ by {gap}");
+            let inertia = assign(x.view(), &vec![0; 2_000], want).inertia;
+            assert!((ours.inertia - inertia).abs() <= 1e-9 * inertia);
+        }
+    }
+
+    #[test]
+    fn the_result_is_a_fixed_point_of_linfas_kmeans() {
+        use linfa::traits::Fit;
+        let x = rows(3_000, 9);
+        let ids: Vec<i64> = (0..3_000).collect();
+        let s = KMeansSettings {
+            k: 4,
+            sample: 1_000,
+            ..KMeansSettings::default()
+        };
+        let ours = fit(x.view(), &ids, &s).unwrap();
+        let linfa =
+            linfa_clustering::KMeans::params_with_rng(4, Xoshiro256PlusPlus::seed_from_u64(1))
+                .n_runs(1)
+                .tolerance(1e-12)
+                .init_method(linfa_clustering::KMeansInit::Precomputed(
+                    ours.centroids.clone(),
+                ))
+                .fit(&linfa::DatasetBase::from(x.clone()))
+                .unwrap();
+        let gap = (linfa.centroids() - &ours.centroids)
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs()));
+        assert!(gap < 1e-9, "linfa moved our centres by {gap}");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_centres_on_any_thread_count() {
+        let x = rows(20_000, 4);
+        let ids: Vec<i64> = (0..20_000).map(|i| i * 7 + 1).collect();
+        let base = KMeansSettings {
+            k: 6,
+            sample: 2_000,
+            ..KMeansSettings::default()
+        };
+        let one = fit_centres(x.view(), &ids, &KMeansSettings { threads: 1, ..base }).unwrap();
+        let three = fit_centres(x.view(), &ids, &KMeansSettings { threads: 3, ..base }).unwrap();
+        assert_eq!(one, three);
+        let other = fit_centres(x.view(), &ids, &KMeansSettings { seed: 4, ..base }).unwrap();
+        assert_ne!(one, other);
+        // more runs never end worse: the first ten of forty are the same ten runs
+        let few = fit(
+            x.view(),
+            &ids,
+            &KMeansSettings {
+                runs: 1,
+                refine: 1,
+                ..base
+            },
+        )
+        .unwrap();
+        let many = fit(x.view(), &ids, &base).unwrap();
+        assert!(
+            many.inertia <= few.inertia * (1.0 + 1e-12),
+            "{} {}",
+            many.inertia,
+            few.inertia
+        );
+    }
+
+    #[test]
+    fn greedy_plus_plus_picks_distinct_rows_and_spreads_them() {
+        // four far blobs: the four centres land one in each
+        let mut v = Vec::new();
+        for b in 0..4 {
+            for i in 0..50 {
+                v.extend_from_slice(&[b as f64 * 100.0 + (i % 5) as f64, (i / 5) as f64]);
+            }
+        }
+        let r = Rows { x: &v, d: 2 };
+        let c = plus_plus(r, 4, &mut run_rng(3, 0));
+        let mut blobs: Vec<i64> = c.chunks(2).map(|p| (p[0] / 100.0).floor() as i64).collect();
+        blobs.sort();
+        assert_eq!(blobs, vec![0, 1, 2, 3]);
+        // as many identical rows as k: still k centres, no NaN
+        let same = vec![1.0; 10];
+        let c = plus_plus(Rows { x: &same, d: 2 }, 3, &mut run_rng(3, 0));
+        assert_eq!(c, vec![1.0; 6]);
     }
 }

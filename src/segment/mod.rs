@@ -7,6 +7,8 @@ pub mod demographics;
 pub mod features;
 pub mod model;
 pub mod pca;
+pub mod profile;
+pub mod scores;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use cluster::KMeansSettings;
-pub use model::{Household, LoadedModel, ModelBin, ModelInfo};
+pub use model::{Household, KSelection, KSelectionRow, LoadedModel, ModelBin, ModelInfo};
 
 /// Everything that can go wrong while segmenting or loading a model.
 #[derive(Debug, Error)]
@@ -183,8 +185,10 @@ pub struct SegmentSettings {
     pub demographics: PathBuf,
     /// Model folder to write.
     pub out: PathBuf,
-    /// KMeans settings.
+    /// KMeans settings (`kmeans.k` is the k when `k_range` is `None`).
     pub kmeans: KMeansSettings,
+    /// Fit every k of this range, score each (`k_selection.csv`) and keep the recommended one.
+    pub k_range: Option<(usize, usize)>,
     /// Refuse rows with missing or unparseable values instead of skipping them.
     pub strict: bool,
     /// `households` (and `features`) as CSV, `households.parquet`, or both.
@@ -253,26 +257,76 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
     let x = features::transform(&d, &spec);
     timing.insert("features_ms".to_string(), ms(t));
 
+    // features.csv is the largest file and needs only the features: it is written on a thread
+    // of its own while KMeans runs (whose sample search and refinements leave a core idle
+    // part of the time), PCA and the other files follow
+    std::thread::scope(|scope| {
+        let features = s.formats.csv.then(|| {
+            let (dir, ids, x) = (dir, &d.household_id, x.view());
+            scope.spawn(move || model::write_features(&dir.join("features.csv"), ids, x))
+        });
+        let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing);
+        if let Some(f) = features {
+            match f.join() {
+                Ok(r) => r?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        seg
+    })
+}
+
+/// KMeans, PCA and every file of the model but features.csv.
+fn cluster_and_write(
+    s: &SegmentSettings,
+    dir: &Path,
+    d: &demographics::Demographics,
+    spec: &features::FeatureSpec,
+    x: ndarray::ArrayView2<f64>,
+    mut timing: BTreeMap<String, f64>,
+) -> Result<Segmented, SegmentError> {
     let t = Instant::now();
-    let spin = crate::progress::spinner(&format!(
-        "KMeans k={} over {} households ({} runs)",
-        s.kmeans.k,
-        d.len(),
-        s.kmeans.runs
-    ));
-    let cl = cluster::fit(x.view(), &d.household_id, &s.kmeans)?;
+    let spin = crate::progress::spinner(&match s.k_range {
+        None => format!(
+            "KMeans k={} over {} households ({} runs)",
+            s.kmeans.k,
+            d.len(),
+            s.kmeans.runs
+        ),
+        Some((a, b)) => format!("KMeans k={a}..{b} over {} households", d.len()),
+    });
+    let (cl, k_selection) = match s.k_range {
+        None => (cluster::fit(x.view(), &d.household_id, &s.kmeans)?, None),
+        Some(range) => {
+            let (cl, selection) = choose_k(x, &d.household_id, &s.kmeans, range)?;
+            write_k_selection(&dir.join("k_selection.csv"), &selection)?;
+            (cl, Some(selection))
+        }
+    };
     spin.finish_and_clear();
+    let kmeans = KMeansSettings {
+        k: cl.centroids.nrows(),
+        ..s.kmeans
+    };
     let kmeans_ms = ms(t);
     timing.insert("kmeans_ms".to_string(), kmeans_ms);
-    info!(k = s.kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, kmeans_ms, "clustered");
+    info!(k = kmeans.k, inertia = cl.inertia, sizes = ?cl.sizes, kmeans_ms, "clustered");
     let empty: Vec<usize> = (0..cl.sizes.len()).filter(|&c| cl.sizes[c] == 0).collect();
     if !empty.is_empty() {
         warn!(
-            k = s.kmeans.k,
+            k = kmeans.k,
             empty = ?empty,
             distinct_rows = distinct_rows(x.view()),
             "some clusters have no household: the households have fewer distinct feature rows than k; choose a smaller --k"
         );
+    }
+
+    let t = Instant::now();
+    let profiles = profile::profiles(d, &cl.cluster, kmeans.k, &spec.categories);
+    profile::write_csv(&dir.join("profiles.csv"), &profiles)?;
+    timing.insert("profiles_ms".to_string(), ms(t));
+    for p in &profiles {
+        info!(cluster = p.cluster, households = p.households, label = %p.label, "profile");
     }
 
     let t = Instant::now();
@@ -299,7 +353,7 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
     let mut info = ModelInfo {
         viewpulse: env!("CARGO_PKG_VERSION").to_string(),
         demographics: s.demographics.display().to_string(),
-        k: s.kmeans.k as u32,
+        k: kmeans.k as u32,
         seed: s.kmeans.seed,
         runs: s.kmeans.runs as u32,
         sample: cluster::sample_rows(&d.household_id, s.kmeans.sample, s.kmeans.seed)
@@ -345,6 +399,8 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
         duplicates: d.duplicates,
         skipped_examples: d.skipped_examples.clone(),
         households_csv: None,
+        k_selection,
+        profiles,
     };
 
     let t = Instant::now();
@@ -358,7 +414,6 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
             &dir.join("households.csv"),
             &households,
         )?);
-        model::write_features(&dir.join("features.csv"), &d.household_id, x.view())?;
     }
     write_json(&dir.join("model.json"), &info)?;
     let bin = ModelBin {
@@ -385,4 +440,146 @@ fn write_json(path: &Path, info: &ModelInfo) -> Result<(), SegmentError> {
         path: path.to_path_buf(),
         source: e,
     })
+}
+
+/// Households the silhouette of a k range is computed on, at most (a seeded sample above it).
+pub const SILHOUETTE_SAMPLE: usize = 20_000;
+
+/// Fit every k of `first..=last` with the same settings (each exactly as `--k` alone would),
+/// score each, and return the clustering of the recommended k with the table.
+pub fn choose_k(
+    x: ndarray::ArrayView2<f64>,
+    ids: &[i64],
+    kmeans: &KMeansSettings,
+    (first, last): (usize, usize),
+) -> Result<(cluster::Clustering, KSelection), SegmentError> {
+    let mut fits = Vec::new();
+    for k in first..=last {
+        let cl = cluster::fit(x, ids, &KMeansSettings { k, ..*kmeans })?;
+        info!(k, inertia = cl.inertia, "k range: fitted");
+        fits.push(cl);
+    }
+    let picked = cluster::sample_rows(ids, SILHOUETTE_SAMPLE, kmeans.seed);
+    let sample = match &picked {
+        Some(rows) => x.select(ndarray::Axis(0), rows),
+        None => x.to_owned(),
+    };
+    let labelings: Vec<(usize, Vec<u32>)> = fits
+        .iter()
+        .map(|cl| {
+            let labels = match &picked {
+                Some(rows) => rows.iter().map(|&i| cl.cluster[i]).collect(),
+                None => cl.cluster.clone(),
+            };
+            (cl.centroids.nrows(), labels)
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let silhouettes = scores::silhouettes(sample.view(), &labelings, threads);
+    let rows: Vec<scores::KScore> = fits
+        .iter()
+        .zip(&silhouettes)
+        .map(|(cl, &silhouette)| {
+            let k = cl.centroids.nrows();
+            scores::KScore {
+                k,
+                inertia: cl.inertia,
+                scores: scores::Scores {
+                    silhouette,
+                    calinski_harabasz: scores::calinski_harabasz(x, &cl.cluster, k),
+                    davies_bouldin: scores::davies_bouldin(x, &cl.cluster, k),
+                },
+            }
+        })
+        .collect();
+    let (recommended, why) = scores::recommend(&rows)
+        .ok_or_else(|| SegmentError::Settings(format!("--k {first}..{last} holds no k to fit")))?;
+    info!(recommended, why = %why, "k range: recommended");
+    let chosen = fits
+        .into_iter()
+        .find(|cl| cl.centroids.nrows() == recommended)
+        .ok_or_else(|| SegmentError::Settings(format!("k = {recommended} was not fitted")))?;
+    Ok((
+        chosen,
+        KSelection {
+            recommended: recommended as u32,
+            why,
+            silhouette_sample: sample.nrows() as u64,
+            scores: rows
+                .iter()
+                .map(|r| KSelectionRow {
+                    k: r.k as u32,
+                    inertia: r.inertia,
+                    silhouette: r.scores.silhouette,
+                    calinski_harabasz: r.scores.calinski_harabasz,
+                    davies_bouldin: r.scores.davies_bouldin,
+                })
+                .collect(),
+        },
+    ))
+}
+
+/// Write `k_selection.csv`: `k,inertia,silhouette,calinski_harabasz,davies_bouldin,recommended`.
+fn write_k_selection(path: &Path, sel: &KSelection) -> Result<(), SegmentError> {
+    let mut text =
+        String::from("k,inertia,silhouette,calinski_harabasz,davies_bouldin,recommended\n");
+    let mut f = ryu::Buffer::new();
+    for r in &sel.scores {
+        text.push_str(&r.k.to_string());
+        for v in [
+            r.inertia,
+            r.silhouette,
+            r.calinski_harabasz,
+            r.davies_bouldin,
+        ] {
+            text.push(',');
+            text.push_str(f.format(v));
+        }
+        text.push_str(if r.k == sel.recommended {
+            ",true\n"
+        } else {
+            ",false\n"
+        });
+    }
+    std::fs::write(path, text).map_err(|e| SegmentError::Write {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// `--k`: one k, or an inclusive range `A..B` to choose from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KChoice {
+    /// This k.
+    Fixed(usize),
+    /// Every k from the first to the last, both included.
+    Range(usize, usize),
+}
+
+impl std::str::FromStr for KChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{text:?} is not a number of clusters (N) or a range (A..B)"))
+        };
+        match text.split_once("..") {
+            None => match number(text)? {
+                0 => Err("k must be at least 1".into()),
+                k => Ok(KChoice::Fixed(k)),
+            },
+            Some((a, b)) => {
+                let (a, b) = (number(a)?, number(b.trim_start_matches('='))?);
+                if a < 2 || b <= a {
+                    Err(format!(
+                        "the range {text:?} must go from at least 2 up to a larger k (for example 2..12): a silhouette needs two clusters"
+                    ))
+                } else {
+                    Ok(KChoice::Range(a, b))
+                }
+            }
+        }
+    }
 }

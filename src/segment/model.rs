@@ -20,7 +20,7 @@ use super::SegmentError;
 /// First bytes of `model.bin`.
 pub const MAGIC: &[u8; 8] = b"VPMODEL\0";
 /// Format version of `model.bin`; bump on any change of [`ModelBin`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The files `segment` writes into a model folder: a folder holding anything else is not
 /// replaced.
@@ -32,6 +32,9 @@ pub const MODEL_FILES: &[&str] = &[
     "model.bin",
     "pca.png",
     "cluster_sizes.png",
+    "profiles.csv",
+    "k_selection.csv",
+    "k_selection.png",
 ];
 
 /// Length and CRC-32 of a file, to tell that two files were written together.
@@ -284,6 +287,40 @@ pub struct ModelInfo {
     /// The `households.csv` written with this model (none in a model made elsewhere).
     #[serde(default)]
     pub households_csv: Option<Digest>,
+    /// With `--k A..B`: every k's scores and the one kept (also in `k_selection.csv`).
+    #[serde(default)]
+    pub k_selection: Option<KSelection>,
+    /// Who each cluster is, in the demographics' units (also in `profiles.csv`).
+    #[serde(default)]
+    pub profiles: Vec<super::profile::Profile>,
+}
+
+/// How `--k A..B` chose k.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KSelection {
+    /// The k kept (the model's k).
+    pub recommended: u32,
+    /// Why, in words.
+    pub why: String,
+    /// Households the silhouettes were computed on (a seeded sample of at most 20,000).
+    pub silhouette_sample: u64,
+    /// One row per k, ascending.
+    pub scores: Vec<KSelectionRow>,
+}
+
+/// One k of `k_selection.csv`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KSelectionRow {
+    /// Number of clusters.
+    pub k: u32,
+    /// Sum of squared distances to the centroids.
+    pub inertia: f64,
+    /// Mean silhouette on the sample.
+    pub silhouette: f64,
+    /// Calinski-Harabasz score over every household.
+    pub calinski_harabasz: f64,
+    /// Davies-Bouldin score over every household.
+    pub davies_bouldin: f64,
 }
 
 /// The content of `model.bin`.
@@ -646,8 +683,15 @@ pub fn write_features(
         for i in order {
             write!(w, "{}", ids[i])?;
             for &v in x.row(i) {
-                w.write_all(b",")?;
-                w.write_all(f.format(v).as_bytes())?;
+                // most cells are a one-hot 0 or 1: written as ryu writes them, without it
+                if v == 0.0 && v.is_sign_positive() {
+                    w.write_all(b",0.0")?;
+                } else if v == 1.0 {
+                    w.write_all(b",1.0")?;
+                } else {
+                    w.write_all(b",")?;
+                    w.write_all(f.format(v).as_bytes())?;
+                }
             }
             w.write_all(b"\n")?;
         }
@@ -998,6 +1042,8 @@ mod tests {
             duplicates: 0,
             skipped_examples: vec![],
             households_csv: None,
+            k_selection: None,
+            profiles: Vec::new(),
         };
         let m = ModelBin {
             info,

@@ -505,6 +505,9 @@ pub fn model_charts(dir: &Path, model: &LoadedModel) -> Result<(), TopologyError
         )?;
     }
     report::cluster_sizes(&dir.join("cluster_sizes.png"), &model.cluster_sizes())?;
+    if let Some(sel) = model.info.as_ref().and_then(|i| i.k_selection.as_ref()) {
+        report::k_selection(&dir.join("k_selection.png"), sel)?;
+    }
     Ok(())
 }
 
@@ -578,6 +581,7 @@ fn write_report_html(
             cluster_sizes_png: Some(&charts.sizes_path),
             diff_rank_pngs: &charts.diff_pngs,
             cluster_sizes: &charts.sizes,
+            profiles: model.info.as_ref().map_or(&[], |i| i.profiles.as_slice()),
         },
     )?;
     Ok(html)
@@ -749,6 +753,7 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
             demographics: data.join("demographics.parquet"),
             out: model_dir.clone(),
             kmeans: segment::KMeansSettings::default(),
+            k_range: None,
             strict: false,
             formats: crate::dataset::Formats {
                 csv: true,

@@ -410,6 +410,7 @@ pub fn generated_model(
             demographics: dir.join("data/demographics.parquet"),
             out: model.clone(),
             kmeans: viewpulse::segment::KMeansSettings::default(),
+            k_range: None,
             strict: false,
             formats: Default::default(),
         },
@@ -467,16 +468,24 @@ pub fn python() -> PathBuf {
 
 /// Run `tests/python/interop.py` with `args`; its stdout, or a panic with its stderr.
 pub fn interop<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
+    python_script("interop.py", args)
+}
+
+/// Run `tests/python/SCRIPT` with `args` in the tests' Python; its stdout, or a panic with its
+/// output.
+pub fn python_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = std::process::Command::new(python())
-        .arg(&script)
+        .arg(&path)
         .args(args)
         .output()
-        .expect("run interop.py");
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "interop.py {:?}: {}{}",
+        "{script} {:?}: {}{}",
         args.iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())
             .collect::<Vec<_>>(),
