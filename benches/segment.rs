@@ -1,12 +1,13 @@
-//! Segmentation's costly steps on synthetic demographics-like features: KMeans (linfa,
-//! k-means++, several runs) and the PCA covariance. Fixed seeds, inputs built outside the
-//! timed part, parameters in the ids.
+//! Segmentation's costly steps on synthetic demographics-like features: KMeans (greedy
+//! k-means++, Hamerly-bounded Lloyd, the sampled runs then the refinements), the silhouettes of
+//! a k range and the PCA covariance. Fixed seeds, inputs built outside the timed part,
+//! parameters in the ids. Under `cargo test` the silhouettes run once on a small sample.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
 use std::hint::black_box;
 use viewpulse::segment::cluster::{self, KMeansSettings};
-use viewpulse::segment::pca;
+use viewpulse::segment::{pca, scores};
 
 /// Blobs in 19 dimensions: 7 scaled numeric columns and 12 one-hot cells, like SPEC 2's.
 fn features(n: usize, seed: u64) -> (Array2<f64>, Vec<i64>) {
@@ -43,13 +44,40 @@ fn bench_kmeans(c: &mut Criterion) {
         let s = KMeansSettings {
             k: 6,
             seed: 3,
-            runs: 10,
             ..KMeansSettings::default()
         };
-        g.bench_function(BenchmarkId::new("k6_runs10_households", n), |b| {
+        g.bench_function(BenchmarkId::new("k6_default_households", n), |b| {
             b.iter(|| cluster::fit(black_box(x.view()), &ids, &s).map(|c| c.inertia))
         });
     }
+    g.finish();
+    // the silhouettes of a k range 2..=12 on the largest sample a range scores (20,000); under
+    // `cargo test` (a debug build, once) on 1,000
+    let n = if std::env::args().any(|a| a == "--bench") {
+        20_000
+    } else {
+        1_000
+    };
+    let (x, ids) = features(n, 7);
+    let labelings: Vec<(usize, Vec<u32>)> = (2..=12)
+        .map(|k| {
+            let s = KMeansSettings {
+                k,
+                ..KMeansSettings::default()
+            };
+            (
+                k,
+                cluster::fit(x.view(), &ids, &s)
+                    .map(|c| c.cluster)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut g = c.benchmark_group("silhouettes");
+    g.sample_size(10);
+    g.bench_function(BenchmarkId::new("k2_to_12_households", n), |b| {
+        b.iter(|| scores::silhouettes(black_box(x.view()), &labelings, 2))
+    });
     g.finish();
     let (x, _) = features(100_000, 6);
     c.bench_function("pca/households/100000", |b| {
