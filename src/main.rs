@@ -106,11 +106,13 @@ enum Command {
         /// KMeans runs, each from its own greedy k-means++ start (the lowest inertia wins).
         #[arg(long, default_value_t = KMeansSettings::default().runs)]
         runs: usize,
-        /// Above this many households the runs search a seeded sample of this size, then the
-        /// `--refine` best are iterated on every household (0 = always every household).
+        /// Above this many households the runs search a seeded sample of this size; the best
+        /// are then iterated on samples ten times larger each, up to every household (0 =
+        /// every run on every household).
         #[arg(long, default_value_t = KMeansSettings::default().sample)]
         sample: usize,
-        /// How many of the sample's best distinct results are iterated on every household.
+        /// How many of the first sample's best distinct results go on to the next, larger
+        /// sample (2 go on from there).
         #[arg(long, default_value_t = KMeansSettings::default().refine)]
         refine: usize,
         /// Refuse a row with a missing or unparseable value instead of skipping it.

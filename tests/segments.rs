@@ -85,12 +85,13 @@ fn a_k_range_scores_like_scikit_learn_and_keeps_what_k_alone_gives() {
         1,
         "{csv}"
     );
-    // the recommended k has the highest silhouette of the table
-    let best = sel
+    // the recommended k has the highest silhouette of the table (the smallest k of equals)
+    let top = sel
         .scores
         .iter()
-        .max_by(|a, b| a.silhouette.total_cmp(&b.silhouette))
-        .unwrap();
+        .map(|r| r.silhouette)
+        .fold(f64::MIN, f64::max);
+    let best = sel.scores.iter().find(|r| r.silhouette == top).unwrap();
     assert_eq!(best.k, sel.recommended);
 
     // each k alone, as `--k K` writes it: the range's model is the recommended k's, byte for
@@ -251,4 +252,44 @@ fn planted_archetypes_come_back_as_their_profiles_describe_them() {
         model.k as usize,
         "every archetype found once"
     );
+}
+
+#[test]
+fn regression_an_empty_cluster_leaves_a_model_that_loads() {
+    // three distinct households repeated, five clusters: two stay empty, their profiles have
+    // no mean or median (NaN: `null` in model.json, which once made the model unloadable)
+    let dir = tempfile::tempdir().unwrap();
+    let dem = dir.path().join("dem.csv");
+    let mut text = String::from("household_id,household_size,num_adults,num_generations,marital_status,race_code,dwelling_type,home_owner_status,length_residence,home_market_value,net_worth,gender_individual,education_highest\n");
+    for i in 0..12 {
+        let row = match i % 3 {
+            0 => "1,1,1,M,W,S,O,1,1,1,F,1",
+            1 => "4,2,2,S,B,M,R,5,9,4,M,3",
+            _ => "8,6,3,B,H,P,O,15,27,9,U,7",
+        };
+        text.push_str(&format!("{},{row}\n", 100 + i));
+    }
+    std::fs::write(&dem, text).unwrap();
+    let m = dir.path().join("m");
+    ok(&[
+        "segment",
+        "--demographics",
+        s(&dem),
+        "--out",
+        s(&m),
+        "--k",
+        "5",
+    ]);
+    let loaded = viewpulse::segment::model::load(&m).expect("the model loads");
+    let info = loaded.info.expect("model.json");
+    let empty: Vec<_> = info.profiles.iter().filter(|p| p.households == 0).collect();
+    assert_eq!(empty.len(), 2, "{:?}", info.cluster_sizes);
+    assert!(
+        empty
+            .iter()
+            .all(|p| p.label.starts_with("empty") && p.numeric[0].mean.is_nan()),
+        "{empty:?}"
+    );
+    let json = std::fs::read_to_string(m.join("model.json")).unwrap();
+    assert!(json.contains("\"mean\": null"), "NaN is written as null");
 }

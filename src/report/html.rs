@@ -69,6 +69,15 @@ pub struct ReportInput<'a> {
     pub profiles: &'a [crate::segment::profile::Profile],
 }
 
+/// A profile statistic with two decimals, `–` when it has none (an empty cluster).
+fn stat(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        "–".to_string()
+    }
+}
+
 /// A cluster's profile as a table: each numeric column's mean and median against the
 /// population's, then its distinctive categories with their lift.
 fn profile_table(h: &mut String, p: &crate::segment::profile::Profile) {
@@ -83,15 +92,15 @@ fn profile_table(h: &mut String, p: &crate::segment::profile::Profile) {
     for n in &p.numeric {
         let _ = writeln!(
             h,
-            "<tr data-column=\"{0}\"><th>{0}</th><td class=\"n\">{1:.2}</td><td class=\"n\">{2:.2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
+            "<tr data-column=\"{0}\"><th>{0}</th><td class=\"n\">{1}</td><td class=\"n\">{2}</td><td class=\"n\">{3}</td><td class=\"n\">{4}</td></tr>",
             escape(&n.column),
-            n.mean,
-            n.population_mean,
-            n.median,
-            n.population_median
+            stat(n.mean),
+            stat(n.population_mean),
+            stat(n.median),
+            stat(n.population_median)
         );
     }
-    h.push_str("</tbody>\n<thead><tr><th>category</th><th>share</th><th>everyone</th><th colspan=\"2\">lift</th></tr></thead><tbody>\n");
+    h.push_str("<tr class=\"sub\"><th>category</th><th>share</th><th>everyone</th><th colspan=\"2\">lift</th></tr>\n");
     for d in &p.distinctive {
         let _ = writeln!(
             h,

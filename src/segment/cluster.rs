@@ -6,8 +6,10 @@
 //! from greedy k-means++ (2 + ⌊ln k⌋ candidates per centre, the one that lowers the potential
 //! most is kept) and runs Lloyd's iterations with Hamerly's bounds (the same steps as Lloyd,
 //! skipping the distances the triangle inequality proves useless) until no household changes
-//! cluster. Above `sample` households the runs search a seeded sample, and the `refine` best
-//! distinct results are then iterated on every household; the lowest full inertia wins. Runs
+//! cluster. Above `sample` households the runs search a seeded sample, the `refine` best
+//! distinct results are iterated on a sample ten times larger, and the best of those through
+//! larger samples up to every household; the lowest full inertia wins. A cluster left empty
+//! gets the row farthest from its centre, as scikit-learn does. Runs
 //! go to worker threads, but each run's arithmetic is sequential and fixed, so the result is
 //! the same for a seed whatever the thread count or machine.
 
@@ -29,10 +31,12 @@ pub struct KMeansSettings {
     pub runs: usize,
     /// Iteration cap per run.
     pub max_iterations: u64,
-    /// Above this many households, the runs search on a seeded sample of this size and the
-    /// `refine` best results are iterated on every household (0 = always use all).
+    /// Above this many households, the runs search on a seeded sample of this size, and the
+    /// best results are iterated on samples ten times larger each, then on every household
+    /// (0 = always use all).
     pub sample: usize,
-    /// How many of the sample's best distinct results are iterated on every household.
+    /// How many of the first sample's best distinct results go on to the next level (the
+    /// levels after it pass on [`FINAL_CANDIDATES`]).
     pub refine: usize,
     /// Worker threads for the runs (0 = one per core); the result does not depend on it.
     pub threads: usize,
@@ -206,7 +210,6 @@ fn plus_plus(rows: Rows, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f64> {
     let first = (rng.next_u64() % n as u64) as usize;
     centres.extend_from_slice(rows.row(first));
     let mut closest: Vec<f64> = (0..n).map(|i| sq(rows.row(i), rows.row(first))).collect();
-    let mut potential: f64 = closest.iter().sum();
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut cumulative = vec![0f64; n];
     let mut best = vec![0f64; n];
@@ -235,29 +238,15 @@ fn plus_plus(rows: Rows, k: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f64> {
                 *pot += old.min(v);
             }
         }
-        let mut chosen = (f64::INFINITY, 0usize);
-        for (t, &pot) in pots.iter().enumerate() {
-            if pot < chosen.0 {
-                chosen = (pot, t);
-            }
+        // the candidate that lowers the potential most (the first of equals)
+        let t = (0..trials).fold(0, |b, t| if pots[t] < pots[b] { t } else { b });
+        let p = rows.row(picks[t]);
+        for (i, slot) in best.iter_mut().enumerate() {
+            *slot = closest[i].min(sq(rows.row(i), p));
         }
-        if chosen.0.is_finite() {
-            let p = rows.row(picks[chosen.1]);
-            for (i, slot) in best.iter_mut().enumerate() {
-                *slot = closest[i].min(sq(rows.row(i), p));
-            }
-            chosen.1 = picks[chosen.1];
-        }
-        if !chosen.0.is_finite() {
-            // every household sits on a centre already: any row will do
-            chosen = (potential, (rng.next_u64() % n as u64) as usize);
-            best.copy_from_slice(&closest);
-        }
-        centres.extend_from_slice(rows.row(chosen.1));
+        centres.extend_from_slice(p);
         std::mem::swap(&mut closest, &mut best);
-        potential = chosen.0;
     }
-    let _ = potential;
     centres
 }
 
@@ -267,6 +256,10 @@ struct Run {
     centres: Vec<f64>,
     inertia: f64,
     iterations: u64,
+    /// Rows per cluster.
+    counts: Vec<u64>,
+    /// The row farthest from its centre (the first of equals) and its squared distance.
+    farthest: (usize, f64),
 }
 
 /// Lloyd's iterations from `centres` until no row changes cluster (or `max_iterations`), with
@@ -386,17 +379,45 @@ fn lloyd(rows: Rows, k: usize, mut centres: Vec<f64>, max_iterations: u64) -> Ru
             }
         }
     }
-    let inertia = (0..n)
-        .map(|i| {
-            let c = assign[i] as usize;
-            sq(rows.row(i), &centres[c * d..(c + 1) * d])
-        })
-        .sum();
+    let mut inertia = 0.0;
+    let mut farthest = (0usize, f64::NEG_INFINITY);
+    for i in 0..n {
+        let c = assign[i] as usize;
+        let v = sq(rows.row(i), &centres[c * d..(c + 1) * d]);
+        inertia += v;
+        if v > farthest.1 {
+            farthest = (i, v);
+        }
+    }
     Run {
         centres,
         inertia,
         iterations,
+        counts,
+        farthest,
     }
+}
+
+/// [`lloyd`], then, while a cluster is left empty and some row is away from its centre, the
+/// empty cluster's centre moved onto the row farthest from its own (as scikit-learn
+/// relocates empty clusters) and the iterations run again; at most k times.
+fn lloyd_relocating(rows: Rows, k: usize, start: Vec<f64>, max_iterations: u64) -> Run {
+    let mut run = lloyd(rows, k, start, max_iterations);
+    for _ in 0..k {
+        let Some(empty) = run.counts.iter().position(|&c| c == 0) else {
+            break;
+        };
+        if run.farthest.1 <= 0.0 {
+            break;
+        }
+        let d = rows.d;
+        let mut centres = std::mem::take(&mut run.centres);
+        centres[empty * d..(empty + 1) * d].copy_from_slice(rows.row(run.farthest.0));
+        let iterations = run.iterations;
+        run = lloyd(rows, k, centres, max_iterations);
+        run.iterations += iterations;
+    }
+    run
 }
 
 /// The seed of run `r`: runs are independent streams of one seeded generator.
@@ -532,12 +553,12 @@ pub fn fit_centres(
             parallel(s.runs, threads, |r| {
                 let mut rng = run_rng(s.seed, r);
                 let start = plus_plus(data, k, &mut rng);
-                lloyd(data, k, start, max_it)
+                lloyd_relocating(data, k, start, max_it)
             })
         } else {
             let starts = best_distinct(runs, levels[level - 1].1);
             parallel(starts.len(), threads, |j| {
-                lloyd(data, k, starts[j].clone(), max_it)
+                lloyd_relocating(data, k, starts[j].clone(), max_it)
             })
         };
         tracing::debug!(
@@ -589,6 +610,8 @@ fn pick(runs: Vec<Run>) -> Run {
         centres: Vec::new(),
         inertia: 0.0,
         iterations: 0,
+        counts: Vec::new(),
+        farthest: (0, 0.0),
     })
 }
 
@@ -605,6 +628,27 @@ pub fn sample_rows(ids: &[i64], size: usize, seed: u64) -> Option<Vec<usize>> {
     Some(
         (0..n)
             .filter(|&i| (household_hash(ids[i] ^ salt as i64) as u128) < threshold)
+            .collect(),
+    )
+}
+
+/// Exactly `size` rows, the ones whose stable hash of household id (salted by the seed) is
+/// smallest (ties by id), in row order: the same households whatever the row order; `None`
+/// when every row should be used.
+pub fn sample_exact(ids: &[i64], size: usize, seed: u64) -> Option<Vec<usize>> {
+    let n = ids.len();
+    if size == 0 || n <= size {
+        return None;
+    }
+    let salt = household_hash(seed as i64);
+    let mut keys: Vec<(u64, i64)> = ids
+        .iter()
+        .map(|&id| (household_hash(id ^ salt as i64), id))
+        .collect();
+    let (_, &mut cut, _) = keys.select_nth_unstable(size);
+    Some(
+        (0..n)
+            .filter(|&i| (household_hash(ids[i] ^ salt as i64), ids[i]) < cut)
             .collect(),
     )
 }
@@ -687,6 +731,24 @@ mod tests {
         assert_eq!(chosen, a.iter().map(|&i| ids[i]).collect::<Vec<_>>());
         assert_eq!(sample_rows(&ids, 0, 3), None);
         assert_eq!(sample_rows(&ids[..50], 100, 3), None);
+    }
+
+    #[test]
+    fn exact_samples_have_their_size_whatever_the_order() {
+        let ids: Vec<i64> = (0..50_000).map(|i| i * 11 + 3).collect();
+        let a = sample_exact(&ids, 20_000, 3).unwrap();
+        assert_eq!(a.len(), 20_000);
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        let rev: Vec<i64> = ids.iter().rev().copied().collect();
+        let mut chosen: Vec<i64> = sample_exact(&rev, 20_000, 3)
+            .unwrap()
+            .iter()
+            .map(|&i| rev[i])
+            .collect();
+        chosen.sort();
+        assert_eq!(chosen, a.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        assert_ne!(Some(a), sample_exact(&ids, 20_000, 4));
+        assert_eq!(sample_exact(&ids, 50_000, 3), None);
     }
 
     #[test]
@@ -836,24 +898,21 @@ mod tests {
         assert_eq!(one, three);
         let other = fit_centres(x.view(), &ids, &KMeansSettings { seed: 4, ..base }).unwrap();
         assert_ne!(one, other);
-        // more runs never end worse: the first ten of forty are the same ten runs
-        let few = fit(
-            x.view(),
-            &ids,
-            &KMeansSettings {
-                runs: 1,
-                refine: 1,
-                ..base
-            },
-        )
-        .unwrap();
-        let many = fit(x.view(), &ids, &base).unwrap();
-        assert!(
-            many.inertia <= few.inertia * (1.0 + 1e-12),
-            "{} {}",
-            many.inertia,
-            few.inertia
-        );
+    }
+
+    #[test]
+    fn an_empty_cluster_takes_the_farthest_row() {
+        // three distinct rows, two starting centres on the same one: Lloyd alone leaves a
+        // cluster empty, the relocation gives each row its own cluster
+        let v = vec![0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 9.0, 0.0];
+        let r = Rows { x: &v, d: 2 };
+        let start = vec![0.0, 0.0, 0.0, 0.0, 7.0, 0.0];
+        assert!(lloyd(r, 3, start.clone(), 100).counts.contains(&0));
+        let run = lloyd_relocating(r, 3, start, 100);
+        let mut counts = run.counts.clone();
+        counts.sort();
+        assert_eq!(counts, vec![1, 1, 2], "{:?}", run.centres);
+        assert_eq!(run.inertia, 0.0);
     }
 
     #[test]

@@ -356,6 +356,7 @@ fn cluster_and_write(
         k: kmeans.k as u32,
         seed: s.kmeans.seed,
         runs: s.kmeans.runs as u32,
+        refine: s.kmeans.refine as u32,
         sample: cluster::sample_rows(&d.household_id, s.kmeans.sample, s.kmeans.seed)
             .map_or(0, |r| r.len() as u64),
         inertia: cl.inertia,
@@ -453,52 +454,63 @@ pub fn choose_k(
     kmeans: &KMeansSettings,
     (first, last): (usize, usize),
 ) -> Result<(cluster::Clustering, KSelection), SegmentError> {
-    let mut fits = Vec::new();
+    if last > ids.len() {
+        return Err(SegmentError::Settings(format!(
+            "--k {first}..{last}: {last} is larger than the number of usable households ({})",
+            ids.len()
+        )));
+    }
+    // each k's centroids, inertia and labels (the chosen k's households are assigned again at
+    // the end: the same nearest-centroid pass `fit` ends with)
+    let picked = cluster::sample_exact(ids, SILHOUETTE_SAMPLE, kmeans.seed);
+    let mut fits: Vec<(ndarray::Array2<f64>, f64)> = Vec::new();
+    let mut labelings: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut ch_db = Vec::new();
     for k in first..=last {
         let cl = cluster::fit(x, ids, &KMeansSettings { k, ..*kmeans })?;
         info!(k, inertia = cl.inertia, "k range: fitted");
-        fits.push(cl);
+        ch_db.push((
+            scores::calinski_harabasz(x, &cl.cluster, k),
+            scores::davies_bouldin(x, &cl.cluster, k),
+        ));
+        let labels = match &picked {
+            Some(rows) => rows.iter().map(|&i| cl.cluster[i]).collect(),
+            None => cl.cluster.clone(),
+        };
+        labelings.push((k, labels));
+        fits.push((cl.centroids, cl.inertia));
     }
-    let picked = cluster::sample_rows(ids, SILHOUETTE_SAMPLE, kmeans.seed);
     let sample = match &picked {
         Some(rows) => x.select(ndarray::Axis(0), rows),
         None => x.to_owned(),
     };
-    let labelings: Vec<(usize, Vec<u32>)> = fits
-        .iter()
-        .map(|cl| {
-            let labels = match &picked {
-                Some(rows) => rows.iter().map(|&i| cl.cluster[i]).collect(),
-                None => cl.cluster.clone(),
-            };
-            (cl.centroids.nrows(), labels)
-        })
-        .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let silhouettes = scores::silhouettes(sample.view(), &labelings, threads);
     let rows: Vec<scores::KScore> = fits
         .iter()
         .zip(&silhouettes)
-        .map(|(cl, &silhouette)| {
-            let k = cl.centroids.nrows();
-            scores::KScore {
-                k,
-                inertia: cl.inertia,
+        .zip(&ch_db)
+        .map(
+            |(((centroids, inertia), &silhouette), &(ch, db))| scores::KScore {
+                k: centroids.nrows(),
+                inertia: *inertia,
                 scores: scores::Scores {
                     silhouette,
-                    calinski_harabasz: scores::calinski_harabasz(x, &cl.cluster, k),
-                    davies_bouldin: scores::davies_bouldin(x, &cl.cluster, k),
+                    calinski_harabasz: ch,
+                    davies_bouldin: db,
                 },
-            }
-        })
+            },
+        )
         .collect();
     let (recommended, why) = scores::recommend(&rows)
         .ok_or_else(|| SegmentError::Settings(format!("--k {first}..{last} holds no k to fit")))?;
     info!(recommended, why = %why, "k range: recommended");
-    let chosen = fits
+    let centroids = fits
         .into_iter()
-        .find(|cl| cl.centroids.nrows() == recommended)
+        .map(|(c, _)| c)
+        .find(|c| c.nrows() == recommended)
         .ok_or_else(|| SegmentError::Settings(format!("k = {recommended} was not fitted")))?;
+    let chosen = cluster::assign(x, ids, centroids);
     Ok((
         chosen,
         KSelection {

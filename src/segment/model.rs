@@ -254,6 +254,9 @@ pub struct ModelInfo {
     pub seed: u64,
     /// KMeans runs.
     pub runs: u32,
+    /// How many of the first sample's best results went on to the next level (`--refine`).
+    #[serde(default)]
+    pub refine: u32,
     /// Households in the runs' search sample (0: the runs used every household).
     pub sample: u64,
     /// Sum of every household's `distance`.
@@ -295,6 +298,26 @@ pub struct ModelInfo {
     pub profiles: Vec<super::profile::Profile>,
 }
 
+/// serde for an f64 that may be NaN (an empty cluster's median, a score a labelling with one
+/// cluster does not have): `null` in JSON, which reads back as NaN.
+pub mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Write NaN and the infinities as `None`.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_some(v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    /// Read `None` as NaN.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 /// How `--k A..B` chose k.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KSelection {
@@ -302,7 +325,8 @@ pub struct KSelection {
     pub recommended: u32,
     /// Why, in words.
     pub why: String,
-    /// Households the silhouettes were computed on (a seeded sample of at most 20,000).
+    /// Households the silhouettes were computed on (every household up to 20,000; above, a
+    /// seeded sample of exactly 20,000).
     pub silhouette_sample: u64,
     /// One row per k, ascending.
     pub scores: Vec<KSelectionRow>,
@@ -316,10 +340,13 @@ pub struct KSelectionRow {
     /// Sum of squared distances to the centroids.
     pub inertia: f64,
     /// Mean silhouette on the sample.
+    #[serde(with = "nan_as_null")]
     pub silhouette: f64,
-    /// Calinski-Harabasz score over every household.
+    /// Calinski-Harabasz score over every household (`null` when undefined).
+    #[serde(with = "nan_as_null")]
     pub calinski_harabasz: f64,
-    /// Davies-Bouldin score over every household.
+    /// Davies-Bouldin score over every household (`null` when undefined).
+    #[serde(with = "nan_as_null")]
     pub davies_bouldin: f64,
 }
 
@@ -736,7 +763,9 @@ pub fn read_bin(path: &Path) -> Result<ModelBin, SegmentError> {
     if version != VERSION {
         return Err(SegmentError::ModelFile {
             path: path.to_path_buf(),
-            message: format!("model format version {version}, this build reads {VERSION}"),
+            message: format!(
+                "model format version {version}, this build reads {VERSION}: segment again"
+            ),
         });
     }
     bincode::serde::decode_from_std_read(&mut r, bincode::config::standard()).map_err(|e| {
@@ -1026,6 +1055,7 @@ mod tests {
             k: 2,
             seed: 3,
             runs: 10,
+            refine: 8,
             sample: 0,
             inertia: 1.5,
             households: 2,

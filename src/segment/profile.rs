@@ -18,12 +18,16 @@ pub struct NumericProfile {
     /// The column.
     pub column: String,
     /// Mean in the cluster.
+    #[serde(with = "super::model::nan_as_null")]
     pub mean: f64,
     /// Median in the cluster (the mean of the two middle values of an even count).
+    #[serde(with = "super::model::nan_as_null")]
     pub median: f64,
     /// Mean over every clustered household.
+    #[serde(with = "super::model::nan_as_null")]
     pub population_mean: f64,
     /// Median over every clustered household.
+    #[serde(with = "super::model::nan_as_null")]
     pub population_median: f64,
     /// (mean − population mean) / population standard deviation (0 when it is 0).
     pub standardised: f64,
@@ -123,14 +127,15 @@ pub fn profiles(
             per[c as usize].push(v);
         }
         for (c, mut values) in per.into_iter().enumerate() {
-            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            // an empty cluster has no mean (NaN, `null` in model.json) and departs from nothing
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
             numeric[c].push(NumericProfile {
                 column: name.to_string(),
                 mean,
                 median: median(&mut values),
                 population_mean: mean_all,
                 population_median: median_all,
-                standardised: if sd > 0.0 {
+                standardised: if sd > 0.0 && mean.is_finite() {
                     (mean - mean_all) / sd
                 } else {
                     0.0
@@ -192,14 +197,22 @@ pub fn profiles(
                 categories: std::mem::take(&mut categories[c]),
                 distinctive,
             };
-            p.label = label(&p);
+            p.label = if p.households == 0 {
+                "empty".to_string()
+            } else {
+                label(&p)
+            };
             p
         })
         .collect();
     // two clusters with the same words are told apart by their numbers
-    for c in 0..out.len() {
-        if out.iter().filter(|p| p.label == out[c].label).count() > 1 {
-            out[c].label = format!("{} (cluster {c})", out[c].label);
+    let repeated: Vec<bool> = out
+        .iter()
+        .map(|p| out.iter().filter(|q| q.label == p.label).count() > 1)
+        .collect();
+    for (p, repeated) in out.iter_mut().zip(repeated) {
+        if repeated {
+            p.label = format!("{} (cluster {})", p.label, p.cluster);
         }
     }
     out

@@ -99,7 +99,8 @@ pub fn calinski_harabasz(x: ArrayView2<f64>, labels: &[u32], k: usize) -> f64 {
 pub fn davies_bouldin(x: ArrayView2<f64>, labels: &[u32], k: usize) -> f64 {
     let (centres, counts) = means(x, labels, k);
     let used: Vec<usize> = (0..k).filter(|&c| counts[c] > 0).collect();
-    if used.len() < 2 {
+    // scikit-learn refuses fewer than 2 labels, or as many labels as rows
+    if used.len() < 2 || used.len() >= x.nrows() {
         return f64::NAN;
     }
     let mut spread = vec![0f64; k];
@@ -119,6 +120,22 @@ pub fn davies_bouldin(x: ArrayView2<f64>, labels: &[u32], k: usize) -> f64 {
     if used.iter().all(|&c| spread[c].abs() <= 1e-8) {
         return 0.0;
     }
+    let between = |i: usize, j: usize| {
+        centres
+            .row(i)
+            .iter()
+            .zip(centres.row(j))
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum::<f64>()
+            .sqrt()
+    };
+    // and 0 when every centroid distance is (close to) 0
+    if used
+        .iter()
+        .all(|&i| used.iter().all(|&j| between(i, j) <= 1e-8))
+    {
+        return 0.0;
+    }
     let mut total = 0.0;
     for &i in &used {
         let mut worst = 0f64;
@@ -126,13 +143,7 @@ pub fn davies_bouldin(x: ArrayView2<f64>, labels: &[u32], k: usize) -> f64 {
             if i == j {
                 continue;
             }
-            let dij = centres
-                .row(i)
-                .iter()
-                .zip(centres.row(j))
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f64>()
-                .sqrt();
+            let dij = between(i, j);
             // scikit-learn makes a zero centroid distance infinite: the pair counts 0
             let r = if dij == 0.0 {
                 0.0
@@ -182,10 +193,10 @@ pub fn silhouettes(
     }
     // for each row, where its distance is added in the sums of each labelling
     let lanes = labelings.len();
-    let mut slot = vec![0u32; m * lanes];
+    let mut slot = vec![0usize; m * lanes];
     for (l, (_, labels)) in labelings.iter().enumerate() {
         for (j, &c) in labels.iter().enumerate() {
-            slot[j * lanes + l] = (offsets[l] + c as usize) as u32;
+            slot[j * lanes + l] = offsets[l] + c as usize;
         }
     }
     let per_row = |i: usize, sums: &mut [f64]| -> Vec<f64> {
@@ -197,7 +208,7 @@ pub fn silhouettes(
             }
             let v = dist(xi, row(j));
             for &o in slots {
-                sums[o as usize] += v;
+                sums[o] += v;
             }
         }
         labelings
