@@ -209,6 +209,7 @@ table.topk td.neg span { color: #d62728; }
 table.topk tbody th { text-align: right; }
 table.profile { margin-top: 0.6em; font-size: 0.9em; }
 table.profile caption { text-align: left; font-weight: bold; }
+table.profile tr.sub th { font-weight: bold; background: #f0f0f0; text-align: center; }
 td[title] { cursor: help; }
 figure { margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #e4e4e4; }
