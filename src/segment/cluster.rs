@@ -85,7 +85,7 @@ pub fn sq_dist(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
 /// Squared Euclidean distance of two slices, summed in four fixed lanes (the same order on
 /// every machine, and fast enough for the compiler to vectorise).
 #[inline]
-fn sq(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn sq(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0f64; 4];
     let mut ca = a.chunks_exact(4);
     let mut cb = b.chunks_exact(4);

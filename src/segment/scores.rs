@@ -18,24 +18,10 @@ pub struct Scores {
     pub davies_bouldin: f64,
 }
 
-/// Euclidean distance, summed in a fixed order.
+/// Euclidean distance, summed in a fixed order (the clustering's kernel).
 #[inline]
 fn dist(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0f64; 4];
-    let mut ca = a.chunks_exact(4);
-    let mut cb = b.chunks_exact(4);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..4 {
-            let t = x[l] - y[l];
-            acc[l] += t * t;
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        let t = x - y;
-        tail += t * t;
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3]) + tail).sqrt()
+    super::cluster::sq(a, b).sqrt()
 }
 
 /// Cluster means of `x` under `labels` (k rows; a cluster without rows has a zero mean) and
