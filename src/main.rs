@@ -86,7 +86,7 @@ enum Command {
     },
     /// Features, KMeans, distance, rank and PCA (SPEC 2 and 3); writes the model folder.
     #[command(
-        after_help = "Example:\n  viewpulse segment --demographics data/demographics.csv --out model --k 6"
+        after_help = "Example:\n  viewpulse segment --demographics data/demographics.csv --out model --k 6\n  viewpulse segment --demographics data/demographics.csv --out model --k 2..12"
     )]
     Segment {
         /// Demographics: a Parquet or CSV file, or a folder of part files (a Spark, pyarrow or

@@ -436,10 +436,18 @@ pub fn k_selection(path: &Path, sel: &crate::segment::KSelection) -> Result<(), 
             .y_label_area_size(78)
             .build_cartesian_2d((k0 - 0.5)..(k1 + 0.5), (lo - pad)..(hi + pad))
             .map_err(&e)?;
+        let y_fmt = |v: &f64| {
+            if desc == "inertia" {
+                thousands(v.round().max(0.0) as u64)
+            } else {
+                format!("{v:.3}")
+            }
+        };
         chart
             .configure_mesh()
             .x_desc("k")
             .y_desc(desc)
+            .y_label_formatter(&y_fmt)
             .x_labels(ks.len().min(20))
             .x_label_formatter(&|v: &f64| format!("{v:.0}"))
             .label_style((FAMILY, 12))

@@ -584,7 +584,11 @@ impl std::str::FromStr for KChoice {
             },
             Some((a, b)) => {
                 let (a, b) = (number(a)?, number(b.trim_start_matches('='))?);
-                if a < 2 || b <= a {
+                if a == b && a > 0 {
+                    Err(format!(
+                        "the range {text:?} holds one k: give it alone (--k {a}) or a wider range (for example 2..12)"
+                    ))
+                } else if a < 2 || b <= a {
                     Err(format!(
                         "the range {text:?} must go from at least 2 up to a larger k (for example 2..12): a silhouette needs two clusters"
                     ))
@@ -593,5 +597,27 @@ impl std::str::FromStr for KChoice {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KChoice;
+
+    #[test]
+    fn k_is_a_number_or_a_range_and_each_mistake_is_said() {
+        assert_eq!("6".parse::<KChoice>(), Ok(KChoice::Fixed(6)));
+        assert_eq!("2..12".parse::<KChoice>(), Ok(KChoice::Range(2, 12)));
+        assert_eq!("2..=12".parse::<KChoice>(), Ok(KChoice::Range(2, 12)));
+        let err = |t: &str| t.parse::<KChoice>().unwrap_err();
+        assert!(err("0").contains("at least 1"), "{}", err("0"));
+        assert!(
+            err("five").contains("not a number of clusters"),
+            "{}",
+            err("five")
+        );
+        assert!(err("5..5").contains("--k 5"), "{}", err("5..5"));
+        assert!(err("1..6").contains("at least 2"), "{}", err("1..6"));
+        assert!(err("8..3").contains("larger k"), "{}", err("8..3"));
     }
 }
