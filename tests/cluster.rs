@@ -162,7 +162,7 @@ impl Cluster {
             dir,
             broker,
             topic: topic.to_string(),
-            http_base: common::free_port(),
+            http_base: common::free_port_run(8),
         }
     }
 

@@ -81,6 +81,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The first of `n` consecutive loopback ports that are free now, below the kernel's
+/// ephemeral range (32768 and up here), where no outgoing connection can take one of them
+/// between this check and the bind (an ephemeral base plus an offset once collided with a
+/// Kafka client's connection: `Address already in use`). Tests of one binary run in
+/// parallel: each call starts its search at a different place.
+pub fn free_port_run(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = 12_000u16;
+    let start = (std::process::id() as u16).wrapping_mul(97) % span;
+    for attempt in 0..span / n {
+        let offset = (start + (NEXT.fetch_add(n, Ordering::Relaxed) + attempt * n) % span) % span;
+        let base = 20_000 + offset;
+        let bound: Vec<_> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if bound.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports between 20000 and 32000")
+}
+
 /// `GET path` from `addr` over plain HTTP/1.1: the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
