@@ -363,6 +363,41 @@ fn run_in_process(
     (h, metrics, stop)
 }
 
+/// The fixture's broker once failed to start in CI: a port it had chosen by `bind(0)`, in the
+/// ephemeral range, went to a client's outgoing connection while the JVM started (`BindException:
+/// Address already in use`). Its ports now come from below that range, where no outgoing
+/// connection takes one, and a start that still loses a port chooses others.
+#[test]
+fn regression_the_broker_fixture_chooses_ports_no_outgoing_connection_can_take() {
+    let broker = common::Broker::dedicated();
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .map(|r| {
+            r.split_whitespace()
+                .next()
+                .unwrap_or("32768")
+                .parse()
+                .unwrap()
+        })
+        .unwrap_or(32768);
+    let ports = std::fs::read_to_string(broker.local().dir().join("ports")).unwrap();
+    let ports: Vec<u16> = ports
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    for p in &ports {
+        assert!(
+            (10_000..20_000.min(low)).contains(p),
+            "port {p} of {ports:?}"
+        );
+    }
+    let mut distinct = ports.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{ports:?}");
+    assert_eq!(broker.addr, format!("127.0.0.1:{}", ports[0]));
+}
+
 #[test]
 fn a_broker_restarted_on_its_storage_loses_and_repeats_nothing() {
     let mut broker = common::Broker::dedicated();

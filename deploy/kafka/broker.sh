@@ -90,9 +90,35 @@ fetch() {
   echo "$libs"
 }
 
-# A loopback port nothing listens on now.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# free_ports N: N distinct loopback ports nothing listens on now, drawn at random from
+# 10000-19999 (below the kernel's ephemeral range, so no outgoing connection can take one
+# between this check and the broker's bind; a bind(0) port once went to a client's connection
+# while the JVM started: "Address already in use"). The tests' own ports are 20000-31999.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+top = min(20000, low)
+chosen = []
+for port in random.sample(range(10000, top), top - 10000):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    chosen.append(port)
+    if len(chosen) == n:
+        break
+if len(chosen) < n:
+    sys.exit(f"broker.sh: fewer than {n} free loopback ports between 10000 and {top}")
+print(*chosen)
+PY
 }
 
 # pid_alive PID: a live process, not a zombie.
@@ -134,10 +160,13 @@ make_tls() {
 write_properties() {
   local dir=$1 port cport sslport saslport listeners advertised protomap
   if [[ ! -f $dir/ports ]]; then
-    port=${PORT:-$(free_port)}
-    cport=${CONTROLLER_PORT:-$(free_port)}
-    sslport=${SSL_PORT:-$(free_port)}
-    saslport=${SASL_PORT:-$(free_port)}
+    local free
+    read -r -a free <<<"$(free_ports 4)"
+    ((${#free[@]} == 4)) || die "no free loopback ports for the broker"
+    port=${PORT:-${free[0]}}
+    cport=${CONTROLLER_PORT:-${free[1]}}
+    sslport=${SSL_PORT:-${free[2]}}
+    saslport=${SASL_PORT:-${free[3]}}
     printf '%s %s %s %s\n' "$port" "$cport" "$sslport" "$saslport" >"$dir/ports"
   fi
   read -r port cport sslport saslport <"$dir/ports"
@@ -215,6 +244,46 @@ format() {
   fi
 }
 
+# launch DIR LIBS TIMEOUT: start the broker of DIR and wait until it logs "Kafka Server
+# started"; returns 2 when it ended on a port already in use, dies on any other failure.
+launch() {
+  local dir=$1 libs=$2 timeout=$3 pid deadline
+  : >>"$dir/broker.log"
+  local mark
+  mark=$(wc -l <"$dir/broker.log")
+  # shellcheck disable=SC2086
+  KAFKA_JVM_OPTS="${KAFKA_HEAP:--Xms256m -Xmx768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true" \
+    setsid bash -c 'exec java $KAFKA_JVM_OPTS -cp "$0/*" -Dlog4j2.configurationFile="$1" kafka.Kafka "$2"' \
+    "$libs" "$LOG4J" "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$dir/broker.pid"
+  if [[ -n ${WATCH_PID:-} ]]; then
+    # the watchdog: ends the broker once the process that asked for it has ended
+    # (a broker that ended first, killed by a test, say, only ends the watch)
+    setsid bash -c 'while kill -0 "$0" 2>/dev/null && kill -0 "$1" 2>/dev/null; do sleep 1; done
+      kill -0 "$0" 2>/dev/null && exit 0
+      kill -KILL "$1" 2>/dev/null; while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+      [[ $3 == 1 ]] && rm -rf "$2"' \
+      "$WATCH_PID" "$pid" "$dir" "${CLEANUP:-0}" >/dev/null 2>&1 </dev/null &
+  fi
+  deadline=$((SECONDS + timeout))
+  until tail -n +"$((mark + 1))" "$dir/broker.log" | grep -q 'Kafka Server started'; do
+    if ! pid_alive "$pid"; then
+      tail -n 30 "$dir/broker.log" >&2
+      if tail -n +"$((mark + 1))" "$dir/broker.log" | grep -q 'BindException: Address already in use'; then
+        return 2
+      fi
+      die "the broker exited before it was ready (log: $dir/broker.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      kill -KILL "$pid" 2>/dev/null || true
+      tail -n 30 "$dir/broker.log" >&2
+      die "the broker was not ready within ${timeout}s (log: $dir/broker.log)"
+    fi
+    sleep 0.2
+  done
+}
+
 start() {
   local dir=$1 libs pid deadline timeout=${READY_TIMEOUT:-90}
   libs=$(fetch)
@@ -242,38 +311,20 @@ logger.request.level = WARN
 logger.jetty.name = org.eclipse.jetty
 logger.jetty.level = WARN
 EOF
+  local fresh=0 attempt
+  [[ -f $dir/ports ]] || fresh=1
   write_properties "$dir"
   format "$dir" "$libs"
-  : >>"$dir/broker.log"
-  local mark
-  mark=$(wc -l <"$dir/broker.log")
-  # shellcheck disable=SC2086
-  KAFKA_JVM_OPTS="${KAFKA_HEAP:--Xms256m -Xmx768m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true" \
-    setsid bash -c 'exec java $KAFKA_JVM_OPTS -cp "$0/*" -Dlog4j2.configurationFile="$1" kafka.Kafka "$2"' \
-    "$libs" "$LOG4J" "$dir/server.properties" >>"$dir/broker.log" 2>&1 </dev/null &
-  pid=$!
-  echo "$pid" >"$dir/broker.pid"
-  if [[ -n ${WATCH_PID:-} ]]; then
-    # the watchdog: ends the broker once the process that asked for it has ended
-    # (a broker that ended first, killed by a test, say, only ends the watch)
-    setsid bash -c 'while kill -0 "$0" 2>/dev/null && kill -0 "$1" 2>/dev/null; do sleep 1; done
-      kill -0 "$0" 2>/dev/null && exit 0
-      kill -KILL "$1" 2>/dev/null; while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
-      [[ $3 == 1 ]] && rm -rf "$2"' \
-      "$WATCH_PID" "$pid" "$dir" "${CLEANUP:-0}" >/dev/null 2>&1 </dev/null &
-  fi
-  deadline=$((SECONDS + timeout))
-  until tail -n +"$((mark + 1))" "$dir/broker.log" | grep -q 'Kafka Server started'; do
-    if ! pid_alive "$pid"; then
-      tail -n 30 "$dir/broker.log" >&2
-      die "the broker exited before it was ready (log: $dir/broker.log)"
+  for attempt in 1 2 3; do
+    launch "$dir" "$libs" "$timeout" && break
+    # a port chosen here was taken before the broker bound it: choose others (ports given by
+    # the caller, or kept from an earlier start, stay: the failure is then the caller's)
+    if ((fresh == 0 || attempt == 3)) || [[ -n ${PORT:-}${CONTROLLER_PORT:-} ]]; then
+      die "the broker could not bind its ports $(cat "$dir/ports") (log: $dir/broker.log)"
     fi
-    if ((SECONDS >= deadline)); then
-      kill -KILL "$pid" 2>/dev/null || true
-      tail -n 30 "$dir/broker.log" >&2
-      die "the broker was not ready within ${timeout}s (log: $dir/broker.log)"
-    fi
-    sleep 0.2
+    echo "broker.sh: a port was taken before the broker bound it; choosing others" >&2
+    rm -f "$dir/ports"
+    write_properties "$dir"
   done
   cat "$dir/broker.addr"
 }

@@ -72,13 +72,10 @@ pub fn bench_data(records: u64) -> viewpulse::generate::GenerateConfig {
     }
 }
 
-/// A loopback port nothing listens on (as of now).
+/// A loopback port nothing listens on (as of now), below the ephemeral range
+/// ([`free_port_run`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port_run(1)
 }
 
 /// The first of `n` consecutive loopback ports that are free now, below the kernel's
