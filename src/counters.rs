@@ -228,6 +228,7 @@ pub struct Membership {
     slots: Vec<Slot>,
     shift: u32,
     len: usize,
+    groups: usize,
 }
 
 impl Membership {
@@ -246,6 +247,7 @@ impl Membership {
             slots: vec![Slot::default(); capacity],
             shift: 64 - capacity.trailing_zeros(),
             len: 0,
+            groups: 0,
         };
         for (id, cluster, rank) in rows {
             if cluster >= MAX_CLUSTERS {
@@ -348,6 +350,29 @@ impl Membership {
     pub fn heap_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Slot>()
     }
+
+    /// Count views per household group too ([`household_group`]): the counters made for this
+    /// membership keep, beside every cell, its count in each of `groups` hashed groups of
+    /// households, which is what the intervals of `uncertainty` resample. 0 (the default)
+    /// keeps none.
+    pub fn with_groups(mut self, groups: usize) -> Membership {
+        self.groups = groups;
+        self
+    }
+
+    /// The number of household groups counted (0: none).
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+}
+
+/// The group among `groups` of a household: the high half of its [`household_hash`] modulo
+/// `groups`, so that a household's views always land in one group (a household is the
+/// resampled unit: its views are not independent) and the groups are unrelated to the
+/// shards (which take the hash modulo their number).
+#[inline]
+pub fn household_group(household_id: i64, groups: usize) -> usize {
+    ((household_hash(household_id) >> 32) % groups.max(1) as u64) as usize
 }
 
 /// Interns station numbers to dense ids. Station numbers of up to 7 bytes (all real ones) are
@@ -518,6 +543,10 @@ pub struct Counters {
     width: usize,
     stations: Stations,
     cells: Vec<u64>,
+    /// Household groups counted (0: none).
+    groups: usize,
+    /// With groups: per station, per group, a row of `width` cells like `cells`' rows.
+    group_cells: Vec<u32>,
     /// Records offered (valid + malformed).
     pub records: u64,
     /// Valid records (SPEC 1.2), the `|V|` of the general population.
@@ -537,6 +566,8 @@ impl Counters {
             width: 1 + n_subsets * clusters,
             stations: Stations::default(),
             cells: Vec::new(),
+            groups: 0,
+            group_cells: Vec::new(),
             records: 0,
             valid: 0,
             unknown_household: 0,
@@ -544,9 +575,17 @@ impl Counters {
         }
     }
 
-    /// Empty counters shaped for a membership.
+    /// Empty counters shaped for a membership (with its household groups).
     pub fn for_membership(m: &Membership) -> Counters {
-        Counters::new(m.subsets().len(), m.clusters() as usize)
+        Counters::new(m.subsets().len(), m.clusters() as usize).with_groups(m.groups())
+    }
+
+    /// The same counters, empty, also counting per household group (see
+    /// [`Membership::with_groups`]).
+    pub fn with_groups(mut self, groups: usize) -> Counters {
+        self.groups = groups;
+        self.group_cells = Vec::new();
+        self
     }
 
     /// Parse and count one raw record.
@@ -554,7 +593,11 @@ impl Counters {
     pub fn count(&mut self, raw: &[u8], membership: &Membership) -> Counted {
         self.records += 1;
         match record::parse(raw) {
-            Ok(view) => self.add_valid(view.station_num, membership.lookup(view.household_id)),
+            Ok(view) => self.add_view(
+                view.station_num,
+                view.household_id,
+                membership.lookup(view.household_id),
+            ),
             Err(kind) => {
                 self.malformed.add(kind);
                 Counted::Malformed(kind)
@@ -590,23 +633,48 @@ impl Counters {
             self.records += chunk.len() as u64;
             for &(station, id, ok) in &parsed[..chunk.len()] {
                 if ok {
-                    self.add_valid(station, membership.lookup(id));
+                    self.add_view(station, id, membership.lookup(id));
                 }
             }
         }
     }
 
     /// Count one valid record of `station` from a household with `(cluster, mask)`, or from a
-    /// household without demographics (`None`). Does not touch `records`.
+    /// household without demographics (`None`), in household group 0. Does not touch
+    /// `records`.
     #[inline]
     pub fn add_valid(&mut self, station: &[u8], member: Option<(u32, u32)>) -> Counted {
+        self.add_view(station, 0, member)
+    }
+
+    /// [`Counters::add_valid`] for household `household_id`, whose group
+    /// ([`household_group`]) is counted too when the counters keep groups.
+    #[inline]
+    pub fn add_view(
+        &mut self,
+        station: &[u8],
+        household_id: i64,
+        member: Option<(u32, u32)>,
+    ) -> Counted {
         self.valid += 1;
         let sid = self.stations.intern(station) as usize;
         let row = sid * self.width;
         if row == self.cells.len() {
             self.cells.resize(row + self.width, 0);
+            if self.groups > 0 {
+                self.group_cells
+                    .resize((sid + 1) * self.width * self.groups, 0);
+            }
         }
         self.cells[row] += 1;
+        let grow = if self.groups > 0 {
+            let g = household_group(household_id, self.groups);
+            let grow = (sid * self.groups + g) * self.width;
+            self.group_cells[grow] += 1;
+            Some(grow)
+        } else {
+            None
+        };
         match member {
             Some((cluster, mut mask)) => {
                 let c = cluster as usize;
@@ -614,7 +682,11 @@ impl Counters {
                 while mask != 0 {
                     let i = mask.trailing_zeros() as usize;
                     mask &= mask - 1;
-                    self.cells[row + 1 + i * self.clusters + c] += 1;
+                    let j = 1 + i * self.clusters + c;
+                    self.cells[row + j] += 1;
+                    if let Some(grow) = grow {
+                        self.group_cells[grow + j] += 1;
+                    }
                 }
                 Counted::Clustered
             }
@@ -634,19 +706,28 @@ impl Counters {
     /// Add `other` (counters over other records, same shape) into `self`.
     pub fn merge(&mut self, other: &Counters) {
         assert_eq!(
-            (self.n_subsets, self.clusters),
-            (other.n_subsets, other.clusters),
+            (self.n_subsets, self.clusters, self.groups),
+            (other.n_subsets, other.clusters, other.groups),
             "merging counters of different shapes"
         );
+        let span = self.width * self.groups;
         for (oid, name) in other.stations.names().iter().enumerate() {
             let sid = self.stations.intern(name.as_bytes()) as usize;
             let row = sid * self.width;
             if row == self.cells.len() {
                 self.cells.resize(row + self.width, 0);
+                self.group_cells.resize((sid + 1) * span, 0);
             }
             let orow = oid * other.width;
             for j in 0..self.width {
                 self.cells[row + j] += other.cells[orow + j];
+            }
+            let (mine, theirs) = (
+                &mut self.group_cells[sid * span..(sid + 1) * span],
+                &other.group_cells[oid * span..(oid + 1) * span],
+            );
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
             }
         }
         self.records += other.records;
@@ -682,9 +763,34 @@ impl Counters {
         self.cells[sid * self.width + 1 + subset * self.clusters + cluster]
     }
 
+    /// Household groups counted (0: none).
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// `views(c, s)` of household group `g` (0 without groups).
+    #[inline]
+    pub fn group_views(&self, subset: usize, cluster: usize, sid: usize, g: usize) -> u32 {
+        if self.groups == 0 {
+            return 0;
+        }
+        self.group_cells
+            [(sid * self.groups + g) * self.width + 1 + subset * self.clusters + cluster]
+    }
+
+    /// The general-population count of station `sid` in household group `g` (0 without
+    /// groups).
+    #[inline]
+    pub fn group_genpop(&self, sid: usize, g: usize) -> u32 {
+        if self.groups == 0 {
+            return 0;
+        }
+        self.group_cells[(sid * self.groups + g) * self.width]
+    }
+
     /// Approximate heap bytes held (for metrics and memory budgets).
     pub fn heap_bytes(&self) -> usize {
-        self.cells.capacity() * 8 + self.stations.len() * 48
+        self.cells.capacity() * 8 + self.group_cells.capacity() * 4 + self.stations.len() * 48
     }
 
     /// The counters in a portable form (for checkpoints and moving a partition's state).

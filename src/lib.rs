@@ -4,6 +4,7 @@
 //! general-population and diff-rank ratings ([`ratings`]), in batch (`analyze`) or on every
 //! trigger of a stream. The contract is `SPEC.md` in the shared folder.
 
+pub mod agreement;
 pub mod checkpoint;
 pub mod config;
 pub mod counters;
@@ -22,3 +23,4 @@ pub mod segment;
 pub mod sink;
 pub mod source;
 pub mod topology;
+pub mod uncertainty;

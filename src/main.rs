@@ -163,6 +163,24 @@ enum Command {
         /// Write the rating files as csv, parquet (typed: station_num a string) or csv,parquet.
         #[arg(long, default_value = "csv")]
         format: viewpulse::dataset::Formats,
+        /// Order the top-K by diff (popularity − genpop, SPEC 4) or index (100 · popularity /
+        /// genpop, 100 = like everyone).
+        #[arg(long, default_value = "diff")]
+        rank_by: viewpulse::ratings::RankBy,
+        /// Leave stations with fewer views than this in the cluster out of the top-K.
+        #[arg(long, default_value_t = 1)]
+        min_views: u64,
+        /// Bootstrap intervals and rank stability from N resamples of the households (200
+        /// when given alone; 0: no interval at all). Without it the intervals are analytic
+        /// (delta method over household groups).
+        #[arg(long, num_args = 0..=1, default_missing_value = "200", value_name = "N")]
+        bootstrap: Option<usize>,
+        /// Coverage of the intervals.
+        #[arg(long, default_value_t = 0.95)]
+        confidence: f64,
+        /// Seed of the bootstrap's resamples.
+        #[arg(long, default_value_t = 3)]
+        seed: u64,
     },
     /// The streaming daemon (SPEC 5): snapshots at every trigger from a file or a Kafka topic.
     #[command(
@@ -461,7 +479,18 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
             no_report,
             properties,
             format,
+            rank_by,
+            min_views,
+            bootstrap,
+            confidence,
+            seed,
         } => {
+            use viewpulse::uncertainty::{IntervalSettings, Method};
+            let method = match bootstrap {
+                None => Method::Analytic,
+                Some(0) => Method::Off,
+                Some(resamples) => Method::Bootstrap { resamples, seed },
+            };
             let subsets = Subset::parse_list(&subsets)
                 .map_err(|e| TopologyError::Settings(format!("--subsets {subsets:?}: {e}")))?;
             let a = topology::analyze(&AnalyzeSettings {
@@ -475,6 +504,9 @@ fn run(cli: Cli) -> Result<(), TopologyError> {
                 report: !no_report,
                 properties: properties.into_iter().collect(),
                 formats: format,
+                rank_by,
+                min_views,
+                intervals: IntervalSettings { method, confidence },
             })?;
             let s = &a.summary;
             out!("{}", topology::side_by_side(&a.ratings, &subsets, top));

@@ -2,6 +2,11 @@
 //! population's ratings, and the top-K diff-rank per cluster. Pure functions of the counters,
 //! used unchanged by `analyze` and by every streaming trigger.
 //!
+//! Beside SPEC 4's figures, each top-K row carries the media planners' `index`
+//! (`100 · popularity / genpop`: 100 is "like everyone"); `--rank-by index` ranks by it
+//! instead of the difference, and `--min-views N` leaves stations with fewer than N views in
+//! the cluster out of the top-K. The interval columns are filled in by `uncertainty`.
+//!
 //! Orders are decided on exact integers, never on rounded floats: within one subset and cluster
 //! `popularity(s) > popularity(s')` iff `views(s) > views(s')`, and
 //! `diff(s) > diff(s')` iff `v·N − g·T > v'·N − g'·T` (T the cluster's total, N = |V|), so
@@ -14,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::counters::{Counters, Subset};
 
 /// One row of `popularity.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PopularityRow {
     /// Subset label (`all`, `3`, …).
     pub subset: String,
@@ -28,6 +33,12 @@ pub struct PopularityRow {
     pub popularity_rating: f64,
     /// 1-based rank inside (subset, cluster) by rating descending, ties by station_num.
     pub rank: u32,
+    /// Lower end of the popularity rating's confidence interval (`uncertainty`), if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_lo: Option<f64>,
+    /// Upper end of that interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_hi: Option<f64>,
 }
 
 /// One row of `genpop.csv`.
@@ -42,7 +53,7 @@ pub struct GenpopRow {
 }
 
 /// One row of `diff_rank.csv` (and of a snapshot).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiffRankRow {
     /// Subset label.
     pub subset: String,
@@ -58,6 +69,101 @@ pub struct DiffRankRow {
     pub popularity_rating: f64,
     /// The general population's rating of the station.
     pub genpop_rating: f64,
+    /// `100 · popularity_rating / genpop_rating` (100: watched like everyone watches it).
+    #[serde(default)]
+    pub index: f64,
+    /// Lower end of the popularity rating's confidence interval, if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_lo: Option<f64>,
+    /// Upper end of that interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub popularity_hi: Option<f64>,
+    /// Lower end of the diff-rank's confidence interval, if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_rank_lo: Option<f64>,
+    /// Upper end of that interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_rank_hi: Option<f64>,
+    /// The share of bootstrap resamples in which the station is in the cluster's top-K.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k_share: Option<f64>,
+}
+
+/// What orders the top-K.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RankBy {
+    /// `diff_rank` descending (SPEC 4, the seed's).
+    #[default]
+    Diff,
+    /// `index` descending.
+    Index,
+}
+
+impl std::str::FromStr for RankBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RankBy, String> {
+        match s {
+            "diff" => Ok(RankBy::Diff),
+            "index" => Ok(RankBy::Index),
+            _ => Err(format!("--rank-by {s:?}: expected diff or index")),
+        }
+    }
+}
+
+impl std::fmt::Display for RankBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RankBy::Diff => "diff",
+            RankBy::Index => "index",
+        })
+    }
+}
+
+/// How the top-K is chosen: its size, its order, and the fewest views a station needs in the
+/// cluster to be ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranking {
+    /// K.
+    pub top: usize,
+    /// The order.
+    pub rank_by: RankBy,
+    /// Stations with fewer views in the cluster are not ranked (1: SPEC 4's `views ≥ 1`).
+    pub min_views: u64,
+}
+
+impl Ranking {
+    /// SPEC 4's ranking: the top `top` by diff-rank, every station with a view.
+    pub fn top(top: usize) -> Ranking {
+        Ranking {
+            top,
+            rank_by: RankBy::Diff,
+            min_views: 1,
+        }
+    }
+}
+
+/// The exact order of the top-K of one (subset, cluster): `a` before `b` by `key`
+/// descending, ties by station name. With `v` the station's views in the cluster, `g` its
+/// general-population views, `t` the cluster's total and `n` = |V|: diff-rank compares
+/// `v·n − g·t` (the difference times `t·n`), the index compares `v / g` by cross-multiplying.
+#[inline]
+pub fn ranks_before(
+    rank_by: RankBy,
+    a: (u64, u64, &str),
+    b: (u64, u64, &str),
+    t: u64,
+    n: u64,
+) -> bool {
+    let ord = match rank_by {
+        RankBy::Diff => {
+            let ka = a.0 as i128 * n as i128 - a.1 as i128 * t as i128;
+            let kb = b.0 as i128 * n as i128 - b.1 as i128 * t as i128;
+            kb.cmp(&ka)
+        }
+        RankBy::Index => (b.0 as u128 * a.1 as u128).cmp(&(a.0 as u128 * b.1 as u128)),
+    };
+    ord.then_with(|| a.2.as_bytes().cmp(b.2.as_bytes())) == Ordering::Less
 }
 
 /// Everything SPEC 4 defines, for every configured subset.
@@ -73,12 +179,19 @@ pub struct Ratings {
 
 /// `100 · part / whole` as Spark computes `lit(100) * a / b`.
 #[inline]
-fn rating(part: u64, whole: u64) -> f64 {
+pub(crate) fn rating(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole as f64
 }
 
+/// `100 · popularity / genpop`, the planners' index (a ranked station has views, so genpop
+/// is never 0).
+#[inline]
+pub fn index(popularity: f64, genpop: f64) -> f64 {
+    100.0 * popularity / genpop
+}
+
 /// Subset indices ordered by label in byte order (the order of the output files).
-fn subsets_by_label(subsets: &[Subset]) -> Vec<(usize, String)> {
+pub(crate) fn subsets_by_label(subsets: &[Subset]) -> Vec<(usize, String)> {
     let mut v: Vec<(usize, String)> = subsets
         .iter()
         .enumerate()
@@ -105,16 +218,27 @@ pub fn genpop(c: &Counters) -> Vec<GenpopRow> {
 /// Compute everything for the subsets `subsets` (the ones the counters were built with, in
 /// that order), keeping the top `top` diff-rank rows per cluster.
 pub fn compute(c: &Counters, subsets: &[Subset], top: usize) -> Ratings {
-    compute_with(c, subsets, top, true)
+    compute_with(c, subsets, Ranking::top(top), true)
+}
+
+/// [`compute`] with a ranking of the caller's ([`Ranking`]).
+pub fn compute_ranked(c: &Counters, subsets: &[Subset], ranking: Ranking) -> Ratings {
+    compute_with(c, subsets, ranking, true)
 }
 
 /// Like [`compute`], but only the top-K diff-rank rows (what a snapshot needs), skipping the
 /// full popularity table.
 pub fn top_diff_rank(c: &Counters, subsets: &[Subset], top: usize) -> Vec<DiffRankRow> {
-    compute_with(c, subsets, top, false).diff_rank
+    compute_with(c, subsets, Ranking::top(top), false).diff_rank
 }
 
-fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Ratings {
+/// [`top_diff_rank`] with a ranking of the caller's.
+pub fn top_ranked(c: &Counters, subsets: &[Subset], ranking: Ranking) -> Vec<DiffRankRow> {
+    compute_with(c, subsets, ranking, false).diff_rank
+}
+
+fn compute_with(c: &Counters, subsets: &[Subset], ranking: Ranking, full: bool) -> Ratings {
+    let top = ranking.top;
     assert_eq!(
         subsets.len(),
         c.n_subsets(),
@@ -122,7 +246,7 @@ fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Rat
     );
     let names = c.stations().names();
     let n_stations = names.len();
-    let big_n = c.valid as i128;
+    let big_n = c.valid;
     let mut out = Ratings {
         genpop: if full { genpop(c) } else { Vec::new() },
         ..Ratings::default()
@@ -156,15 +280,21 @@ fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Rat
                         views: c.views(si, cl, s),
                         popularity_rating: rating(c.views(si, cl, s), total),
                         rank: r as u32 + 1,
+                        ..PopularityRow::default()
                     }));
             }
-            // diff(s) ∝ v·N − g·T exactly.
-            let t = total as i128;
-            let key = |s: usize| c.views(si, cl, s) as i128 * big_n - c.genpop(s) as i128 * t;
+            if ranking.min_views > 1 {
+                ids.retain(|&s| c.views(si, cl, s) >= ranking.min_views);
+            }
+            let station = |s: usize| (c.views(si, cl, s), c.genpop(s), &*names[s]);
             let by_diff = |a: &usize, b: &usize| -> Ordering {
-                key(*b)
-                    .cmp(&key(*a))
-                    .then_with(|| names[*a].as_bytes().cmp(names[*b].as_bytes()))
+                if a == b {
+                    Ordering::Equal
+                } else if ranks_before(ranking.rank_by, station(*a), station(*b), total, big_n) {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
             };
             let k = top.min(ids.len());
             if k == 0 {
@@ -186,6 +316,8 @@ fn compute_with(c: &Counters, subsets: &[Subset], top: usize, full: bool) -> Rat
                     diff_rank: pop - gen,
                     popularity_rating: pop,
                     genpop_rating: gen,
+                    index: index(pop, gen),
+                    ..DiffRankRow::default()
                 }
             }));
         }
@@ -249,6 +381,7 @@ mod tests {
                         views: *v,
                         popularity_rating: *p,
                         rank: r as u32 + 1,
+                        ..PopularityRow::default()
                     });
                 }
                 // Exact order via rationals: diff = 100 (v/T - g/N).
@@ -275,6 +408,8 @@ mod tests {
                         diff_rank: p - g,
                         popularity_rating: p,
                         genpop_rating: g,
+                        index: 100.0 * p / g,
+                        ..DiffRankRow::default()
                     });
                 }
             }

@@ -21,6 +21,9 @@ fn settings(views: String, out: &Path, dead: Option<&Path>) -> AnalyzeSettings {
         report: false,
         properties: Default::default(),
         formats: Default::default(),
+        rank_by: Default::default(),
+        min_views: 1,
+        intervals: Default::default(),
     }
 }
 

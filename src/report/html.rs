@@ -829,6 +829,11 @@ mod tests {
                         diff_rank: d,
                         popularity_rating: d + 1.2,
                         genpop_rating: 1.2,
+                        index: 100.0 * (d + 1.2) / 1.2,
+                        diff_rank_lo: Some(d - 0.1),
+                        diff_rank_hi: Some(d + 0.15),
+                        top_k_share: Some(1.0 - 0.1 * r as f64),
+                        ..DiffRankRow::default()
                     });
                 }
             }

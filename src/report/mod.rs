@@ -83,6 +83,8 @@ pub(crate) mod testing {
             diff_rank: d,
             popularity_rating: d + 1.0,
             genpop_rating: 1.0,
+            index: 100.0 * (d + 1.0),
+            ..DiffRankRow::default()
         }
     }
 

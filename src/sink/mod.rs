@@ -120,16 +120,43 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SinkError>
 /// `popularity.csv`: `subset,cluster,station_num,views,popularity_rating,rank`.
 pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<(), SinkError> {
     write_file(path, |w| {
-        writeln!(w, "subset,cluster,station_num,views,popularity_rating,rank")?;
+        writeln!(
+            w,
+            "subset,cluster,station_num,views,popularity_rating,rank,popularity_lo,popularity_hi"
+        )?;
         for r in rows {
             writeln!(
                 w,
-                "{},{},{},{},{},{}",
-                r.subset, r.cluster, r.station_num, r.views, r.popularity_rating, r.rank
+                "{},{},{},{},{},{},{},{}",
+                r.subset,
+                r.cluster,
+                r.station_num,
+                r.views,
+                r.popularity_rating,
+                r.rank,
+                Opt(r.popularity_lo),
+                Opt(r.popularity_hi)
             )?;
         }
         Ok(())
     })
+}
+
+/// A nullable double column.
+fn optional(values: impl Iterator<Item = Option<f64>>) -> arrow_array::ArrayRef {
+    std::sync::Arc::new(arrow_array::Float64Array::from_iter(values))
+}
+
+/// An optional figure in a CSV: the number, or nothing.
+struct Opt(Option<f64>);
+
+impl std::fmt::Display for Opt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `genpop.csv`: `station_num,views,genpop_rating`.
@@ -143,28 +170,94 @@ pub fn write_genpop(path: &Path, rows: &[GenpopRow]) -> Result<(), SinkError> {
     })
 }
 
-/// `diff_rank.csv`: `subset,cluster,rank,station_num,diff_rank,popularity_rating,genpop_rating`.
+/// `diff_rank.csv`: SPEC's `subset,cluster,rank,station_num,diff_rank,popularity_rating,
+/// genpop_rating`, then `index` and the intervals (`popularity_lo,popularity_hi,
+/// diff_rank_lo,diff_rank_hi,top_k_share`, empty when not computed): SPEC's columns keep
+/// their names and places, so a reader of SPEC's file reads this one.
 pub fn write_diff_rank(path: &Path, rows: &[DiffRankRow]) -> Result<(), SinkError> {
     write_file(path, |w| {
         writeln!(
             w,
-            "subset,cluster,rank,station_num,diff_rank,popularity_rating,genpop_rating"
+            "subset,cluster,rank,station_num,diff_rank,popularity_rating,genpop_rating,index,popularity_lo,popularity_hi,diff_rank_lo,diff_rank_hi,top_k_share"
         )?;
         for r in rows {
             writeln!(
                 w,
-                "{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.subset,
                 r.cluster,
                 r.rank,
                 r.station_num,
                 r.diff_rank,
                 r.popularity_rating,
-                r.genpop_rating
+                r.genpop_rating,
+                r.index,
+                Opt(r.popularity_lo),
+                Opt(r.popularity_hi),
+                Opt(r.diff_rank_lo),
+                Opt(r.diff_rank_hi),
+                Opt(r.top_k_share)
             )?;
         }
         Ok(())
     })
+}
+
+/// `agreement.csv`: per cluster and pair of subsets, how alike their rankings are
+/// ([`crate::agreement::AgreementRow`]; NaN written as nothing).
+pub fn write_agreement(
+    path: &Path,
+    rows: &[crate::agreement::AgreementRow],
+) -> Result<(), SinkError> {
+    let num = |v: f64| Opt((!v.is_nan()).then_some(v));
+    write_file(path, |w| {
+        writeln!(
+            w,
+            "cluster,subset_a,subset_b,top_k,overlap,overlap_share,common_stations,kendall_tau,spearman_rho,rbo"
+        )?;
+        for r in rows {
+            writeln!(
+                w,
+                "{},{},{},{},{},{},{},{},{},{}",
+                r.cluster,
+                r.subset_a,
+                r.subset_b,
+                r.top_k,
+                r.overlap,
+                r.overlap_share,
+                r.common_stations,
+                num(r.kendall_tau),
+                num(r.spearman_rho),
+                num(r.rbo)
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// `resamples.csv`: the bootstrap's plan, `resample,group,draws` for every group drawn at
+/// least once, so that another implementation can resample exactly the same households (a
+/// household's group is `counters::household_group`).
+pub fn write_resamples(path: &Path, plan: &crate::uncertainty::Plan) -> Result<(), SinkError> {
+    write_file(path, |w| {
+        writeln!(w, "resample,group,draws")?;
+        for (b, row) in plan.weights.rows().into_iter().enumerate() {
+            for (g, &d) in row.iter().enumerate() {
+                if d > 0.0 {
+                    writeln!(w, "{b},{g},{d}")?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Remove `path` if it is a file (an earlier run's output this run does not write).
+pub fn remove_old_file(path: &Path) -> Result<(), SinkError> {
+    if path.is_file() {
+        std::fs::remove_file(path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
 /// The three rating files into `dir`, as CSV and/or Parquet.
@@ -201,6 +294,7 @@ pub fn write_ratings(
 /// double), so that no reader turns station `04321` into `4321`.
 pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkError> {
     use crate::dataset::{doubles, int32, int64, strings, write_parquet};
+
     let p = &ratings.popularity;
     write_parquet(
         &dir.join("popularity.parquet"),
@@ -223,6 +317,16 @@ pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkEr
                 doubles(p.iter().map(|r| r.popularity_rating)),
             ),
             ("rank", false, int32(p.iter().map(|r| r.rank as i32))),
+            (
+                "popularity_lo",
+                true,
+                optional(p.iter().map(|r| r.popularity_lo)),
+            ),
+            (
+                "popularity_hi",
+                true,
+                optional(p.iter().map(|r| r.popularity_hi)),
+            ),
         ],
     )?;
     let g = &ratings.genpop;
@@ -269,6 +373,32 @@ pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkEr
                 false,
                 doubles(d.iter().map(|r| r.genpop_rating)),
             ),
+            ("index", false, doubles(d.iter().map(|r| r.index))),
+            (
+                "popularity_lo",
+                true,
+                optional(d.iter().map(|r| r.popularity_lo)),
+            ),
+            (
+                "popularity_hi",
+                true,
+                optional(d.iter().map(|r| r.popularity_hi)),
+            ),
+            (
+                "diff_rank_lo",
+                true,
+                optional(d.iter().map(|r| r.diff_rank_lo)),
+            ),
+            (
+                "diff_rank_hi",
+                true,
+                optional(d.iter().map(|r| r.diff_rank_hi)),
+            ),
+            (
+                "top_k_share",
+                true,
+                optional(d.iter().map(|r| r.top_k_share)),
+            ),
         ],
     )?;
     Ok(())
@@ -283,6 +413,9 @@ pub struct Timing {
     pub count_ms: f64,
     /// Merging the per-thread counters and computing the ratings.
     pub rate_ms: f64,
+    /// The confidence intervals and the subsets' agreement.
+    #[serde(default)]
+    pub intervals_ms: f64,
     /// Writing the output files and the report.
     pub write_ms: f64,
     /// The whole command.

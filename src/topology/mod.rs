@@ -147,6 +147,23 @@ pub struct AnalyzeSettings {
     pub properties: Properties,
     /// The rating files as CSV, Parquet or both.
     pub formats: crate::dataset::Formats,
+    /// What orders the top-K (`--rank-by`).
+    pub rank_by: ratings::RankBy,
+    /// Fewest views in the cluster for a station to be ranked (`--min-views`).
+    pub min_views: u64,
+    /// The confidence intervals (`--bootstrap`, `--confidence`).
+    pub intervals: crate::uncertainty::IntervalSettings,
+}
+
+impl AnalyzeSettings {
+    /// The top-K's ranking these settings ask for.
+    pub fn ranking(&self) -> ratings::Ranking {
+        ratings::Ranking {
+            top: self.top,
+            rank_by: self.rank_by,
+            min_views: self.min_views,
+        }
+    }
 }
 
 /// What `analyze` produced.
@@ -156,6 +173,8 @@ pub struct Analyzed {
     pub summary: Summary,
     /// The ratings.
     pub ratings: Ratings,
+    /// The subsets' agreement, per cluster (`agreement.csv`).
+    pub agreement: Vec<crate::agreement::AgreementRow>,
     /// `report.html`, when written.
     pub report: Option<PathBuf>,
 }
@@ -237,6 +256,8 @@ fn analysis_file(name: &str) -> bool {
         "popularity.parquet",
         "genpop.parquet",
         "diff_rank.parquet",
+        "agreement.csv",
+        "resamples.csv",
         "summary.json",
         "report.html",
     ]
@@ -321,6 +342,17 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     if s.top == 0 {
         return Err(TopologyError::Settings("--top must be at least 1".into()));
     }
+    if s.min_views == 0 {
+        return Err(TopologyError::Settings(
+            "--min-views must be at least 1 (a station needs a view to be ranked)".into(),
+        ));
+    }
+    let confidence = s.intervals.confidence;
+    if !(confidence > 0.0 && confidence < 1.0) {
+        return Err(TopologyError::Settings(format!(
+            "--confidence {confidence}: must be between 0 and 1, such as 0.95"
+        )));
+    }
     if s.threads > source::MAX_THREADS {
         return Err(TopologyError::Settings(format!(
             "--threads must be at most {} (0 = one per core)",
@@ -344,6 +376,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     let dead_path = dead.as_ref().map(|d| d.path().to_path_buf());
     let t = Instant::now();
     let (model, membership) = load_membership(&s.model, &s.subsets)?;
+    let membership = membership.with_groups(s.intervals.groups());
     let load_model_ms = ms(t);
     info!(
         households = membership.len(),
@@ -415,8 +448,32 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     }
 
     let t = Instant::now();
-    let r = ratings::compute(c, &s.subsets, s.top);
+    let ranking = s.ranking();
+    let mut r = ratings::compute_ranked(c, &s.subsets, ranking);
     let rate_ms = ms(t);
+    let t = Instant::now();
+    let interval_threads = if s.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        s.threads
+    };
+    crate::uncertainty::annotate(
+        &mut r,
+        c,
+        &s.subsets,
+        ranking,
+        &s.intervals,
+        interval_threads,
+    );
+    let agreement =
+        crate::agreement::agreement(&crate::agreement::rankings(c, &s.subsets, ranking), s.top);
+    let intervals_ms = ms(t);
+    info!(
+        method = ?s.intervals.method,
+        groups = c.groups(),
+        ms = intervals_ms,
+        "intervals and agreement computed"
+    );
 
     let t = Instant::now();
     std::fs::create_dir_all(&s.out).map_err(|e| SinkError::Io {
@@ -424,6 +481,14 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         source: e,
     })?;
     sink::write_ratings(&s.out, &r, s.formats)?;
+    sink::write_agreement(&s.out.join("agreement.csv"), &agreement)?;
+    let resamples = s.out.join("resamples.csv");
+    match s.intervals.method {
+        crate::uncertainty::Method::Bootstrap { resamples: n, seed } if n > 0 => {
+            sink::write_resamples(&resamples, &crate::uncertainty::plan(seed, n, c.groups()))?;
+        }
+        _ => sink::remove_old_file(&resamples)?,
+    }
     let mut summary = Summary {
         source: s.views.clone(),
         model: s.model.display().to_string(),
@@ -452,6 +517,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         load_model_ms,
         count_ms,
         rate_ms,
+        intervals_ms,
         write_ms,
         total_ms: ms(total),
         records_per_second: c.records as f64 / (count_ms / 1000.0).max(1e-9),
@@ -467,6 +533,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     Ok(Analyzed {
         summary,
         ratings: r,
+        agreement,
         report: report_path,
     })
 }
@@ -776,6 +843,15 @@ pub fn demo(out: &Path, seed: u64) -> Result<Demo, TopologyError> {
         formats: crate::dataset::Formats {
             csv: true,
             parquet: true,
+        },
+        rank_by: ratings::RankBy::Diff,
+        min_views: 1,
+        intervals: crate::uncertainty::IntervalSettings {
+            method: crate::uncertainty::Method::Bootstrap {
+                resamples: 200,
+                seed,
+            },
+            confidence: 0.95,
         },
     })?;
     info!(
