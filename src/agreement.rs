@@ -264,7 +264,7 @@ pub fn sentences(rows: &[AgreementRow]) -> Vec<(u32, String)> {
             };
             let name = |l: &str| match l {
                 "all" => "all households".to_string(),
-                n => format!("every {n}th household"),
+                n => format!("the 1-in-{n} sample"),
             };
             let text = format!(
                 "Cluster {cl}: the samples {} on its top {}; the least alike, {} and {}, share {} of them (rank-biased overlap {:.2}, Kendall's tau {:.2} over the {} stations both rank){}.",

@@ -723,8 +723,16 @@ fn draw_diff_panel(
         return Ok(());
     }
     let n = slots.max(mine.len());
-    let lo = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::min);
-    let hi = mine.iter().map(|r| r.diff_rank).fold(0.0f64, f64::max);
+    // the axis holds the bars and their intervals' whiskers
+    let ends = |r: &&DiffRankRow| {
+        [Some(r.diff_rank), r.diff_rank_lo, r.diff_rank_hi]
+            .into_iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .collect::<Vec<f64>>()
+    };
+    let lo = mine.iter().flat_map(ends).fold(0.0f64, f64::min);
+    let hi = mine.iter().flat_map(ends).fold(0.0f64, f64::max);
     let (lo, hi) = if lo.is_finite() && hi.is_finite() {
         (lo, hi)
     } else {
@@ -771,15 +779,41 @@ fn draw_diff_panel(
         } else {
             (NEGATIVE, HPos::Right, -4)
         };
+        // the shade says the rank stability: the share of bootstrap resamples that keep the
+        // station in the top-K (a full colour when every one does)
+        let alpha = r
+            .top_k_share
+            .map_or(0.85, |s| 0.2 + 0.7 * s.clamp(0.0, 1.0));
         chart
             .draw_series(std::iter::once(Rectangle::new(
                 [(0.0, y + 0.15), (d, y + 0.85)],
-                col.mix(0.85).filled(),
+                col.mix(alpha).filled(),
             )))
             .map_err(e)?;
+        if let (Some(a), Some(b)) = (r.diff_rank_lo, r.diff_rank_hi) {
+            if a.is_finite() && b.is_finite() {
+                let whisker = BLACK.stroke_width(1);
+                chart
+                    .draw_series([
+                        PathElement::new(vec![(a, y + 0.5), (b, y + 0.5)], whisker),
+                        PathElement::new(vec![(a, y + 0.35), (a, y + 0.65)], whisker),
+                        PathElement::new(vec![(b, y + 0.35), (b, y + 0.65)], whisker),
+                    ])
+                    .map_err(e)?;
+            }
+        }
+        let label_at = if d >= 0.0 {
+            r.diff_rank_hi
+                .filter(|v| v.is_finite())
+                .map_or(d, |v| v.max(d))
+        } else {
+            r.diff_rank_lo
+                .filter(|v| v.is_finite())
+                .map_or(d, |v| v.min(d))
+        };
         chart
             .draw_series(std::iter::once(
-                EmptyElement::at((d, y + 0.5))
+                EmptyElement::at((label_at, y + 0.5))
                     + Text::new(
                         two_decimals(r.diff_rank),
                         (dx, 0),

@@ -67,6 +67,51 @@ pub struct ReportInput<'a> {
     pub cluster_sizes: &'a [u64],
     /// Who each cluster is (empty for a model made elsewhere).
     pub profiles: &'a [crate::segment::profile::Profile],
+    /// How alike the subsets' rankings are, per cluster (empty with one subset).
+    pub agreement: &'a [crate::agreement::AgreementRow],
+}
+
+/// The agreement section: one sentence per cluster, then the table.
+fn agreement_section(h: &mut String, rows: &[crate::agreement::AgreementRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    let num = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "–".to_string()
+        }
+    };
+    h.push_str(
+        "<section id=\"agreement\">\n<h2>How far the samples agree</h2>\n\
+         <p>Per cluster and pair of subsets: the stations both top-K share, Kendall's tau and \
+         Spearman's rho over the stations both rank, and the rank-biased overlap of the whole \
+         rankings (1 = the same order, 0 = nothing in common; the first ten ranks weigh 86 %).</p>\n<ul>\n",
+    );
+    for (_, text) in crate::agreement::sentences(rows) {
+        h.push_str(&format!("<li>{}</li>\n", escape(&text)));
+    }
+    h.push_str(
+        "</ul>\n<table id=\"agreement-table\">\n<thead><tr><th>cluster</th><th>subsets</th>\
+         <th>top-K overlap</th><th>Kendall's tau</th><th>Spearman's rho</th><th>RBO</th>\
+         <th>stations both rank</th></tr></thead>\n<tbody>\n",
+    );
+    for r in rows {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{} / {}</td><td>{} of {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            r.cluster,
+            escape(&r.subset_a),
+            escape(&r.subset_b),
+            r.overlap,
+            r.top_k,
+            num(r.kendall_tau),
+            num(r.spearman_rho),
+            num(r.rbo),
+            r.common_stations
+        ));
+    }
+    h.push_str("</tbody>\n</table>\n</section>\n");
 }
 
 /// A profile statistic with two decimals, `–` when it has none (an empty cluster).
@@ -427,9 +472,20 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
                 match cell.get(&(l.as_str(), c, rank)) {
                     Some(d) => {
                         let class = if d.diff_rank < 0.0 { "neg" } else { "pos" };
+                        let mut trust = format!(" · index {:.0}", d.index);
+                        if let (Some(a), Some(b)) = (d.diff_rank_lo, d.diff_rank_hi) {
+                            trust.push_str(&format!(" · interval {a:.4} to {b:.4}"));
+                        }
+                        if let Some(sh) = d.top_k_share {
+                            trust.push_str(&format!(
+                                " · in the top {} of {:.0} % of resamples",
+                                input.top,
+                                100.0 * sh
+                            ));
+                        }
                         let _ = write!(
                             h,
-                            "<td class=\"{class}\" data-subset=\"{}\" title=\"popularity {:.4} % in this subset · general population {:.4} % · diff-rank {:.4}\">{} (<span>{}</span>)</td>",
+                            "<td class=\"{class}\" data-subset=\"{}\" title=\"popularity {:.4} % in this subset · general population {:.4} % · diff-rank {:.4}{trust}\">{} (<span>{}</span>)</td>",
                             escape(l),
                             d.popularity_rating,
                             d.genpop_rating,
@@ -452,6 +508,7 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
         h.push_str("</div>\n");
     }
     h.push_str("</div>\n</section>\n");
+    agreement_section(&mut h, input.agreement);
 
     // ---- charts
     for (label, png) in input.diff_rank_pngs {
@@ -462,7 +519,9 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
                 "Top diff-rank stations per cluster: subset {}",
                 subset_heading(label)
             ),
-            "Blue: watched more by the cluster than by the general population; red: less.",
+            "Blue: watched more by the cluster than by the general population; red: less. \
+Whiskers: the diff-rank's confidence interval; shade: the share of bootstrap resamples that \
+keep the station in the top-K (full colour when all do, or without a bootstrap).",
             Some(png),
         );
     }
@@ -700,6 +759,18 @@ mod tests {
                 diff_rank_pngs: &[("all".to_string(), diff_png.clone())],
                 cluster_sizes: &[4, 5],
                 profiles: &[],
+                agreement: &[crate::agreement::AgreementRow {
+                    cluster: 0,
+                    subset_a: "3".into(),
+                    subset_b: "all".into(),
+                    top_k: 3,
+                    overlap: 0,
+                    overlap_share: 0.0,
+                    common_stations: 1,
+                    kendall_tau: f64::NAN,
+                    spearman_rho: f64::NAN,
+                    rbo: 0.0,
+                }],
             },
         )
         .unwrap();
@@ -728,7 +799,11 @@ mod tests {
         assert_eq!(c0r1[2].1, "17017 (0.25)");
         // no cluster has a rank-3 row: --top 3 adds no empty row past the deepest rank
         assert!(!html.contains("data-rank=\"3\""));
-        assert!(html.contains("title=\"popularity 4.0000 % in this subset · general population 1.0000 % · diff-rank 3.0000\">55555"));
+        assert!(html.contains("title=\"popularity 4.0000 % in this subset · general population 1.0000 % · diff-rank 3.0000 · index 400\">55555"));
+
+        // the agreement: a sentence per cluster and the table, the data's labels escaped
+        assert!(html.contains("<li>Cluster 0: the samples disagree on its top 3; the least alike, the 1-in-3 sample and all households, share 0 of them"), "{html}");
+        assert!(html.contains("<tr><td>0</td><td>3 / all</td><td>0 of 3</td><td>–</td><td>–</td><td>0.00</td><td>1</td></tr>"));
 
         // the two charts that exist are inlined, in order, and decode to the files' bytes
         let imgs: Vec<&str> = html.split("src=\"data:image/png;base64,").skip(1).collect();
@@ -766,6 +841,7 @@ mod tests {
                 diff_rank_pngs: &[],
                 cluster_sizes: &[],
                 profiles: &[],
+                agreement: &[],
             },
         )
         .unwrap();
@@ -793,6 +869,7 @@ mod tests {
                 diff_rank_pngs: &[],
                 cluster_sizes: &[],
                 profiles: &[],
+                agreement: &[],
             },
         )
         .unwrap_err();
@@ -874,6 +951,7 @@ mod tests {
                 diff_rank_pngs: &[("all".to_string(), dir.join("diff_rank_all.png"))],
                 cluster_sizes: &sizes,
                 profiles: &[],
+                agreement: &[],
             },
         )
         .unwrap();

@@ -523,7 +523,9 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
         records_per_second: c.records as f64 / (count_ms / 1000.0).max(1e-9),
     };
     let report_path = match &charts {
-        Some(ch) => Some(write_report_html(&s.out, &model, &r, &summary, s.top, ch)?),
+        Some(ch) => Some(write_report_html(
+            &s.out, &model, &r, &summary, s.top, ch, &agreement,
+        )?),
         None => None,
     };
     sink::write_json(&s.out.join("summary.json"), &summary)?;
@@ -633,6 +635,7 @@ fn write_report_html(
     summary: &Summary,
     top: usize,
     charts: &Charts,
+    agreement: &[crate::agreement::AgreementRow],
 ) -> Result<PathBuf, TopologyError> {
     let k = model.k();
     let html = out.join("report.html");
@@ -649,6 +652,7 @@ fn write_report_html(
             diff_rank_pngs: &charts.diff_pngs,
             cluster_sizes: &charts.sizes,
             profiles: model.info.as_ref().map_or(&[], |i| i.profiles.as_slice()),
+            agreement,
         },
     )?;
     Ok(html)
