@@ -57,6 +57,45 @@ pub fn kendall_tau_b(x: &[f64], y: &[f64]) -> f64 {
     }
 }
 
+/// Kendall's tau of two rankings without ties, `y` given in the order of `x` ascending (as
+/// [`common_ranks`] returns them): the discordant pairs are `y`'s inversions, counted by a
+/// merge sort in O(n log n), where [`kendall_tau_b`] takes O(n²) (a second at 5,000 common
+/// stations for the 18 pairs of the default subsets).
+pub fn kendall_tau_sorted(y: &[f64]) -> f64 {
+    let n = y.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    fn sort_count(v: &mut [f64], buf: &mut Vec<f64>) -> u64 {
+        let n = v.len();
+        if n < 2 {
+            return 0;
+        }
+        let mid = n / 2;
+        let mut inv = sort_count(&mut v[..mid], buf) + sort_count(&mut v[mid..], buf);
+        buf.clear();
+        let (mut i, mut j) = (0, mid);
+        while i < mid && j < n {
+            if v[i] <= v[j] {
+                buf.push(v[i]);
+                i += 1;
+            } else {
+                buf.push(v[j]);
+                inv += (mid - i) as u64;
+                j += 1;
+            }
+        }
+        buf.extend_from_slice(&v[i..mid]);
+        buf.extend_from_slice(&v[j..n]);
+        v.copy_from_slice(buf);
+        inv
+    }
+    let mut v = y.to_vec();
+    let discordant = sort_count(&mut v, &mut Vec::with_capacity(n)) as f64;
+    let pairs = (n * (n - 1) / 2) as f64;
+    (pairs - 2.0 * discordant) / pairs
+}
+
 /// Average ranks (ties share the mean of their positions), as scipy.stats.rankdata.
 fn rankdata(v: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..v.len()).collect();
@@ -234,7 +273,7 @@ pub fn agreement(rankings: &[(String, u32, Vec<String>)], top: usize) -> Vec<Agr
                     overlap: ov,
                     overlap_share: ov as f64 / k as f64,
                     common_stations: x.len(),
-                    kendall_tau: kendall_tau_b(&x, &y),
+                    kendall_tau: kendall_tau_sorted(&y),
                     spearman_rho: spearman_rho(&x, &y),
                     rbo: rbo_ext(a, b, RBO_P),
                 });
@@ -306,6 +345,23 @@ mod tests {
             (want - 1.0).abs() < 1e-12,
             "a prefix of the other list: its extrapolation is 1"
         );
+    }
+
+    #[test]
+    fn the_merge_sort_tau_is_the_pairwise_one_without_ties() {
+        let mut state = 12345u64;
+        for n in [2usize, 3, 10, 101, 500] {
+            let mut y: Vec<f64> = (1..=n).map(|i| i as f64).collect();
+            for i in (1..n).rev() {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                y.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let x: Vec<f64> = (1..=n).map(|i| i as f64).collect();
+            let (a, b) = (kendall_tau_sorted(&y), kendall_tau_b(&x, &y));
+            assert!((a - b).abs() < 1e-12, "{n}: {a} {b}");
+        }
     }
 
     #[test]
