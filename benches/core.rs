@@ -287,7 +287,7 @@ fn trigger_actors_percentiles(bench: bool) {
                 subsets: Vec::new(),
                 source: String::new(),
             };
-            Coordinator::new(subsets(), 7, writer, stamps, false, mx)
+            Coordinator::new(subsets(), 7, Default::default(), writer, stamps, false, mx)
         });
         arbiters.push(arb);
         let mut ms = Vec::with_capacity(runs);

@@ -197,7 +197,8 @@ pub struct AgreementRow {
     pub top_k: usize,
     /// Stations in both top-K.
     pub overlap: usize,
-    /// `overlap / K`.
+    /// `overlap / min(K, stations each ranks)`: the share of the top-K that could be shared
+    /// (NaN when either ranks none).
     pub overlap_share: f64,
     /// Stations both subsets rank.
     pub common_stations: usize,
@@ -263,7 +264,7 @@ pub fn agreement(rankings: &[(String, u32, Vec<String>)], top: usize) -> Vec<Agr
             for j in i + 1..of.len() {
                 let (a, b) = (&of[i].2, &of[j].2);
                 let (x, y) = common_ranks(a, b);
-                let k = top.min(a.len()).min(b.len()).max(1);
+                let k = top.min(a.len()).min(b.len());
                 let ov = overlap(a, b, top);
                 rows.push(AgreementRow {
                     cluster: cl,
@@ -271,7 +272,11 @@ pub fn agreement(rankings: &[(String, u32, Vec<String>)], top: usize) -> Vec<Agr
                     subset_b: of[j].0.clone(),
                     top_k: top,
                     overlap: ov,
-                    overlap_share: ov as f64 / k as f64,
+                    overlap_share: if k == 0 {
+                        f64::NAN
+                    } else {
+                        ov as f64 / k as f64
+                    },
                     common_stations: x.len(),
                     kendall_tau: kendall_tau_sorted(&y),
                     spearman_rho: spearman_rho(&x, &y),
@@ -284,17 +289,37 @@ pub fn agreement(rankings: &[(String, u32, Vec<String>)], top: usize) -> Vec<Agr
 }
 
 /// One sentence per cluster in plain words: how alike its subsets' top-K are, the least alike
-/// pair named.
+/// pair named (pairs where a subset ranks no station are left out of the comparison).
 pub fn sentences(rows: &[AgreementRow]) -> Vec<(u32, String)> {
     let clusters: std::collections::BTreeSet<u32> = rows.iter().map(|r| r.cluster).collect();
+    let num = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}")
+        } else {
+            "–".to_string()
+        }
+    };
     clusters
         .into_iter()
         .map(|cl| {
-            let of: Vec<&AgreementRow> = rows.iter().filter(|r| r.cluster == cl).collect();
-            let worst = of
+            let of: Vec<&AgreementRow> = rows
+                .iter()
+                .filter(|r| r.cluster == cl && !r.overlap_share.is_nan())
+                .collect();
+            let Some(worst) = of
                 .iter()
                 .min_by(|a, b| a.overlap_share.total_cmp(&b.overlap_share).then(a.rbo.total_cmp(&b.rbo)))
-                .expect("a cluster has a row");
+            else {
+                return (
+                    cl,
+                    format!("Cluster {cl}: a subset ranks no station of it, so there is nothing to compare."),
+                );
+            };
+            let k = if worst.overlap_share > 0.0 {
+                (worst.overlap as f64 / worst.overlap_share).round() as usize
+            } else {
+                worst.top_k
+            };
             let word = |share: f64| match share {
                 s if s >= 0.85 => "agree closely",
                 s if s >= 0.6 => "mostly agree",
@@ -306,14 +331,14 @@ pub fn sentences(rows: &[AgreementRow]) -> Vec<(u32, String)> {
                 n => format!("the 1-in-{n} sample"),
             };
             let text = format!(
-                "Cluster {cl}: the samples {} on its top {}; the least alike, {} and {}, share {} of them (rank-biased overlap {:.2}, Kendall's tau {:.2} over the {} stations both rank){}.",
+                "Cluster {cl}: the samples {} on its top {}; the least alike, {} and {}, share {} of them (rank-biased overlap {}, Kendall's tau {} over the {} stations both rank){}.",
                 word(worst.overlap_share),
-                worst.top_k,
+                k,
                 name(&worst.subset_a),
                 name(&worst.subset_b),
                 worst.overlap,
-                worst.rbo,
-                worst.kendall_tau,
+                num(worst.rbo),
+                num(worst.kendall_tau),
                 worst.common_stations,
                 if worst.overlap_share < 0.6 {
                     ": read its top stations as noisy"

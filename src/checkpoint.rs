@@ -14,12 +14,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::counters::CountersState;
+use crate::counters::{CountersState, CountersStateV1};
 
 /// First bytes of every checkpoint file.
 pub const MAGIC: &[u8; 8] = b"VPCKPT\r\n";
-/// Format version written; others are refused.
-pub const VERSION: u32 = 1;
+/// Format version written. Version 1 (before the counters kept household groups) is still
+/// read; others are refused.
+pub const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".vpck";
@@ -90,6 +91,55 @@ pub struct PartitionState {
     pub counters: CountersState,
 }
 
+/// [`PartitionState`] of format 1.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct PartitionStateV1 {
+    next_offset: i64,
+    counters: CountersStateV1,
+}
+
+/// [`Checkpoint`] of format 1: the same fields, counters without household groups.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct CheckpointV1 {
+    model: u64,
+    subsets: Vec<String>,
+    source: String,
+    triggers: u64,
+    records: u64,
+    records_at_fire: u64,
+    partitions: BTreeMap<i32, PartitionStateV1>,
+    written_at: String,
+}
+
+impl From<CheckpointV1> for Checkpoint {
+    fn from(v: CheckpointV1) -> Checkpoint {
+        Checkpoint {
+            model: v.model,
+            subsets: v.subsets,
+            source: v.source,
+            triggers: v.triggers,
+            records: v.records,
+            records_at_fire: v.records_at_fire,
+            partitions: v
+                .partitions
+                .into_iter()
+                .map(|(p, s)| {
+                    (
+                        p,
+                        PartitionState {
+                            next_offset: s.next_offset,
+                            counters: CountersState::from_v1(s.counters),
+                        },
+                    )
+                })
+                .collect(),
+            written_at: v.written_at,
+        }
+    }
+}
+
 /// Everything a restarted daemon needs to go on as if it had never stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -153,9 +203,9 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> 
         u32::from_le_bytes(b)
     };
     let version = word(8);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(bad(format!(
-            "format version {version}, this build reads {VERSION}"
+            "format version {version}, this build reads 1 and {VERSION}"
         )));
     }
     let mut l = [0u8; 8];
@@ -172,9 +222,15 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Checkpoint, CheckpointError> 
     if crc32fast::hash(payload) != crc {
         return Err(bad("checksum mismatch (damaged)".into()));
     }
-    let (c, used): (Checkpoint, usize) =
-        bincode::serde::decode_from_slice(payload, bincode::config::standard())
+    let config = bincode::config::standard();
+    let (c, used): (Checkpoint, usize) = if version == 1 {
+        let (v1, used): (CheckpointV1, usize) = bincode::serde::decode_from_slice(payload, config)
             .map_err(|e| bad(format!("cannot decode: {e}")))?;
+        (v1.into(), used)
+    } else {
+        bincode::serde::decode_from_slice(payload, config)
+            .map_err(|e| bad(format!("cannot decode: {e}")))?
+    };
     if used != payload.len() {
         return Err(bad(format!(
             "{} bytes after the state",
@@ -388,6 +444,60 @@ pub fn check(
 mod tests {
     use super::*;
     use crate::counters::{Counters, Membership, Subset};
+
+    /// A checkpoint of format 1 (before the household groups) still restores: the same
+    /// state, with no groups.
+    #[test]
+    fn a_format_1_checkpoint_reads_as_counters_without_groups() {
+        let now = sample(7);
+        let v1 = CheckpointV1 {
+            model: now.model,
+            subsets: now.subsets.clone(),
+            source: now.source.clone(),
+            triggers: now.triggers,
+            records: now.records,
+            records_at_fire: now.records_at_fire,
+            partitions: now
+                .partitions
+                .iter()
+                .map(|(&p, st)| {
+                    let c = &st.counters;
+                    (
+                        p,
+                        PartitionStateV1 {
+                            next_offset: st.next_offset,
+                            counters: CountersStateV1 {
+                                n_subsets: c.n_subsets,
+                                clusters: c.clusters,
+                                stations: c.stations.clone(),
+                                cells: c.cells.clone(),
+                                records: c.records,
+                                valid: c.valid,
+                                unknown_household: c.unknown_household,
+                                malformed: c.malformed.clone(),
+                            },
+                        },
+                    )
+                })
+                .collect(),
+            written_at: now.written_at.clone(),
+        };
+        let payload = bincode::serde::encode_to_vec(&v1, bincode::config::standard()).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert!(now.partitions.values().all(|p| p.counters.groups == 0));
+        assert_eq!(decode(&bytes, Path::new("v1")).unwrap(), now);
+        bytes[8] = 3;
+        let e = decode(&bytes, Path::new("v3")).unwrap_err().to_string();
+        assert!(
+            e.contains("format version 3, this build reads 1 and 2"),
+            "{e}"
+        );
+    }
 
     fn sample(records: u64) -> Checkpoint {
         let m = Membership::new(vec![Subset::All], vec![(1, 0, 1), (2, 1, 1)]).unwrap();

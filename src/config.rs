@@ -182,6 +182,18 @@ pub struct PipelineConfig {
     pub subsets: Vec<String>,
     /// Diff-rank rows per cluster in a snapshot.
     pub top: usize,
+    /// What orders the top-K: `diff` (popularity − genpop, SPEC 4) or `index`
+    /// (100 · popularity / genpop).
+    pub rank_by: String,
+    /// Stations with fewer views in the cluster are left out of the top-K.
+    pub min_views: u64,
+    /// Bootstrap resamples of the households behind each snapshot's intervals and top-K
+    /// stability (0: none, the snapshot rows carry no interval).
+    pub bootstrap: usize,
+    /// Coverage of the intervals.
+    pub confidence: f64,
+    /// Seed of the bootstrap's resamples.
+    pub bootstrap_seed: u64,
 }
 
 /// Kafka client settings.
@@ -313,6 +325,11 @@ impl Default for PipelineConfig {
             shards: 4,
             subsets: vec!["3".into()],
             top: 7,
+            rank_by: "diff".into(),
+            min_views: 1,
+            bootstrap: 0,
+            confidence: 0.95,
+            bootstrap_seed: 3,
         }
     }
 }
@@ -363,6 +380,10 @@ pub struct Validated {
     pub source: SourceAt,
     /// `pipeline.subsets`.
     pub subsets: Vec<Subset>,
+    /// `pipeline.top`, `pipeline.rank_by` and `pipeline.min_views`.
+    pub ranking: crate::ratings::Ranking,
+    /// `pipeline.bootstrap`, `pipeline.confidence` and `pipeline.bootstrap_seed`.
+    pub intervals: crate::uncertainty::IntervalSettings,
     /// `kafka.start`.
     pub start: StartAt,
     /// `trigger.interval`; none = record triggers only.
@@ -417,6 +438,8 @@ impl RunConfig {
         Ok(Validated {
             source,
             subsets: c.subsets()?,
+            ranking: c.ranking()?,
+            intervals: c.intervals()?,
             start: c.start()?,
             trigger_interval: c.trigger_interval()?,
             connect_timeout: c.connect_timeout()?,
@@ -473,6 +496,66 @@ impl RunConfig {
         Subset::parse_list(&self.pipeline.subsets.join(",")).map_err(|e| ConfigError::Invalid {
             key: "pipeline.subsets",
             message: e.to_string(),
+        })
+    }
+}
+
+/// A [`ConfigError::Invalid`] of `key`.
+fn invalid<T>(key: &'static str, message: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    })
+}
+
+impl RunConfig {
+    /// The top-K's ranking (`pipeline.top`, `pipeline.rank_by`, `pipeline.min_views`).
+    pub fn ranking(&self) -> Result<crate::ratings::Ranking, ConfigError> {
+        let rank_by = self
+            .pipeline
+            .rank_by
+            .parse()
+            .map_err(|_| ConfigError::Invalid {
+                key: "pipeline.rank_by",
+                message: format!("{:?} is not diff or index", self.pipeline.rank_by),
+            })?;
+        if self.pipeline.min_views == 0 {
+            return invalid(
+                "pipeline.min_views",
+                "must be at least 1 (a station needs a view to be ranked)",
+            );
+        }
+        Ok(crate::ratings::Ranking {
+            top: self.pipeline.top,
+            rank_by,
+            min_views: self.pipeline.min_views,
+        })
+    }
+
+    /// The snapshots' intervals (`pipeline.bootstrap`, `pipeline.confidence`,
+    /// `pipeline.bootstrap_seed`): none unless `pipeline.bootstrap` is above 0.
+    pub fn intervals(&self) -> Result<crate::uncertainty::IntervalSettings, ConfigError> {
+        use crate::uncertainty::{IntervalSettings, Method};
+        let p = &self.pipeline;
+        if !(p.confidence > 0.0 && p.confidence < 1.0) {
+            return invalid(
+                "pipeline.confidence",
+                &format!("{} is not between 0 and 1 (such as 0.95)", p.confidence),
+            );
+        }
+        if p.bootstrap > 100_000 {
+            return invalid("pipeline.bootstrap", "must be at most 100000 resamples");
+        }
+        Ok(IntervalSettings {
+            method: if p.bootstrap == 0 {
+                Method::Off
+            } else {
+                Method::Bootstrap {
+                    resamples: p.bootstrap,
+                    seed: p.bootstrap_seed,
+                }
+            },
+            confidence: p.confidence,
         })
     }
 
@@ -648,6 +731,8 @@ impl RunConfig {
             return invalid("pipeline.top", "must be at least 1");
         }
         self.subsets()?;
+        self.ranking()?;
+        self.intervals()?;
         self.start()?;
         if self.kafka.group_id.is_empty() {
             return invalid("kafka.group_id", "must not be empty");
@@ -826,6 +911,21 @@ pub struct RunFlags {
     /// pipeline.top.
     #[arg(long, env = "VIEWPULSE_TOP")]
     pub top: Option<usize>,
+    /// pipeline.rank_by: diff or index.
+    #[arg(long, env = "VIEWPULSE_RANK_BY")]
+    pub rank_by: Option<String>,
+    /// pipeline.min_views.
+    #[arg(long, env = "VIEWPULSE_MIN_VIEWS")]
+    pub min_views: Option<u64>,
+    /// pipeline.bootstrap: resamples behind each snapshot's intervals (200 when given alone).
+    #[arg(long, env = "VIEWPULSE_BOOTSTRAP", num_args = 0..=1, default_missing_value = "200", value_name = "N")]
+    pub bootstrap: Option<usize>,
+    /// pipeline.confidence.
+    #[arg(long, env = "VIEWPULSE_CONFIDENCE")]
+    pub confidence: Option<f64>,
+    /// pipeline.bootstrap_seed.
+    #[arg(long, env = "VIEWPULSE_BOOTSTRAP_SEED")]
+    pub bootstrap_seed: Option<u64>,
     /// until_end: stop after every record the source held at the start.
     #[arg(long, env = "VIEWPULSE_UNTIL_END")]
     pub until_end: bool,
@@ -941,6 +1041,21 @@ impl RunFlags {
         }
         if let Some(v) = self.top {
             c.pipeline.top = v;
+        }
+        if let Some(v) = self.rank_by {
+            c.pipeline.rank_by = v;
+        }
+        if let Some(v) = self.min_views {
+            c.pipeline.min_views = v;
+        }
+        if let Some(v) = self.bootstrap {
+            c.pipeline.bootstrap = v;
+        }
+        if let Some(v) = self.confidence {
+            c.pipeline.confidence = v;
+        }
+        if let Some(v) = self.bootstrap_seed {
+            c.pipeline.bootstrap_seed = v;
         }
         if self.until_end {
             c.until_end = true;

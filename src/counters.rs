@@ -545,7 +545,8 @@ pub struct Counters {
     cells: Vec<u64>,
     /// Household groups counted (0: none).
     groups: usize,
-    /// With groups: per station, per group, a row of `width` cells like `cells`' rows.
+    /// With groups: per station, per group, a row of `width` cells like `cells`' rows (u32:
+    /// a station's views in one of 128 groups stay far below 4·10⁹).
     group_cells: Vec<u32>,
     /// Records offered (valid + malformed).
     pub records: u64,
@@ -640,8 +641,8 @@ impl Counters {
     }
 
     /// Count one valid record of `station` from a household with `(cluster, mask)`, or from a
-    /// household without demographics (`None`), in household group 0. Does not touch
-    /// `records`.
+    /// household without demographics (`None`), as household 0 for the groups. Does not
+    /// touch `records`.
     #[inline]
     pub fn add_valid(&mut self, station: &[u8], member: Option<(u32, u32)>) -> Counted {
         self.add_view(station, 0, member)
@@ -809,16 +810,20 @@ impl Counters {
             valid: self.valid,
             unknown_household: self.unknown_household,
             malformed: self.malformed.0.to_vec(),
+            groups: self.groups as u32,
+            group_cells: self.group_cells.clone(),
         }
     }
 
-    /// Counters from their portable form, checked for shape: `n_subsets` and `clusters` must
-    /// be these, every station distinct, one row of cells per station, and the totals
-    /// consistent (`valid + malformed = records`).
+    /// Counters from their portable form, checked for shape: `n_subsets`, `clusters` and
+    /// the household `groups` must be these, every station distinct, one row of cells per
+    /// station (and per group), the groups summing to the cells, and the totals consistent
+    /// (`valid + malformed = records`).
     pub fn from_state(
         s: &CountersState,
         n_subsets: usize,
         clusters: usize,
+        groups: usize,
     ) -> Result<Counters, CountersError> {
         let bad = |why: String| Err(CountersError::State(why));
         if (s.n_subsets as usize, s.clusters as usize) != (n_subsets, clusters) {
@@ -827,7 +832,40 @@ impl Counters {
                 s.n_subsets, s.clusters
             ));
         }
-        let mut c = Counters::new(n_subsets, clusters);
+        if s.groups as usize != groups {
+            let what = |g: usize| match g {
+                0 => "without household groups (made with pipeline.bootstrap = 0)".to_string(),
+                g => format!("with {g} household groups (made with pipeline.bootstrap above 0)"),
+            };
+            return bad(format!(
+                "counters {}, this run counts {}: start with --reset-state, or set pipeline.bootstrap as the state was made",
+                what(s.groups as usize),
+                what(groups)
+            ));
+        }
+        let mut c = Counters::new(n_subsets, clusters).with_groups(groups);
+        if s.group_cells.len() != s.stations.len() * c.width * groups {
+            return bad(format!(
+                "{} group cells for {} stations of width {} in {groups} groups",
+                s.group_cells.len(),
+                s.stations.len(),
+                c.width
+            ));
+        }
+        if groups > 0 {
+            for (i, row) in s.cells.chunks(c.width).enumerate() {
+                let span = &s.group_cells[i * c.width * groups..(i + 1) * c.width * groups];
+                for (j, &cell) in row.iter().enumerate() {
+                    let sum: u64 = span.chunks(c.width).map(|g| g[j] as u64).sum();
+                    if sum != cell {
+                        return bad(format!(
+                            "the groups of station {:?} sum to {sum}, its cell holds {cell}",
+                            s.stations.get(i).map_or("?", |x| x.as_str())
+                        ));
+                    }
+                }
+            }
+        }
         if s.cells.len() != s.stations.len() * c.width {
             return bad(format!(
                 "{} cells for {} stations of width {}",
@@ -855,6 +893,7 @@ impl Counters {
             ));
         }
         c.cells = s.cells.clone();
+        c.group_cells = s.group_cells.clone();
         c.records = s.records;
         c.valid = s.valid;
         c.unknown_household = s.unknown_household;
@@ -881,6 +920,49 @@ pub struct CountersState {
     /// Valid records without demographics.
     pub unknown_household: u64,
     /// Malformed records by kind, in [`MalformedCounts`] order.
+    pub malformed: Vec<u64>,
+    /// Household groups counted (0: none; checkpoint format 2 on).
+    pub groups: u32,
+    /// Per station, per group, a row of cells like `cells`' rows (empty without groups).
+    pub group_cells: Vec<u32>,
+}
+
+impl CountersState {
+    /// The state of checkpoint format 1, which had no household groups.
+    pub fn from_v1(v: CountersStateV1) -> CountersState {
+        CountersState {
+            n_subsets: v.n_subsets,
+            clusters: v.clusters,
+            stations: v.stations,
+            cells: v.cells,
+            records: v.records,
+            valid: v.valid,
+            unknown_household: v.unknown_household,
+            malformed: v.malformed,
+            groups: 0,
+            group_cells: Vec::new(),
+        }
+    }
+}
+
+/// [`CountersState`] as checkpoint format 1 stored it (read, never written).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersStateV1 {
+    /// Subsets counted.
+    pub n_subsets: u32,
+    /// Clusters counted.
+    pub clusters: u32,
+    /// Station numbers, by id.
+    pub stations: Vec<String>,
+    /// Cells, in station order.
+    pub cells: Vec<u64>,
+    /// Records offered.
+    pub records: u64,
+    /// Valid records.
+    pub valid: u64,
+    /// Valid records without demographics.
+    pub unknown_household: u64,
+    /// Malformed records by kind.
     pub malformed: Vec<u64>,
 }
 
@@ -1048,7 +1130,7 @@ mod tests {
             c.count(r, &m);
         }
         let st = c.to_state();
-        let back = Counters::from_state(&st, 2, 2).unwrap();
+        let back = Counters::from_state(&st, 2, 2, 0).unwrap();
         assert_eq!(back.to_state(), st);
         assert_eq!(
             (back.records, back.valid, back.unknown_household),
@@ -1059,15 +1141,75 @@ mod tests {
         a.count(b"d,1,2,100,p,11", &m);
         b.count(b"d,1,2,100,p,11", &m);
         assert_eq!(a.to_state(), b.to_state());
-        assert!(Counters::from_state(&st, 1, 2).is_err());
+        assert!(Counters::from_state(&st, 1, 2, 0).is_err());
         let mut dup = st.clone();
         dup.stations[1] = dup.stations[0].clone();
-        assert!(Counters::from_state(&dup, 2, 2).is_err());
+        assert!(Counters::from_state(&dup, 2, 2, 0).is_err());
         let mut short = st.clone();
         short.cells.pop();
-        assert!(Counters::from_state(&short, 2, 2).is_err());
+        assert!(Counters::from_state(&short, 2, 2, 0).is_err());
         let mut sums = st;
         sums.valid += 1;
-        assert!(Counters::from_state(&sums, 2, 2).is_err());
+        assert!(Counters::from_state(&sums, 2, 2, 0).is_err());
+    }
+
+    /// Counters with household groups: each group row sums to the cell, any split merges to
+    /// the whole (stations met in another order included), the state round-trips, and a state
+    /// of other groups or with a group count changed is refused, saying what to do.
+    #[test]
+    fn grouped_counters_sum_merge_and_round_trip() {
+        let m = membership().with_groups(4);
+        let lines: Vec<String> = (0..300)
+            .map(|i| format!("d,1,2,{},p,{}", [100, 7, 42, 100, 9][i % 5], (i * 7) % 40))
+            .collect();
+        let count = |ls: &[String]| {
+            let mut c = Counters::for_membership(&m);
+            for l in ls {
+                c.count(l.as_bytes(), &m);
+            }
+            c
+        };
+        let whole = count(&lines);
+        assert_eq!(whole.groups(), 4);
+        for sid in 0..whole.stations().len() {
+            let g: u64 = (0..4).map(|g| whole.group_genpop(sid, g) as u64).sum();
+            assert_eq!(g, whole.genpop(sid));
+            for sub in 0..2 {
+                for cl in 0..2 {
+                    let g: u64 = (0..4)
+                        .map(|g| whole.group_views(sub, cl, sid, g) as u64)
+                        .sum();
+                    assert_eq!(g, whole.views(sub, cl, sid));
+                }
+            }
+        }
+        for cut in [0, 1, 150, 299, 300] {
+            let mut b = count(&lines[cut..]);
+            b.merge(&count(&lines[..cut]));
+            // station ids differ with the order met: compare by name
+            for sid in 0..whole.stations().len() {
+                let name = whole.stations().name(sid as u32);
+                let other = b.stations().get(name.as_bytes()).unwrap() as usize;
+                for g in 0..4 {
+                    assert_eq!(whole.group_genpop(sid, g), b.group_genpop(other, g));
+                    assert_eq!(
+                        whole.group_views(1, 1, sid, g),
+                        b.group_views(1, 1, other, g)
+                    );
+                }
+            }
+        }
+        let st = whole.to_state();
+        let back = Counters::from_state(&st, 2, 2, 4).unwrap();
+        assert_eq!(back.to_state(), st);
+        let e = Counters::from_state(&st, 2, 2, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("with 4 household groups") && e.contains("--reset-state"),
+            "{e}"
+        );
+        let mut off = st.clone();
+        off.group_cells[3] += 1;
+        let e = Counters::from_state(&off, 2, 2, 4).unwrap_err().to_string();
+        assert!(e.contains("sum to"), "{e}");
     }
 }

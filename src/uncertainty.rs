@@ -5,7 +5,7 @@
 //! The unit of resampling is the household, never the record: a household's views are not
 //! independent of each other. Households fall into [`GROUPS`] groups by a stable hash of their
 //! id, and every count is also kept per group, so counting stays one pass with one more
-//! counter a record, whatever the number of resamples, and the counters of any split of the
+//! increment per counted cell, whatever the number of resamples, and the counters of any split of the
 //! records still merge exactly. Two intervals come out of the group counts:
 //! - **analytic** (the default): the ratio estimators' linearised (delta-method) variance,
 //!   cluster-robust over the household groups (the random-group variance estimator), with a
@@ -17,7 +17,10 @@
 //!
 //! With at least as many groups as households of a cluster, resampling groups is resampling
 //! households; with more households each group is a random sample of them, and the group
-//! totals are what the resample draws. Pure functions: no I/O, no threads but the scoped ones
+//! totals are what the resample draws. A (subset, cluster) whose households all fall in one
+//! group gets no interval (its spread cannot be told), rather than a zero-width one; the
+//! bootstrap's intervals and `top_k_share` are over the resamples that drew one of its
+//! households. Pure functions: no I/O, no threads but the scoped ones
 //! that share the (subset, cluster) pairs out.
 
 use ndarray::{Array1, Array2, ArrayView1};
@@ -268,7 +271,7 @@ pub struct StationInterval {
 /// estimate, its variance summed over the groups (`G/(G−1) Σ_g z_g²`, with
 /// `z_g = (X_g − p·T_g)/T` for the popularity and that minus the general population's
 /// `(Gen_g − q·N_g)/N` for the diff-rank).
-fn analytic(gc: &GroupCounts, z: f64) -> Vec<StationInterval> {
+fn analytic(gc: &GroupCounts, z: f64, want: &[bool]) -> Vec<Option<StationInterval>> {
     let groups = gc.t.len() as f64;
     let scale = if groups > 1.0 {
         groups / (groups - 1.0)
@@ -277,8 +280,14 @@ fn analytic(gc: &GroupCounts, z: f64) -> Vec<StationInterval> {
     };
     let t: f64 = gc.t.sum();
     let n: f64 = gc.n.sum();
+    // one group holding every household of the pair: the spread between households cannot
+    // be told (every z_g is 0), so there is no interval rather than a zero-width one
+    let estimable = gc.t.iter().filter(|&&v| v > 0.0).count() >= 2;
     (0..gc.ids.len())
         .map(|j| {
+            if !want[j] || !estimable {
+                return None;
+            }
             let xs = gc.x.column(j);
             let gs = gc.gen.column(j);
             let p = xs.sum() / t;
@@ -292,11 +301,11 @@ fn analytic(gc: &GroupCounts, z: f64) -> Vec<StationInterval> {
             }
             let (sp, sd) = (100.0 * (scale * vp).sqrt(), 100.0 * (scale * vd).sqrt());
             let (pop, diff) = (100.0 * p, 100.0 * (p - q));
-            StationInterval {
+            Some(StationInterval {
                 popularity: (pop - z * sp, pop + z * sp),
                 diff_rank: (diff - z * sd, diff + z * sd),
                 top_k_share: None,
-            }
+            })
         })
         .collect()
 }
@@ -310,7 +319,8 @@ fn bootstrap(
     gen_b: &Array2<f64>,
     ranking: Ranking,
     confidence: f64,
-) -> Vec<StationInterval> {
+    want: &[bool],
+) -> Vec<Option<StationInterval>> {
     let resamples = w.nrows();
     let xb = w.dot(&gc.x); // resamples × stations of the cluster
     let tb = w.dot(&gc.t);
@@ -320,6 +330,9 @@ fn bootstrap(
     let mut diff = Array2::<f64>::zeros((resamples, m));
     let mut in_top = vec![0usize; m];
     let mut order: Vec<usize> = Vec::with_capacity(m);
+    // resamples that drew a household of the pair: the intervals and the stability are over
+    // these (in the others the pair has no rating at all)
+    let mut drawn = 0usize;
     for b in 0..resamples {
         if tb[b] <= 0.0 {
             // no household of the cluster drawn: no rating in this resample
@@ -329,6 +342,7 @@ fn bootstrap(
             }
             continue;
         }
+        drawn += 1;
         for j in 0..m {
             let p = 100.0 * xb[[b, j]] / tb[b];
             pop[[b, j]] = p;
@@ -364,11 +378,15 @@ fn bootstrap(
         let lo = quantile(&mut v, lo_q);
         (lo, quantile(&mut v, hi_q))
     };
+    // as in the analytic case: households of one group only give no interval
+    let estimable = gc.t.iter().filter(|&&v| v > 0.0).count() >= 2 && drawn > 0;
     (0..m)
-        .map(|j| StationInterval {
-            popularity: interval(pop.column(j)),
-            diff_rank: interval(diff.column(j)),
-            top_k_share: Some(in_top[j] as f64 / resamples as f64),
+        .map(|j| {
+            (want[j] && estimable).then(|| StationInterval {
+                popularity: interval(pop.column(j)),
+                diff_rank: interval(diff.column(j)),
+                top_k_share: Some(in_top[j] as f64 / drawn as f64),
+            })
         })
         .collect()
 }
@@ -416,8 +434,35 @@ pub fn annotate(
         .into_iter()
         .flat_map(|(si, label)| (0..c.clusters()).map(move |cl| (si, label.clone(), cl)))
         .collect();
+    // the stations each pair's rows ask about (a snapshot has top-K rows only)
+    let names = c.stations().names();
+    let mut wanted: std::collections::HashMap<(&str, u32), std::collections::HashSet<usize>> =
+        std::collections::HashMap::new();
+    let sid = |name: &str| c.stations().get(name.as_bytes()).map(|s| s as usize);
+    for (subset, cluster, station) in r
+        .popularity
+        .iter()
+        .map(|p| (&p.subset, p.cluster, &p.station_num))
+        .chain(
+            r.diff_rank
+                .iter()
+                .map(|d| (&d.subset, d.cluster, &d.station_num)),
+        )
+    {
+        if let Some(s) = sid(station) {
+            wanted
+                .entry((subset.as_str(), cluster))
+                .or_default()
+                .insert(s);
+        }
+    }
+    let pairs: Vec<(usize, String, usize)> = pairs
+        .into_iter()
+        .filter(|(_, label, cl)| wanted.contains_key(&(label.as_str(), *cl as u32)))
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, Vec<usize>, Vec<StationInterval>)> = std::thread::scope(|s| {
+    type Computed = (usize, Vec<usize>, Vec<Option<StationInterval>>);
+    let mut results: Vec<Computed> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads.max(1).min(pairs.len().max(1)))
             .map(|_| {
                 s.spawn(|| {
@@ -428,11 +473,14 @@ pub fn annotate(
                             break;
                         };
                         let gc = group_counts(c, si, cl, &n);
+                        let label = &pairs[i].1;
+                        let asked = &wanted[&(label.as_str(), cl as u32)];
+                        let want: Vec<bool> = gc.ids.iter().map(|s| asked.contains(s)).collect();
                         let iv = match &boot {
                             Some((w, gen_b)) => {
-                                bootstrap(&gc, c, w, gen_b, ranking, settings.confidence)
+                                bootstrap(&gc, c, w, gen_b, ranking, settings.confidence, &want)
                             }
-                            None => analytic(&gc, z),
+                            None => analytic(&gc, z, &want),
                         };
                         out.push((i, gc.ids, iv));
                     }
@@ -442,7 +490,7 @@ pub fn annotate(
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().unwrap_or_default())
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     results.sort_by_key(|r| r.0);
@@ -450,12 +498,13 @@ pub fn annotate(
         (&str, u32),
         std::collections::HashMap<&str, StationInterval>,
     > = std::collections::HashMap::new();
-    let names = c.stations().names();
     for (i, ids, iv) in &results {
         let (_, label, cl) = &pairs[*i];
         let m = by_pair.entry((label.as_str(), *cl as u32)).or_default();
         for (&s, v) in ids.iter().zip(iv) {
-            m.insert(&names[s], *v);
+            if let Some(v) = v {
+                m.insert(&names[s], *v);
+            }
         }
     }
     for row in &mut r.popularity {
@@ -563,7 +612,7 @@ mod tests {
         let w = plan(3, 50, groups).weights;
         for row in &r.diff_rank {
             let cl = row.cluster;
-            let (mut pops, mut diffs, mut tops) = (vec![], vec![], 0);
+            let (mut pops, mut diffs, mut tops, mut drawn) = (vec![], vec![], 0, 0);
             for b in 0..50 {
                 let wt = |h: i64| w[[b, household_group(h, groups)]];
                 let cluster_of = |h: i64| hh.iter().find(|x| x.0 == h).map(|x| x.1);
@@ -578,6 +627,10 @@ mod tests {
                         t += wt(h);
                     }
                 }
+                if t == 0.0 {
+                    continue;
+                }
+                drawn += 1;
                 let p = 100.0 * per.get(row.station_num.as_str()).copied().unwrap_or(0.0) / t;
                 let d = p - 100.0 * gen[row.station_num.as_str()] / n;
                 pops.push(p);
@@ -597,7 +650,7 @@ mod tests {
             assert!(close(row.popularity_hi.unwrap(), quantile(&mut pops, 0.95)));
             assert!(close(row.diff_rank_lo.unwrap(), quantile(&mut diffs, 0.05)));
             assert!(close(row.diff_rank_hi.unwrap(), quantile(&mut diffs, 0.95)));
-            assert_eq!(row.top_k_share, Some(tops as f64 / 50.0));
+            assert_eq!(row.top_k_share, Some(tops as f64 / drawn as f64));
         }
         assert!(r.popularity.iter().all(|p| p.popularity_lo.is_some()));
     }

@@ -214,3 +214,89 @@ fn rank_by_index_with_min_views_is_its_definition() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+/// The daemon with `--bootstrap`: its last snapshot (every record, three shards) carries the
+/// same intervals and stability as `analyze` over the same file with the same settings, and
+/// without the flag its rows have no interval field at all (SPEC 5's rows).
+#[test]
+fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (views, model) = data(dir.path());
+    let out = dir.path().join("a");
+    let common = [
+        "--subsets",
+        "3",
+        "--top",
+        "5",
+        "--rank-by",
+        "index",
+        "--min-views",
+        "3",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--bootstrap", "80", "--seed", "9", "--confidence", "0.8"]);
+    analyze(&views, &model, &out, &args);
+    let want = rows(&out.join("diff_rank.csv"));
+    let snaps = |extra: &[&str], name: &str| -> serde_json::Value {
+        let path = dir.path().join(name);
+        let mut a = vec![
+            "--log",
+            "warn",
+            "run",
+            "--model",
+            s(&model),
+            "--source",
+            s(&views),
+            "--until-end",
+            "--no-stdout",
+            "--shards",
+            "3",
+            "--trigger-records",
+            "25000",
+            "--snapshots",
+            s(&path),
+        ];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(extra);
+        ok(&a);
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    };
+    let last = snaps(
+        &[
+            "--bootstrap",
+            "80",
+            "--bootstrap-seed",
+            "9",
+            "--confidence",
+            "0.8",
+        ],
+        "boot.jsonl",
+    );
+    assert_eq!(last["records"], 60_000);
+    let got = last["subsets"]["3"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["station_num"].as_str().unwrap(), w["station_num"]);
+        assert_eq!(g["cluster"].to_string(), w["cluster"]);
+        for col in [
+            "popularity_lo",
+            "popularity_hi",
+            "diff_rank_lo",
+            "diff_rank_hi",
+            "top_k_share",
+        ] {
+            let (a, b): (f64, f64) = (g[col].as_f64().unwrap(), w[col].parse().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                "{col}: {a} vs {b}"
+            );
+        }
+    }
+    let plain = snaps(&[], "plain.jsonl");
+    let row = &plain["subsets"]["3"][0];
+    assert!(row.get("diff_rank").is_some());
+    for col in ["popularity_lo", "diff_rank_lo", "top_k_share", "index"] {
+        assert!(row.get(col).is_none(), "{col} in {row}");
+    }
+}

@@ -104,6 +104,13 @@ except (OSError, ValueError, IndexError):
     low = 32768
 top = min(20000, low)
 chosen = []
+if top - 10000 < 4 * n:
+    # no room below the ephemeral range: free ports the kernel gives (the old way)
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    print(*[s.getsockname()[1] for s in socks])
+    sys.exit(0)
 for port in random.sample(range(10000, top), top - 10000):
     s = socket.socket()
     try:
@@ -319,7 +326,7 @@ EOF
     launch "$dir" "$libs" "$timeout" && break
     # a port chosen here was taken before the broker bound it: choose others (ports given by
     # the caller, or kept from an earlier start, stay: the failure is then the caller's)
-    if ((fresh == 0 || attempt == 3)) || [[ -n ${PORT:-}${CONTROLLER_PORT:-} ]]; then
+    if ((fresh == 0 || attempt == 3)) || [[ -n ${PORT:-}${CONTROLLER_PORT:-}${SSL_PORT:-}${SASL_PORT:-} ]]; then
       die "the broker could not bind its ports $(cat "$dir/ports") (log: $dir/broker.log)"
     fi
     echo "broker.sh: a port was taken before the broker bound it; choosing others" >&2

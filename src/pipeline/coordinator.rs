@@ -41,6 +41,7 @@ pub struct Stamps {
 pub struct Coordinator {
     subsets: Vec<Subset>,
     top: usize,
+    rating: super::SnapshotRating,
     writer: Sender<Persist>,
     stamps: Stamps,
     dead_letters: bool,
@@ -54,6 +55,7 @@ impl Coordinator {
     pub fn new(
         subsets: Vec<Subset>,
         top: usize,
+        rating: super::SnapshotRating,
         writer: Sender<Persist>,
         stamps: Stamps,
         dead_letters: bool,
@@ -62,6 +64,7 @@ impl Coordinator {
         Coordinator {
             subsets,
             top,
+            rating,
             writer,
             stamps,
             dead_letters,
@@ -85,7 +88,14 @@ impl Coordinator {
             .iter()
             .filter_map(|(p, &o)| p.parse().ok().map(|p| (p, o)))
             .collect();
-        let snap = snapshot(&all, &self.subsets, self.top, t.trigger, t.offsets);
+        let snap = snapshot(
+            &all,
+            &self.subsets,
+            self.rating.ranking(self.top),
+            &self.rating.intervals,
+            t.trigger,
+            t.offsets,
+        );
         debug_assert_eq!(snap.records, t.records);
         let merge = started.elapsed().as_secs_f64();
         self.metrics.merged(merge);
@@ -153,15 +163,25 @@ impl Coordinator {
 
 /// The snapshot of merged counters (SPEC 4's top-K diff-rank per subset, SPEC 6's fields),
 /// stamped now: the one function both the local coordinator and the global one (scale-out)
-/// emit through.
+/// emit through. With a bootstrap in `intervals` (and counters that kept household groups),
+/// each row also carries its intervals and top-K stability, computed here on the
+/// coordinator's own arbiter (the writer's bounded queue behind it is the back-pressure), on
+/// as many threads as the machine has cores.
 pub fn snapshot(
     all: &Counters,
     subsets: &[Subset],
-    top: usize,
+    ranking: ratings::Ranking,
+    intervals: &crate::uncertainty::IntervalSettings,
     trigger: u64,
     offsets: std::collections::BTreeMap<String, i64>,
 ) -> Snapshot {
-    let rows = ratings::top_diff_rank(all, subsets, top);
+    let mut r = ratings::Ratings {
+        diff_rank: ratings::top_ranked(all, subsets, ranking),
+        ..ratings::Ratings::default()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::uncertainty::annotate(&mut r, all, subsets, ranking, intervals, threads);
+    let rows = r.diff_rank;
     let mut by_subset: std::collections::BTreeMap<String, Vec<SnapshotRow>> =
         subsets.iter().map(|s| (s.label(), Vec::new())).collect();
     for r in rows {
@@ -173,6 +193,11 @@ pub fn snapshot(
                 diff_rank: r.diff_rank,
                 popularity_rating: r.popularity_rating,
                 genpop_rating: r.genpop_rating,
+                popularity_lo: r.popularity_lo,
+                popularity_hi: r.popularity_hi,
+                diff_rank_lo: r.diff_rank_lo,
+                diff_rank_hi: r.diff_rank_hi,
+                top_k_share: r.top_k_share,
             });
         }
     }

@@ -313,7 +313,7 @@ impl Router {
     pub fn adopt(
         &mut self,
         states: BTreeMap<i32, PartitionState>,
-        shape: (usize, usize),
+        shape: (usize, usize, usize),
     ) -> Result<(), PipelineError> {
         let per_shard = spread(
             states.iter().map(|(&p, st)| (p, &st.counters)),
@@ -334,16 +334,16 @@ impl Router {
 
 /// Restored counters of input partitions spread over `shards` shards, partition p to shard
 /// p mod shards (any shard may hold them: the merge is a sum), each checked against the
-/// model's `shape` (subsets, clusters).
+/// model's `shape` (subsets, clusters, household groups).
 pub fn spread<'a>(
     states: impl IntoIterator<Item = (i32, &'a CountersState)>,
     shards: usize,
-    shape: (usize, usize),
+    shape: (usize, usize, usize),
 ) -> Result<Vec<BTreeMap<i32, Counters>>, PipelineError> {
     let mut per_shard = vec![BTreeMap::new(); shards.max(1)];
     let n = per_shard.len() as i32;
     for (partition, state) in states {
-        let c = Counters::from_state(state, shape.0, shape.1)
+        let c = Counters::from_state(state, shape.0, shape.1, shape.2)
             .map_err(|source| PipelineError::RestoredPartition { partition, source })?;
         per_shard[partition.rem_euclid(n) as usize].insert(partition, c);
     }
@@ -463,7 +463,7 @@ pub struct Ingestor {
     router: Router,
     lanes: Option<Lanes>,
     metrics: Arc<Metrics>,
-    shape: (usize, usize),
+    shape: (usize, usize, usize),
     /// An error met between messages (at a tick), answered to the next one.
     failed: Option<PipelineError>,
     /// Set once anything failed: every later message is refused (what the failure left
@@ -475,12 +475,12 @@ pub struct Ingestor {
 
 impl Ingestor {
     /// An ingestor routing to `shards` (which the router was made for) and asking
-    /// `coordinator` to merge; `shape` is (subsets, clusters) of the counters it adopts.
+    /// `coordinator` to merge; `shape` is (subsets, clusters, household groups) of the counters it adopts.
     pub fn new(
         router: Router,
         shards: Vec<Addr<Shard>>,
         coordinator: Addr<Coordinator>,
-        shape: (usize, usize),
+        shape: (usize, usize, usize),
         metrics: Arc<Metrics>,
     ) -> Ingestor {
         let windows = shards.iter().map(|_| VecDeque::new()).collect();
@@ -880,11 +880,11 @@ mod tests {
             .into_iter()
             .map(|p| (p, c.to_state()))
             .collect();
-        let per = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 2)).unwrap();
+        let per = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 2, 0)).unwrap();
         let keys: Vec<Vec<i32>> = per.iter().map(|m| m.keys().copied().collect()).collect();
         assert_eq!(keys, vec![vec![0], vec![1, 4, 7], vec![5]]);
         assert!(per.iter().flat_map(|m| m.values()).all(|x| x.records == 1));
-        let e = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 3)).unwrap_err();
+        let e = spread(states.iter().map(|(&p, s)| (p, s)), 3, (1, 3, 0)).unwrap_err();
         assert!(
             matches!(e, PipelineError::RestoredPartition { partition: 0, .. }),
             "{e}"

@@ -235,11 +235,49 @@ pub struct PipelineSettings {
     pub subsets: Vec<Subset>,
     /// Top-K per cluster.
     pub top: usize,
+    /// How the top-K is ordered and what the snapshot rows say about their uncertainty.
+    pub rating: SnapshotRating,
     /// Checkpoints, restore and dead letters.
     pub durability: Durability,
     /// For benchmarks of back-pressure only: shard `.0` sleeps `.1` before each batch it
     /// counts (no configuration key or flag sets it).
     pub slow_shard: Option<(usize, Duration)>,
+}
+
+/// How a snapshot's top-K is ordered (`pipeline.rank_by`, `pipeline.min_views`) and whether
+/// its rows carry intervals and the top-K stability (`pipeline.bootstrap`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnapshotRating {
+    /// The order of the top-K.
+    pub rank_by: crate::ratings::RankBy,
+    /// Fewest views in the cluster for a station to be ranked.
+    pub min_views: u64,
+    /// The intervals: `Method::Off` (the default) or a bootstrap.
+    pub intervals: crate::uncertainty::IntervalSettings,
+}
+
+impl Default for SnapshotRating {
+    fn default() -> SnapshotRating {
+        SnapshotRating {
+            rank_by: crate::ratings::RankBy::Diff,
+            min_views: 1,
+            intervals: crate::uncertainty::IntervalSettings {
+                method: crate::uncertainty::Method::Off,
+                confidence: 0.95,
+            },
+        }
+    }
+}
+
+impl SnapshotRating {
+    /// The ranking of a top `top`.
+    pub fn ranking(&self, top: usize) -> crate::ratings::Ranking {
+        crate::ratings::Ranking {
+            top,
+            rank_by: self.rank_by,
+            min_views: self.min_views,
+        }
+    }
 }
 
 /// What makes a run survive a crash: checkpoints (and the one restored), and where malformed

@@ -386,8 +386,10 @@ pub struct GlobalSettings {
     pub subsets: Vec<Subset>,
     /// Rows per cluster.
     pub top: usize,
-    /// Shape of the counters: subsets and clusters.
-    pub shape: (usize, usize),
+    /// The top-K's order and the rows' intervals.
+    pub rating: super::SnapshotRating,
+    /// Shape of the counters: subsets, clusters and household groups.
+    pub shape: (usize, usize, usize),
     /// A global snapshot every this much time (when something changed).
     pub interval: Duration,
 }
@@ -607,7 +609,7 @@ fn follow(g: &GlobalSettings, l: &mut Leading) -> Result<(), PipelineError> {
             if latest.get(&p).is_some_and(|(o, _)| *o >= state.next_offset) {
                 return Ok(());
             }
-            let counters = Counters::from_state(&state.counters, g.shape.0, g.shape.1)
+            let counters = Counters::from_state(&state.counters, g.shape.0, g.shape.1, g.shape.2)
                 .map_err(|e| format!("{at}: {e}"))?;
             latest.insert(p, (state.next_offset, counters));
             Ok(())
@@ -661,14 +663,15 @@ fn emit_if_due(
         return Ok(Emitted::Done);
     }
     let started = Instant::now();
-    let mut all = Counters::new(g.shape.0, g.shape.1);
+    let mut all = Counters::new(g.shape.0, g.shape.1).with_groups(g.shape.2);
     for (_, c) in l.latest.values() {
         all.merge(c);
     }
     let snap = coordinator::snapshot(
         &all,
         &g.subsets,
-        g.top,
+        g.rating.ranking(g.top),
+        &g.rating.intervals,
         l.last_trigger + 1,
         offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
     );

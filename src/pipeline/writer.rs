@@ -394,7 +394,8 @@ mod tests {
         let snapshot = crate::pipeline::coordinator::snapshot(
             &crate::counters::Counters::new(1, 1),
             &[crate::counters::Subset::All],
-            7,
+            crate::ratings::Ranking::top(7),
+            &crate::pipeline::SnapshotRating::default().intervals,
             1,
             BTreeMap::new(),
         );

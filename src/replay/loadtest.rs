@@ -345,6 +345,7 @@ pub fn loadtest(
             probes: Default::default(),
             subsets: s.subsets.clone(),
             top: 7,
+            rating: Default::default(),
             durability: Default::default(),
             slow_shard: None,
         };

@@ -144,17 +144,20 @@ pub fn write_popularity(path: &Path, rows: &[PopularityRow]) -> Result<(), SinkE
 
 /// A nullable double column.
 fn optional(values: impl Iterator<Item = Option<f64>>) -> arrow_array::ArrayRef {
-    std::sync::Arc::new(arrow_array::Float64Array::from_iter(values))
+    std::sync::Arc::new(arrow_array::Float64Array::from_iter(
+        values.map(|v| v.filter(|x| !x.is_nan())),
+    ))
 }
 
-/// An optional figure in a CSV: the number, or nothing.
+/// An optional figure in a CSV: the number, or nothing (for none and for NaN, as the
+/// Parquet files hold a null).
 struct Opt(Option<f64>);
 
 impl std::fmt::Display for Opt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(v) => write!(f, "{v}"),
-            None => Ok(()),
+            Some(v) if !v.is_nan() => write!(f, "{v}"),
+            _ => Ok(()),
         }
     }
 }
@@ -209,7 +212,7 @@ pub fn write_agreement(
     path: &Path,
     rows: &[crate::agreement::AgreementRow],
 ) -> Result<(), SinkError> {
-    let num = |v: f64| Opt((!v.is_nan()).then_some(v));
+    let num = |v: f64| Opt(Some(v));
     write_file(path, |w| {
         writeln!(
             w,

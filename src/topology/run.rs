@@ -222,6 +222,11 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, TopologyError> {
             probes: v.probes.clone(),
             subsets,
             top: cfg.pipeline.top,
+            rating: pipeline::SnapshotRating {
+                rank_by: v.ranking.rank_by,
+                min_views: v.ranking.min_views,
+                intervals: v.intervals,
+            },
             durability,
             slow_shard: None,
         },
@@ -320,6 +325,13 @@ pub fn daemon_with(
     if s.shards == 0 || metrics.shards() != s.shards {
         return Err(PipelineError::NoShard);
     }
+    // the household groups the snapshots' intervals resample are counted by every shard
+    let groups = s.rating.intervals.groups();
+    let membership = if membership.groups() == groups {
+        membership
+    } else {
+        Arc::new(membership.as_ref().clone().with_groups(groups))
+    };
     let sys = actix::System::new();
     let s = s.clone();
     sys.block_on(async move {
@@ -407,7 +419,11 @@ pub fn daemon_with(
             arbiters.push(arb);
         }
         drop(dead_tx);
-        let shape = (membership.subsets().len(), membership.clusters() as usize);
+        let shape = (
+            membership.subsets().len(),
+            membership.clusters() as usize,
+            membership.groups(),
+        );
         let stamps = coordinator::Stamps {
             model: d.model,
             subsets: labels.clone(),
@@ -419,9 +435,9 @@ pub fn daemon_with(
         let coord = {
             let arb = Arbiter::new();
             let (subsets, top, tx, mx) = (s.subsets.clone(), s.top, writer.sender(), metrics.clone());
-            let dead = d.dead_letter.is_some();
+            let (dead, rating) = (d.dead_letter.is_some(), s.rating);
             let c = coordinator::Coordinator::start_in_arbiter(&arb.handle(), move |_| {
-                coordinator::Coordinator::new(subsets, top, tx, stamps, dead, mx)
+                coordinator::Coordinator::new(subsets, top, rating, tx, stamps, dead, mx)
             });
             arbiters.push(arb);
             c
@@ -519,6 +535,7 @@ pub fn daemon_with(
                     stamp: stamp.clone(),
                     subsets: s.subsets.clone(),
                     top: s.top,
+                    rating: s.rating,
                     shape,
                     interval: s.trigger_interval.unwrap_or(std::time::Duration::from_secs(10)),
                 };
@@ -633,13 +650,17 @@ fn restored_state(
     let Some(c) = &d.restored else {
         return Ok(None);
     };
-    let (n, k) = (membership.subsets().len(), membership.clusters() as usize);
+    let (n, k, g) = (
+        membership.subsets().len(),
+        membership.clusters() as usize,
+        membership.groups(),
+    );
     let per_shard = ingest::spread(
         c.partitions.iter().map(|(&p, st)| (p, &st.counters)),
         shards,
-        (n, k),
+        (n, k, g),
     )?;
-    let mut total = crate::counters::Counters::new(n, k);
+    let mut total = crate::counters::Counters::new(n, k).with_groups(g);
     for counters in per_shard.iter().flat_map(|m| m.values()) {
         total.merge(counters);
     }

@@ -340,6 +340,7 @@ pub fn settings(
         probes: Default::default(),
         subsets: subsets.to_vec(),
         top: 7,
+        rating: Default::default(),
         durability: Default::default(),
         slow_shard: None,
     }

@@ -133,6 +133,7 @@ def bootstrap(views_path, model, out, confidence, top):
         xb = w @ xc
         tb = xb.sum(axis=1)
         ok = tb > 0
+        estimable = (xc.sum(axis=1) > 0).sum() >= 2 and ok.any()
         popb = 100.0 * xb[ok] / tb[ok][:, None]
         diffb = popb - gen_b[ok]
         in_top = np.zeros(len(stations))
@@ -150,8 +151,8 @@ def bootstrap(views_path, model, out, confidence, top):
             want[(label, cl, stations[j])] = (
                 np.quantile(popb[:, j], [lo_q, hi_q]),
                 np.quantile(diffb[:, j], [lo_q, hi_q]),
-                in_top[j] / b_count,
-            )
+                in_top[j] / ok.sum(),
+            ) if estimable else None
     compare(pop, diff, want, with_share=True)
     print(f"bootstrap: {len(pop)} popularity rows and {len(diff)} diff-rank rows, "
           f"{b_count} resamples, agree to 1e-9")
@@ -175,22 +176,32 @@ def analytic(views_path, model, out, confidence):
         zq = (gen - np.outer(n_g, q)) / n
         sp = 100 * np.sqrt(scale * (zp ** 2).sum(axis=0))
         sd = 100 * np.sqrt(scale * ((zp - zq) ** 2).sum(axis=0))
+        estimable = (t_g > 0).sum() >= 2
         for j in np.nonzero(xc.sum(axis=0) > 0)[0]:
             pp, dd = 100 * p[j], 100 * (p[j] - q[j])
             want[(label, cl, stations[j])] = (
                 (pp - z * sp[j], pp + z * sp[j]),
                 (dd - z * sd[j], dd + z * sd[j]),
                 None,
-            )
+            ) if estimable else None
     compare(pop, diff, want, with_share=False)
     print(f"analytic: {len(pop)} popularity rows and {len(diff)} diff-rank rows agree to 1e-9")
 
 
 def compare(pop, diff, want, with_share):
-    for r in pop:
+    columns = ("popularity_lo", "popularity_hi", "diff_rank_lo", "diff_rank_hi", "top_k_share")
+    for r in pop + diff:
         key = (r["subset"], int(r["cluster"]), r["station_num"])
         if key not in want:
-            fail(f"popularity row {key} has no counterpart")
+            fail(f"row {key} has no counterpart")
+        if want[key] is None:
+            # the pair's households all in one group: no interval
+            if any(r.get(c, "") != "" for c in columns):
+                fail(f"row {key}: an interval where none can be estimated")
+    pop = [r for r in pop if want[(r["subset"], int(r["cluster"]), r["station_num"])]]
+    diff = [r for r in diff if want[(r["subset"], int(r["cluster"]), r["station_num"])]]
+    for r in pop:
+        key = (r["subset"], int(r["cluster"]), r["station_num"])
         (plo, phi), _, _ = want[key]
         close(float(r["popularity_lo"]), plo, f"popularity_lo {key}")
         close(float(r["popularity_hi"]), phi, f"popularity_hi {key}")
