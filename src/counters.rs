@@ -834,11 +834,11 @@ impl Counters {
         }
         if s.groups as usize != groups {
             let what = |g: usize| match g {
-                0 => "without household groups (made with pipeline.bootstrap = 0)".to_string(),
-                g => format!("with {g} household groups (made with pipeline.bootstrap above 0)"),
+                0 => "without household groups (pipeline.bootstrap = 0)".to_string(),
+                g => format!("with {g} household groups (pipeline.bootstrap above 0)"),
             };
             return bad(format!(
-                "counters {}, this run counts {}: start with --reset-state, or set pipeline.bootstrap as the state was made",
+                "the state was counted {}, this run counts {}: start with --reset-state, or run with the pipeline.bootstrap the state was made with",
                 what(s.groups as usize),
                 what(groups)
             ));

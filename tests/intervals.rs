@@ -300,3 +300,54 @@ fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
         assert!(row.get(col).is_none(), "{col} in {row}");
     }
 }
+
+/// A state made with `--bootstrap` holds the household groups: the daemon goes on from it
+/// with the same setting, and refuses it without, saying what to do.
+#[test]
+fn a_state_made_with_the_bootstrap_restores_with_it_and_is_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (views, model) = data(dir.path());
+    let state = dir.path().join("state");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "--log".to_string(),
+            "warn".into(),
+            "run".into(),
+            "--model".into(),
+            s(&model).into(),
+            "--source".into(),
+            s(&views).into(),
+            "--until-end".into(),
+            "--no-stdout".into(),
+            "--trigger-records".into(),
+            "20000".into(),
+            "--state-dir".into(),
+            s(&state).into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+            .args(&a)
+            .env("VIEWPULSE_NO_PROGRESS", "1")
+            .output()
+            .unwrap()
+    };
+    let first = run(&["--bootstrap", "20"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = run(&["--bootstrap", "20"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let without = run(&[]);
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert!(!without.status.success());
+    assert!(
+        err.contains("household groups") && err.contains("--reset-state"),
+        "{err}"
+    );
+}
