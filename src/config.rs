@@ -831,6 +831,12 @@ impl RunConfig {
                 "must be earliest with cluster.changelog (a partition without changelog state is read from its start)",
             );
         }
+        if self.pipeline.bootstrap > 0 {
+            return invalid(
+                "pipeline.bootstrap",
+                "is not supported with cluster.changelog yet: every changelog entry would carry 128 times the cells (tens of MB a partition, above a broker's message limit)",
+            );
+        }
         if self.until_end {
             return invalid(
                 "until_end",
@@ -1224,6 +1230,33 @@ mod tests {
             .to_string()
             .starts_with("pipeline.subsets"));
         ok.pipeline.subsets = vec!["all".into()];
+        // the ranking and the intervals: each bad value named by its key
+        type Set = fn(&mut PipelineConfig);
+        let cases: [(&str, Set); 5] = [
+            ("pipeline.rank_by", |p| p.rank_by = "lift".into()),
+            ("pipeline.min_views", |p| p.min_views = 0),
+            ("pipeline.confidence", |p| p.confidence = 1.0),
+            ("pipeline.confidence", |p| p.confidence = f64::NAN),
+            ("pipeline.bootstrap", |p| p.bootstrap = 100_001),
+        ];
+        for (key, set) in cases {
+            let mut bad = ok.clone();
+            set(&mut bad.pipeline);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{key}: {err}");
+        }
+        let mut boot = ok.clone();
+        boot.pipeline.bootstrap = 200;
+        boot.pipeline.rank_by = "index".into();
+        let v = boot.parse().unwrap();
+        assert_eq!(v.ranking.rank_by, crate::ratings::RankBy::Index);
+        assert_eq!(
+            v.intervals.method,
+            crate::uncertainty::Method::Bootstrap {
+                resamples: 200,
+                seed: 3
+            }
+        );
         ok.model = golden.join("nope");
         assert!(ok.validate().unwrap_err().to_string().starts_with("model"));
     }

@@ -545,8 +545,10 @@ pub struct Counters {
     cells: Vec<u64>,
     /// Household groups counted (0: none).
     groups: usize,
-    /// With groups: per station, per group, a row of `width` cells like `cells`' rows (u32:
-    /// a station's views in one of 128 groups stay far below 4·10⁹).
+    /// With groups: per station, per group, a row of `width` cells like `cells`' rows. u32: a
+    /// cell wraps only after about 550·10⁹ views of one station by one (subset, cluster), 128
+    /// groups of 4.29·10⁹ (a top station of a 10 M-household panel gets some 50 M views a day:
+    /// decades of a daemon's cumulative counts); the restore check would then refuse the state.
     group_cells: Vec<u32>,
     /// Records offered (valid + malformed).
     pub records: u64,
@@ -852,6 +854,14 @@ impl Counters {
                 c.width
             ));
         }
+        if s.cells.len() != s.stations.len() * c.width {
+            return bad(format!(
+                "{} cells for {} stations of width {}",
+                s.cells.len(),
+                s.stations.len(),
+                c.width
+            ));
+        }
         if groups > 0 {
             for (i, row) in s.cells.chunks(c.width).enumerate() {
                 let span = &s.group_cells[i * c.width * groups..(i + 1) * c.width * groups];
@@ -865,14 +875,6 @@ impl Counters {
                     }
                 }
             }
-        }
-        if s.cells.len() != s.stations.len() * c.width {
-            return bad(format!(
-                "{} cells for {} stations of width {}",
-                s.cells.len(),
-                s.stations.len(),
-                c.width
-            ));
         }
         for (i, name) in s.stations.iter().enumerate() {
             if c.stations.intern(name.as_bytes()) as usize != i {

@@ -223,18 +223,18 @@ fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
     let dir = tempfile::tempdir().unwrap();
     let (views, model) = data(dir.path());
     let out = dir.path().join("a");
-    let common = [
-        "--subsets",
-        "3",
-        "--top",
-        "5",
+    let common = ["--subsets", "3", "--top", "5", "--min-views", "3"];
+    let mut args = common.to_vec();
+    args.extend([
         "--rank-by",
         "index",
-        "--min-views",
-        "3",
-    ];
-    let mut args = common.to_vec();
-    args.extend(["--bootstrap", "80", "--seed", "9", "--confidence", "0.8"]);
+        "--bootstrap",
+        "80",
+        "--seed",
+        "9",
+        "--confidence",
+        "0.8",
+    ]);
     analyze(&views, &model, &out, &args);
     let want = rows(&out.join("diff_rank.csv"));
     let snaps = |extra: &[&str], name: &str| -> serde_json::Value {
@@ -264,6 +264,8 @@ fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
     };
     let last = snaps(
         &[
+            "--rank-by",
+            "index",
             "--bootstrap",
             "80",
             "--bootstrap-seed",
@@ -278,6 +280,9 @@ fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g["station_num"].as_str().unwrap(), w["station_num"]);
+        // ranked by the index, the rows carry it
+        let index: f64 = w["index"].parse().unwrap();
+        assert!((g["index"].as_f64().unwrap() - index).abs() <= 1e-12 * index);
         assert_eq!(g["cluster"].to_string(), w["cluster"]);
         for col in [
             "popularity_lo",
@@ -293,7 +298,7 @@ fn the_daemons_snapshots_carry_the_intervals_analyze_gives() {
             );
         }
     }
-    let plain = snaps(&[], "plain.jsonl");
+    let plain = snaps(&["--rank-by", "diff"], "plain.jsonl");
     let row = &plain["subsets"]["3"][0];
     assert!(row.get("diff_rank").is_some());
     for col in ["popularity_lo", "diff_rank_lo", "top_k_share", "index"] {

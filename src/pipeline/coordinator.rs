@@ -198,6 +198,7 @@ pub fn snapshot(
                 diff_rank_lo: r.diff_rank_lo,
                 diff_rank_hi: r.diff_rank_hi,
                 top_k_share: r.top_k_share,
+                index: (ranking.rank_by == ratings::RankBy::Index).then_some(r.index),
             });
         }
     }

@@ -230,6 +230,10 @@ pub struct SnapshotRow {
     /// The share of resamples that keep the station in the top-K.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k_share: Option<f64>,
+    /// `100 · popularity / genpop`, when the top-K is ranked by it (`pipeline.rank_by =
+    /// "index"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<f64>,
 }
 
 /// What every trigger emits (one JSON line of the snapshots file, SPEC 6).

@@ -225,7 +225,19 @@ def read_csv_typed(path, types):
         return r.fieldnames, rows
 
 
+def optional(v):
+    """An interval column: empty in the CSV when not computed (null in Parquet)."""
+    return None if v == "" else float(v)
+
+
+def missing(v):
+    return v is None or (isinstance(v, float) and v != v)
+
+
 def close(a, b):
+    if missing(a) or missing(b):
+        # a null, or pandas' NaN for it
+        return missing(a) and missing(b)
     if isinstance(a, float) or isinstance(b, float):
         return a == b or abs(a - b) <= 1e-12 * max(1.0, abs(a), abs(b))
     return a == b
@@ -245,10 +257,14 @@ def check_ratings(out):
     import polars as pl
     specs = {
         "popularity": {"subset": str, "cluster": int, "station_num": str, "views": int,
-                       "popularity_rating": float, "rank": int},
+                       "popularity_rating": float, "rank": int,
+                       "popularity_lo": optional, "popularity_hi": optional},
         "genpop": {"station_num": str, "views": int, "genpop_rating": float},
         "diff_rank": {"subset": str, "cluster": int, "rank": int, "station_num": str,
-                      "diff_rank": float, "popularity_rating": float, "genpop_rating": float},
+                      "diff_rank": float, "popularity_rating": float, "genpop_rating": float,
+                      "index": float, "popularity_lo": optional, "popularity_hi": optional,
+                      "diff_rank_lo": optional, "diff_rank_hi": optional,
+                      "top_k_share": optional},
     }
     want_types = {"subset": pa.string(), "station_num": pa.string(), "cluster": pa.int32(),
                   "rank": pa.int32(), "views": pa.int64()}
