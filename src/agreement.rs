@@ -230,19 +230,7 @@ pub fn rankings(
             let total: u64 = (0..names.len()).map(|s| c.views(si, cl, s)).sum();
             let station = |s: usize| (c.views(si, cl, s), c.genpop(s), &*names[s]);
             ids.sort_by(|&a, &b| {
-                if a == b {
-                    std::cmp::Ordering::Equal
-                } else if ratings::ranks_before(
-                    ranking.rank_by,
-                    station(a),
-                    station(b),
-                    total,
-                    c.valid,
-                ) {
-                    std::cmp::Ordering::Less
-                } else {
-                    std::cmp::Ordering::Greater
-                }
+                ratings::rank_order(ranking.rank_by, station(a), station(b), total, c.valid)
             });
             out.push((
                 label.clone(),

@@ -72,13 +72,23 @@ pub struct DiffRankRow {
     /// `100 · popularity_rating / genpop_rating` (100: watched like everyone watches it).
     #[serde(default)]
     pub index: f64,
-    /// Lower end of the popularity rating's confidence interval, if asked.
+    /// The row's confidence intervals and top-K stability, if asked.
+    #[serde(flatten)]
+    pub intervals: Intervals,
+}
+
+/// What `uncertainty` says of a top-K row: its confidence intervals and rank stability, each
+/// absent when not computed (a row of `diff_rank.csv` and of a snapshot both carry them, the
+/// JSON fields beside the row's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Intervals {
+    /// Lower end of the popularity rating's confidence interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub popularity_lo: Option<f64>,
     /// Upper end of that interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub popularity_hi: Option<f64>,
-    /// Lower end of the diff-rank's confidence interval, if asked.
+    /// Lower end of the diff-rank's confidence interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_rank_lo: Option<f64>,
     /// Upper end of that interval.
@@ -143,18 +153,18 @@ impl Ranking {
     }
 }
 
-/// The exact order of the top-K of one (subset, cluster): `a` before `b` by `key`
-/// descending, ties by station name. With `v` the station's views in the cluster, `g` its
+/// The exact order of the top-K of one (subset, cluster), best first (`Less`: `a` ranks
+/// before `b`): by the key descending, ties by station name. With `v` the station's views in the cluster, `g` its
 /// general-population views, `t` the cluster's total and `n` = |V|: diff-rank compares
 /// `v·n − g·t` (the difference times `t·n`), the index compares `v / g` by cross-multiplying.
 #[inline]
-pub fn ranks_before(
+pub fn rank_order(
     rank_by: RankBy,
     a: (u64, u64, &str),
     b: (u64, u64, &str),
     t: u64,
     n: u64,
-) -> bool {
+) -> Ordering {
     let ord = match rank_by {
         RankBy::Diff => {
             let ka = a.0 as i128 * n as i128 - a.1 as i128 * t as i128;
@@ -163,7 +173,7 @@ pub fn ranks_before(
         }
         RankBy::Index => (b.0 as u128 * a.1 as u128).cmp(&(a.0 as u128 * b.1 as u128)),
     };
-    ord.then_with(|| a.2.as_bytes().cmp(b.2.as_bytes())) == Ordering::Less
+    ord.then_with(|| a.2.as_bytes().cmp(b.2.as_bytes()))
 }
 
 /// Everything SPEC 4 defines, for every configured subset.
@@ -288,13 +298,7 @@ fn compute_with(c: &Counters, subsets: &[Subset], ranking: Ranking, full: bool) 
             }
             let station = |s: usize| (c.views(si, cl, s), c.genpop(s), &*names[s]);
             let by_diff = |a: &usize, b: &usize| -> Ordering {
-                if a == b {
-                    Ordering::Equal
-                } else if ranks_before(ranking.rank_by, station(*a), station(*b), total, big_n) {
-                    Ordering::Less
-                } else {
-                    Ordering::Greater
-                }
+                rank_order(ranking.rank_by, station(*a), station(*b), total, big_n)
             };
             let k = top.min(ids.len());
             if k == 0 {

@@ -521,11 +521,13 @@ pub fn annotate(
             .get(&(row.subset.as_str(), row.cluster))
             .and_then(|m| m.get(row.station_num.as_str()))
         {
-            row.popularity_lo = Some(v.popularity.0);
-            row.popularity_hi = Some(v.popularity.1);
-            row.diff_rank_lo = Some(v.diff_rank.0);
-            row.diff_rank_hi = Some(v.diff_rank.1);
-            row.top_k_share = v.top_k_share;
+            row.intervals = ratings::Intervals {
+                popularity_lo: Some(v.popularity.0),
+                popularity_hi: Some(v.popularity.1),
+                diff_rank_lo: Some(v.diff_rank.0),
+                diff_rank_hi: Some(v.diff_rank.1),
+                top_k_share: v.top_k_share,
+            };
         }
     }
 }
@@ -646,11 +648,23 @@ mod tests {
                 }
             }
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
-            assert!(close(row.popularity_lo.unwrap(), quantile(&mut pops, 0.05)));
-            assert!(close(row.popularity_hi.unwrap(), quantile(&mut pops, 0.95)));
-            assert!(close(row.diff_rank_lo.unwrap(), quantile(&mut diffs, 0.05)));
-            assert!(close(row.diff_rank_hi.unwrap(), quantile(&mut diffs, 0.95)));
-            assert_eq!(row.top_k_share, Some(tops as f64 / drawn as f64));
+            assert!(close(
+                row.intervals.popularity_lo.unwrap(),
+                quantile(&mut pops, 0.05)
+            ));
+            assert!(close(
+                row.intervals.popularity_hi.unwrap(),
+                quantile(&mut pops, 0.95)
+            ));
+            assert!(close(
+                row.intervals.diff_rank_lo.unwrap(),
+                quantile(&mut diffs, 0.05)
+            ));
+            assert!(close(
+                row.intervals.diff_rank_hi.unwrap(),
+                quantile(&mut diffs, 0.95)
+            ));
+            assert_eq!(row.intervals.top_k_share, Some(tops as f64 / drawn as f64));
         }
         assert!(r.popularity.iter().all(|p| p.popularity_lo.is_some()));
     }
@@ -686,8 +700,11 @@ mod tests {
         assert!((row.popularity_lo.unwrap() - (50.0 - 25.0 * z)).abs() < 1e-9);
         assert!((row.popularity_hi.unwrap() - (50.0 + 25.0 * z)).abs() < 1e-9);
         let d = r.diff_rank.iter().find(|p| p.station_num == "1").unwrap();
-        assert!(d.diff_rank_lo.unwrap().abs() < 1e-9 && d.diff_rank_hi.unwrap().abs() < 1e-9);
-        assert_eq!(d.top_k_share, None);
+        assert!(
+            d.intervals.diff_rank_lo.unwrap().abs() < 1e-9
+                && d.intervals.diff_rank_hi.unwrap().abs() < 1e-9
+        );
+        assert_eq!(d.intervals.top_k_share, None);
     }
 
     /// Coverage by simulation: two clusters of 200 households, each household of one of two
@@ -747,8 +764,10 @@ mod tests {
                     let inside = |lo: Option<f64>, hi: Option<f64>, v: f64| {
                         usize::from(lo.unwrap() <= v && v <= hi.unwrap())
                     };
-                    held[mi][0] += inside(row.popularity_lo, row.popularity_hi, tp);
-                    held[mi][1] += inside(row.diff_rank_lo, row.diff_rank_hi, td);
+                    held[mi][0] +=
+                        inside(row.intervals.popularity_lo, row.intervals.popularity_hi, tp);
+                    held[mi][1] +=
+                        inside(row.intervals.diff_rank_lo, row.intervals.diff_rank_hi, td);
                     if mi == 0 {
                         total += 1;
                     }

@@ -193,11 +193,7 @@ pub fn snapshot(
                 diff_rank: r.diff_rank,
                 popularity_rating: r.popularity_rating,
                 genpop_rating: r.genpop_rating,
-                popularity_lo: r.popularity_lo,
-                popularity_hi: r.popularity_hi,
-                diff_rank_lo: r.diff_rank_lo,
-                diff_rank_hi: r.diff_rank_hi,
-                top_k_share: r.top_k_share,
+                intervals: r.intervals,
                 index: (ranking.rank_by == ratings::RankBy::Index).then_some(r.index),
             });
         }

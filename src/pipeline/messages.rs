@@ -215,21 +215,10 @@ pub struct SnapshotRow {
     pub popularity_rating: f64,
     /// The general population's rating.
     pub genpop_rating: f64,
-    /// The popularity's confidence interval, lower end (with `pipeline.bootstrap` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub popularity_lo: Option<f64>,
-    /// Its upper end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub popularity_hi: Option<f64>,
-    /// The diff-rank's confidence interval, lower end (with `pipeline.bootstrap` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_rank_lo: Option<f64>,
-    /// Its upper end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_rank_hi: Option<f64>,
-    /// The share of resamples that keep the station in the top-K.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k_share: Option<f64>,
+    /// The intervals and top-K stability (with `pipeline.bootstrap` only), as fields of the
+    /// row.
+    #[serde(flatten)]
+    pub intervals: crate::ratings::Intervals,
     /// `100 · popularity / genpop`, when the top-K is ranked by it (`pipeline.rank_by =
     /// "index"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

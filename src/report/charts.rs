@@ -725,11 +725,15 @@ fn draw_diff_panel(
     let n = slots.max(mine.len());
     // the axis holds the bars and their intervals' whiskers
     let ends = |r: &&DiffRankRow| {
-        [Some(r.diff_rank), r.diff_rank_lo, r.diff_rank_hi]
-            .into_iter()
-            .flatten()
-            .filter(|v| v.is_finite())
-            .collect::<Vec<f64>>()
+        [
+            Some(r.diff_rank),
+            r.intervals.diff_rank_lo,
+            r.intervals.diff_rank_hi,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .collect::<Vec<f64>>()
     };
     let lo = mine.iter().flat_map(ends).fold(0.0f64, f64::min);
     let hi = mine.iter().flat_map(ends).fold(0.0f64, f64::max);
@@ -782,6 +786,7 @@ fn draw_diff_panel(
         // the shade says the rank stability: the share of bootstrap resamples that keep the
         // station in the top-K (a full colour when every one does)
         let alpha = r
+            .intervals
             .top_k_share
             .map_or(0.85, |s| 0.2 + 0.7 * s.clamp(0.0, 1.0));
         chart
@@ -790,7 +795,7 @@ fn draw_diff_panel(
                 col.mix(alpha).filled(),
             )))
             .map_err(e)?;
-        if let (Some(a), Some(b)) = (r.diff_rank_lo, r.diff_rank_hi) {
+        if let (Some(a), Some(b)) = (r.intervals.diff_rank_lo, r.intervals.diff_rank_hi) {
             if a.is_finite() && b.is_finite() {
                 let whisker = BLACK.stroke_width(1);
                 chart
@@ -803,11 +808,13 @@ fn draw_diff_panel(
             }
         }
         let label_at = if d >= 0.0 {
-            r.diff_rank_hi
+            r.intervals
+                .diff_rank_hi
                 .filter(|v| v.is_finite())
                 .map_or(d, |v| v.max(d))
         } else {
-            r.diff_rank_lo
+            r.intervals
+                .diff_rank_lo
                 .filter(|v| v.is_finite())
                 .map_or(d, |v| v.min(d))
         };

@@ -473,10 +473,12 @@ Hover a cell for both ratings. Columns: {}.</p>\n<div class=\"boxes\">",
                     Some(d) => {
                         let class = if d.diff_rank < 0.0 { "neg" } else { "pos" };
                         let mut trust = format!(" · index {:.0}", d.index);
-                        if let (Some(a), Some(b)) = (d.diff_rank_lo, d.diff_rank_hi) {
+                        if let (Some(a), Some(b)) =
+                            (d.intervals.diff_rank_lo, d.intervals.diff_rank_hi)
+                        {
                             trust.push_str(&format!(" · interval {a:.4} to {b:.4}"));
                         }
-                        if let Some(sh) = d.top_k_share {
+                        if let Some(sh) = d.intervals.top_k_share {
                             trust.push_str(&format!(
                                 " · in the top {} of {:.0} % of resamples",
                                 input.top,
@@ -907,10 +909,12 @@ mod tests {
                         popularity_rating: d + 1.2,
                         genpop_rating: 1.2,
                         index: 100.0 * (d + 1.2) / 1.2,
-                        diff_rank_lo: Some(d - 0.1),
-                        diff_rank_hi: Some(d + 0.15),
-                        top_k_share: Some(1.0 - 0.1 * r as f64),
-                        ..DiffRankRow::default()
+                        intervals: crate::ratings::Intervals {
+                            diff_rank_lo: Some(d - 0.1),
+                            diff_rank_hi: Some(d + 0.15),
+                            top_k_share: Some(1.0 - 0.1 * r as f64),
+                            ..Default::default()
+                        },
                     });
                 }
             }

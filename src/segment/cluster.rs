@@ -526,7 +526,7 @@ pub fn fit_centres(
     let mut keep = s.refine.max(1);
     loop {
         match sample_rows(ids, size, s.seed) {
-            Some(rows) if rows.len() >= k && size > 0 => levels.push((Some(rows), keep)),
+            Some(rows) if rows.len() >= k => levels.push((Some(rows), keep)),
             _ => {
                 levels.push((None, keep));
                 break;
@@ -714,6 +714,24 @@ mod tests {
     use super::*;
     use ndarray::array;
 
+    /// The households `sample` picks from `ids` in reverse order, sorted, to compare with
+    /// what it picks from `ids` in order: a sample chooses by household, not by position.
+    fn chosen_from_reversed(
+        sample: fn(&[i64], usize, u64) -> Option<Vec<usize>>,
+        ids: &[i64],
+        size: usize,
+        seed: u64,
+    ) -> Vec<i64> {
+        let rev: Vec<i64> = ids.iter().rev().copied().collect();
+        let mut chosen: Vec<i64> = sample(&rev, size, seed)
+            .unwrap()
+            .iter()
+            .map(|&i| rev[i])
+            .collect();
+        chosen.sort();
+        chosen
+    }
+
     #[test]
     fn samples_are_seeded_sized_and_order_free() {
         let ids: Vec<i64> = (0..100_000).map(|i| i * 13 + 5).collect();
@@ -721,14 +739,10 @@ mod tests {
         assert!((9_000..11_000).contains(&a.len()), "{}", a.len());
         assert_eq!(Some(a.clone()), sample_rows(&ids, 10_000, 3));
         assert_ne!(Some(a.clone()), sample_rows(&ids, 10_000, 4));
-        let rev: Vec<i64> = ids.iter().rev().copied().collect();
-        let mut chosen: Vec<i64> = sample_rows(&rev, 10_000, 3)
-            .unwrap()
-            .iter()
-            .map(|&i| rev[i])
-            .collect();
-        chosen.sort();
-        assert_eq!(chosen, a.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        assert_eq!(
+            chosen_from_reversed(sample_rows, &ids, 10_000, 3),
+            a.iter().map(|&i| ids[i]).collect::<Vec<_>>()
+        );
         assert_eq!(sample_rows(&ids, 0, 3), None);
         assert_eq!(sample_rows(&ids[..50], 100, 3), None);
     }
@@ -739,14 +753,10 @@ mod tests {
         let a = sample_exact(&ids, 20_000, 3).unwrap();
         assert_eq!(a.len(), 20_000);
         assert!(a.windows(2).all(|w| w[0] < w[1]));
-        let rev: Vec<i64> = ids.iter().rev().copied().collect();
-        let mut chosen: Vec<i64> = sample_exact(&rev, 20_000, 3)
-            .unwrap()
-            .iter()
-            .map(|&i| rev[i])
-            .collect();
-        chosen.sort();
-        assert_eq!(chosen, a.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        assert_eq!(
+            chosen_from_reversed(sample_exact, &ids, 20_000, 3),
+            a.iter().map(|&i| ids[i]).collect::<Vec<_>>()
+        );
         assert_ne!(Some(a), sample_exact(&ids, 20_000, 4));
         assert_eq!(sample_exact(&ids, 50_000, 3), None);
     }

@@ -195,11 +195,11 @@ pub fn write_diff_rank(path: &Path, rows: &[DiffRankRow]) -> Result<(), SinkErro
                 r.popularity_rating,
                 r.genpop_rating,
                 r.index,
-                Opt(r.popularity_lo),
-                Opt(r.popularity_hi),
-                Opt(r.diff_rank_lo),
-                Opt(r.diff_rank_hi),
-                Opt(r.top_k_share)
+                Opt(r.intervals.popularity_lo),
+                Opt(r.intervals.popularity_hi),
+                Opt(r.intervals.diff_rank_lo),
+                Opt(r.intervals.diff_rank_hi),
+                Opt(r.intervals.top_k_share)
             )?;
         }
         Ok(())
@@ -380,27 +380,27 @@ pub fn write_ratings_parquet(dir: &Path, ratings: &Ratings) -> Result<(), SinkEr
             (
                 "popularity_lo",
                 true,
-                optional(d.iter().map(|r| r.popularity_lo)),
+                optional(d.iter().map(|r| r.intervals.popularity_lo)),
             ),
             (
                 "popularity_hi",
                 true,
-                optional(d.iter().map(|r| r.popularity_hi)),
+                optional(d.iter().map(|r| r.intervals.popularity_hi)),
             ),
             (
                 "diff_rank_lo",
                 true,
-                optional(d.iter().map(|r| r.diff_rank_lo)),
+                optional(d.iter().map(|r| r.intervals.diff_rank_lo)),
             ),
             (
                 "diff_rank_hi",
                 true,
-                optional(d.iter().map(|r| r.diff_rank_hi)),
+                optional(d.iter().map(|r| r.intervals.diff_rank_hi)),
             ),
             (
                 "top_k_share",
                 true,
-                optional(d.iter().map(|r| r.top_k_share)),
+                optional(d.iter().map(|r| r.intervals.top_k_share)),
             ),
         ],
     )?;
