@@ -8,24 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
-        .args(args)
-        .env("VIEWPULSE_NO_PROGRESS", "1")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "viewpulse {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{path_str as s, viewpulse_ok as ok};
 
 /// 3,000 households, 60,000 static records over 80 stations, and their model.
 fn data(dir: &Path) -> (PathBuf, PathBuf) {

@@ -7,28 +7,23 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use viewpulse::generate::Truth;
 use viewpulse::segment::ModelInfo;
 
-fn ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_viewpulse"))
-        .args(args)
-        .env("VIEWPULSE_NO_PROGRESS", "1")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "viewpulse {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{path_str as s, viewpulse_ok as ok};
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// `segment --demographics DEM --out OUT --k K`, its stdout.
+fn segment_k(dem: &Path, out: &Path, k: &str) -> String {
+    ok(&[
+        "segment",
+        "--demographics",
+        s(dem),
+        "--out",
+        s(out),
+        "--k",
+        k,
+    ])
 }
 
 fn generate(dir: &Path, households: &str, seed: &str) -> std::path::PathBuf {
@@ -57,15 +52,7 @@ fn a_k_range_scores_like_scikit_learn_and_keeps_what_k_alone_gives() {
     let dir = tempfile::tempdir().unwrap();
     let dem = generate(&dir.path().join("data"), "1500", "31");
     let range = dir.path().join("range");
-    let said = ok(&[
-        "segment",
-        "--demographics",
-        s(&dem),
-        "--out",
-        s(&range),
-        "--k",
-        "2..5",
-    ]);
+    let said = segment_k(&dem, &range, "2..5");
     let sel = info(&range).k_selection.expect("k_selection in model.json");
     assert!(
         said.contains(&format!("recommended k = {}", sel.recommended)),
@@ -99,15 +86,7 @@ fn a_k_range_scores_like_scikit_learn_and_keeps_what_k_alone_gives() {
     let mut models = Vec::new();
     for k in 2..=5 {
         let m = dir.path().join(format!("k{k}"));
-        ok(&[
-            "segment",
-            "--demographics",
-            s(&dem),
-            "--out",
-            s(&m),
-            "--k",
-            &k.to_string(),
-        ]);
+        segment_k(&dem, &m, &k.to_string());
         if k == sel.recommended {
             for f in ["households.csv", "features.csv", "profiles.csv"] {
                 assert_eq!(
@@ -129,15 +108,7 @@ fn a_k_range_scores_like_scikit_learn_and_keeps_what_k_alone_gives() {
 
     // the same range again: the same table
     let again = dir.path().join("again");
-    ok(&[
-        "segment",
-        "--demographics",
-        s(&dem),
-        "--out",
-        s(&again),
-        "--k",
-        "2..5",
-    ]);
+    segment_k(&dem, &again, "2..5");
     assert_eq!(
         csv,
         std::fs::read_to_string(again.join("k_selection.csv")).unwrap()
@@ -271,15 +242,7 @@ fn regression_an_empty_cluster_leaves_a_model_that_loads() {
     }
     std::fs::write(&dem, text).unwrap();
     let m = dir.path().join("m");
-    ok(&[
-        "segment",
-        "--demographics",
-        s(&dem),
-        "--out",
-        s(&m),
-        "--k",
-        "5",
-    ]);
+    segment_k(&dem, &m, "5");
     let loaded = viewpulse::segment::model::load(&m).expect("the model loads");
     let info = loaded.info.expect("model.json");
     let empty: Vec<_> = info.profiles.iter().filter(|p| p.households == 0).collect();

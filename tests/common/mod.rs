@@ -101,6 +101,28 @@ pub fn free_port_run(n: u16) -> u16 {
     panic!("no {n} consecutive free loopback ports between 20000 and 32000")
 }
 
+/// Run the binary with `args` (no progress bars, warnings only), expect success and return
+/// its stdout; a failure shows the command and its stderr.
+pub fn viewpulse_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_viewpulse"))
+        .args(args)
+        .env("VIEWPULSE_NO_PROGRESS", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "viewpulse {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A path as the `&str` a command line takes.
+pub fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 /// `GET path` from `addr` over plain HTTP/1.1: the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
