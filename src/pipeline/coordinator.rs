@@ -179,7 +179,7 @@ pub fn snapshot(
         diff_rank: ratings::top_ranked(all, subsets, ranking),
         ..ratings::Ratings::default()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::source::threads(0);
     crate::uncertainty::annotate(&mut r, all, subsets, ranking, intervals, threads);
     let rows = r.diff_rank;
     let mut by_subset: std::collections::BTreeMap<String, Vec<SnapshotRow>> =

@@ -464,10 +464,7 @@ fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync)
 }
 
 fn threads(s: &KMeansSettings) -> usize {
-    match s.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        t => t,
-    }
+    crate::source::threads(s.threads)
 }
 
 /// Fit KMeans on `x` and assign every row.

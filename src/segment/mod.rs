@@ -484,7 +484,7 @@ pub fn choose_k(
         Some(rows) => x.select(ndarray::Axis(0), rows),
         None => x.to_owned(),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = crate::source::threads(0);
     let silhouettes = scores::silhouettes(sample.view(), &labelings, threads);
     let rows: Vec<scores::KScore> = fits
         .iter()

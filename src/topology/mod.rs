@@ -452,11 +452,7 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
     let mut r = ratings::compute_ranked(c, &s.subsets, ranking);
     let rate_ms = ms(t);
     let t = Instant::now();
-    let interval_threads = if s.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        s.threads
-    };
+    let interval_threads = source::threads(s.threads);
     crate::uncertainty::annotate(
         &mut r,
         c,
