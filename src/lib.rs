@@ -12,6 +12,7 @@ pub mod dataset;
 pub mod exit;
 pub mod generate;
 pub mod kafka_broker;
+pub mod parallel;
 pub mod pipeline;
 pub mod progress;
 pub mod ratings;

@@ -460,46 +460,26 @@ pub fn annotate(
         .into_iter()
         .filter(|(_, label, cl)| wanted.contains_key(&(label.as_str(), *cl as u32)))
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    type Computed = (usize, Vec<usize>, Vec<Option<StationInterval>>);
-    let mut results: Vec<Computed> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.max(1).min(pairs.len().max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(si, _, cl)) = pairs.get(i) else {
-                            break;
-                        };
-                        let gc = group_counts(c, si, cl, &n);
-                        let label = &pairs[i].1;
-                        let asked = &wanted[&(label.as_str(), cl as u32)];
-                        let want: Vec<bool> = gc.ids.iter().map(|s| asked.contains(s)).collect();
-                        let iv = match &boot {
-                            Some((w, gen_b)) => {
-                                bootstrap(&gc, c, w, gen_b, ranking, settings.confidence, &want)
-                            }
-                            None => analytic(&gc, z, &want),
-                        };
-                        out.push((i, gc.ids, iv));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    results.sort_by_key(|r| r.0);
+    // per pair: the stations it watched and the intervals of those its rows ask about
+    let results: Vec<(Vec<usize>, Vec<Option<StationInterval>>)> =
+        crate::parallel::jobs(pairs.len(), threads, |i| {
+            let (si, label, cl) = &pairs[i];
+            let gc = group_counts(c, *si, *cl, &n);
+            let asked = &wanted[&(label.as_str(), *cl as u32)];
+            let want: Vec<bool> = gc.ids.iter().map(|s| asked.contains(s)).collect();
+            let iv = match &boot {
+                Some((w, gen_b)) => {
+                    bootstrap(&gc, c, w, gen_b, ranking, settings.confidence, &want)
+                }
+                None => analytic(&gc, z, &want),
+            };
+            (gc.ids, iv)
+        });
     let mut by_pair: std::collections::HashMap<
         (&str, u32),
         std::collections::HashMap<&str, StationInterval>,
     > = std::collections::HashMap::new();
-    for (i, ids, iv) in &results {
-        let (_, label, cl) = &pairs[*i];
+    for ((_, label, cl), (ids, iv)) in pairs.iter().zip(&results) {
         let m = by_pair.entry((label.as_str(), *cl as u32)).or_default();
         for (&s, v) in ids.iter().zip(iv) {
             if let Some(v) = v {

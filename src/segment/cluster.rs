@@ -429,40 +429,6 @@ fn run_rng(seed: u64, r: usize) -> Xoshiro256PlusPlus {
     rng
 }
 
-/// `jobs` computed on up to `threads` threads, in job order.
-fn parallel<T: Send>(jobs: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, jobs.max(1));
-    if threads == 1 {
-        return (0..jobs).map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut out: Vec<(usize, T)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if j >= jobs {
-                            break mine;
-                        }
-                        mine.push((j, f(j)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| match w.join() {
-                Ok(v) => v,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
-    out.sort_unstable_by_key(|(j, _)| *j);
-    out.into_iter().map(|(_, t)| t).collect()
-}
-
 fn threads(s: &KMeansSettings) -> usize {
     crate::source::threads(s.threads)
 }
@@ -547,14 +513,14 @@ pub fn fit_centres(
             None => full,
         };
         runs = if level == 0 {
-            parallel(s.runs, threads, |r| {
+            crate::parallel::jobs(s.runs, threads, |r| {
                 let mut rng = run_rng(s.seed, r);
                 let start = plus_plus(data, k, &mut rng);
                 lloyd_relocating(data, k, start, max_it)
             })
         } else {
             let starts = best_distinct(runs, levels[level - 1].1);
-            parallel(starts.len(), threads, |j| {
+            crate::parallel::jobs(starts.len(), threads, |j| {
                 lloyd_relocating(data, k, starts[j].clone(), max_it)
             })
         };
