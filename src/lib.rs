@@ -21,6 +21,7 @@ pub mod replay;
 pub mod report;
 pub mod secret;
 pub mod segment;
+mod simd;
 pub mod sink;
 pub mod source;
 pub mod topology;
