@@ -223,14 +223,20 @@ fn ms(t: Instant) -> f64 {
 /// Run SPEC sections 2 and 3 and write the model folder `s.out`, all at once.
 pub fn segment(s: &SegmentSettings) -> Result<Segmented, SegmentError> {
     let staged = model::Staged::new(&s.out)?;
-    let seg = segment_into(s, staged.path())?;
+    let seg = segment_into(s, staged.path(), |_, _| Ok::<(), SegmentError>(()))?;
     staged.commit()?;
     Ok(seg)
 }
 
 /// Run SPEC sections 2 and 3 and write the model's files into `dir` (a
-/// [`model::Staged`] folder that the caller commits).
-pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, SegmentError> {
+/// [`model::Staged`] folder that the caller commits). `alongside` gets the fit and the
+/// households (by cluster then rank) as soon as they are known, and runs on a thread of its
+/// own while the model's files are written (the charts).
+pub fn segment_into<E, F>(s: &SegmentSettings, dir: &Path, alongside: F) -> Result<Segmented, E>
+where
+    E: From<SegmentError> + Send,
+    F: FnOnce(&ModelInfo, &[Household]) -> Result<(), E> + Send,
+{
     let mut timing = BTreeMap::new();
     let t = Instant::now();
     let spin = crate::progress::spinner("reading demographics");
@@ -265,7 +271,7 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
             let (dir, ids, x) = (dir, &d.household_id, x.view());
             scope.spawn(move || model::write_features(&dir.join("features.csv"), ids, x))
         });
-        let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing);
+        let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing, alongside);
         if let Some(f) = features {
             match f.join() {
                 Ok(r) => r?,
@@ -276,15 +282,21 @@ pub fn segment_into(s: &SegmentSettings, dir: &Path) -> Result<Segmented, Segmen
     })
 }
 
-/// KMeans, PCA and every file of the model but features.csv.
-fn cluster_and_write(
+/// KMeans, PCA and every file of the model but features.csv, with `alongside` (see
+/// [`segment_into`]) on a thread of its own while the files are written.
+fn cluster_and_write<E, F>(
     s: &SegmentSettings,
     dir: &Path,
     d: &demographics::Demographics,
     spec: &features::FeatureSpec,
     x: ndarray::ArrayView2<f64>,
     mut timing: BTreeMap<String, f64>,
-) -> Result<Segmented, SegmentError> {
+    alongside: F,
+) -> Result<Segmented, E>
+where
+    E: From<SegmentError> + Send,
+    F: FnOnce(&ModelInfo, &[Household]) -> Result<(), E> + Send,
+{
     let t = Instant::now();
     let spin = crate::progress::spinner(&match s.k_range {
         None => format!(
@@ -404,32 +416,58 @@ fn cluster_and_write(
         profiles,
     };
 
+    let (households, feature_rows): (Vec<Household>, Vec<usize>) = rows.into_iter().unzip();
     let t = Instant::now();
     let spin = crate::progress::spinner("writing the model");
-    if s.formats.parquet {
-        model::write_households_parquet(&dir.join("households.parquet"), &rows, x.view())?;
-    }
-    let households: Vec<Household> = rows.into_iter().map(|(h, _)| h).collect();
-    if s.formats.csv {
-        info.households_csv = Some(model::write_households(
-            &dir.join("households.csv"),
-            &households,
-        )?);
-    }
-    write_json(&dir.join("model.json"), &info)?;
-    let bin = ModelBin {
-        info: info.clone(),
-        households,
-    };
-    model::write_bin(&dir.join("model.bin"), &bin)?;
+    std::thread::scope(|scope| {
+        // `alongside` gets its own copy: the files below complete `info` with the CSV's digest
+        let (shown, households) = (info.clone(), &households);
+        let beside = scope.spawn(move || alongside(&shown, households));
+        let written =
+            write_households_files(s, dir, households, &feature_rows, x).and_then(|csv| {
+                info.households_csv = csv;
+                write_json(&dir.join("model.json"), &info)?;
+                model::write_bin(&dir.join("model.bin"), &info, households)
+            });
+        match beside.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        Ok::<_, E>(written?)
+    })?;
     spin.finish_and_clear();
     timing.insert("write_ms".to_string(), ms(t));
     info!(timing = ?timing, "model written");
     Ok(Segmented {
         info,
-        households: bin.households,
+        households,
         timing,
     })
+}
+
+/// `households.parquet` and `households.csv` as the formats ask; the CSV's digest.
+fn write_households_files(
+    s: &SegmentSettings,
+    dir: &Path,
+    households: &[Household],
+    feature_rows: &[usize],
+    x: ndarray::ArrayView2<f64>,
+) -> Result<Option<model::Digest>, SegmentError> {
+    if s.formats.parquet {
+        model::write_households_parquet(
+            &dir.join("households.parquet"),
+            households,
+            feature_rows,
+            x,
+        )?;
+    }
+    if s.formats.csv {
+        return Ok(Some(model::write_households(
+            &dir.join("households.csv"),
+            households,
+        )?));
+    }
+    Ok(None)
 }
 
 fn write_json(path: &Path, info: &ModelInfo) -> Result<(), SegmentError> {

@@ -174,16 +174,28 @@ impl Staged {
         &self.dir
     }
 
-    /// Sync every file, then put the folder in the target's place (the old model, if any, is
+    /// Sync every file (each on a thread of its own, so that the file system can commit them
+    /// together), then put the folder in the target's place (the old model, if any, is
     /// renamed aside first and removed after).
     pub fn commit(mut self) -> Result<(), SegmentError> {
         let entries = std::fs::read_dir(&self.dir).map_err(write_err(&self.dir))?;
-        for e in entries {
-            let p = e.map_err(write_err(&self.dir))?.path();
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(write_err(&p))?;
-        }
+        let paths = entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(write_err(&self.dir))?;
+        std::thread::scope(|scope| {
+            let syncs: Vec<_> = paths
+                .iter()
+                .map(|p| scope.spawn(move || File::open(p).and_then(|f| f.sync_all())))
+                .collect();
+            for (p, sync) in paths.iter().zip(syncs) {
+                match sync.join() {
+                    Ok(r) => r.map_err(write_err(p))?,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            Ok::<(), SegmentError>(())
+        })?;
         let name = self
             .target
             .file_name()
@@ -448,31 +460,33 @@ pub fn write_households(path: &Path, rows: &[Household]) -> Result<Digest, Segme
 /// Write `households.parquet` (by cluster then rank): the seed's `ranked_df` columns
 /// `household_id` (int64), `cluster` (int32, Spark's prediction type), `distance` (double),
 /// `rank` (int32), then `pca_x`, `pca_y` and `features_for_cluster` (a list of doubles, in
-/// feature order). `features` holds each household's vector, indexed by `rows[i].1`.
+/// feature order). `features` holds each household's vector: household `i`'s is row
+/// `feature_rows[i]`.
 pub fn write_households_parquet(
     path: &Path,
-    rows: &[(Household, usize)],
+    households: &[Household],
+    feature_rows: &[usize],
     features: ndarray::ArrayView2<f64>,
 ) -> Result<(), SegmentError> {
     use arrow_array::builder::{Float64Builder, ListBuilder};
     use std::sync::Arc;
     let mut list = ListBuilder::with_capacity(
-        Float64Builder::with_capacity(rows.len() * features.ncols()),
-        rows.len(),
+        Float64Builder::with_capacity(households.len() * features.ncols()),
+        households.len(),
     )
     .with_field(Arc::new(arrow_schema::Field::new(
         "element",
         arrow_schema::DataType::Float64,
         false,
     )));
-    for (_, i) in rows {
-        for &v in features.row(*i) {
+    for &i in feature_rows {
+        for &v in features.row(i) {
             list.values().append_value(v);
         }
         list.append(true);
     }
     use crate::dataset::{doubles, int32, int64};
-    let h = || rows.iter().map(|(h, _)| h);
+    let h = || households.iter();
     crate::dataset::write_parquet(
         path,
         vec![
@@ -727,14 +741,26 @@ pub fn write_features(
     body.map_err(write_err(path))
 }
 
+/// [`ModelBin`] borrowed, for writing: the same encoding.
+#[derive(Serialize)]
+struct ModelBinRef<'a> {
+    info: &'a ModelInfo,
+    households: &'a [Household],
+}
+
 /// Write `model.bin`.
-pub fn write_bin(path: &Path, model: &ModelBin) -> Result<(), SegmentError> {
+pub fn write_bin(
+    path: &Path,
+    info: &ModelInfo,
+    households: &[Household],
+) -> Result<(), SegmentError> {
+    let model = ModelBinRef { info, households };
     let f = File::create(path).map_err(write_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(MAGIC).map_err(write_err(path))?;
     w.write_all(&VERSION.to_le_bytes())
         .map_err(write_err(path))?;
-    bincode::serde::encode_into_std_write(model, &mut w, bincode::config::standard()).map_err(
+    bincode::serde::encode_into_std_write(&model, &mut w, bincode::config::standard()).map_err(
         |e| SegmentError::ModelFile {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -1097,7 +1123,7 @@ mod tests {
             ],
         };
         let p = dir.path().join("model.bin");
-        write_bin(&p, &m).unwrap();
+        write_bin(&p, &m.info, &m.households).unwrap();
         assert_eq!(read_bin(&p).unwrap(), m);
         let loaded = load(dir.path()).unwrap();
         assert_eq!(loaded.households, m.households);

@@ -26,7 +26,9 @@ use crate::replay::recording::RecordingError;
 use crate::replay::ReplayError;
 use crate::report::{self, PcaPoint, ReportError, ReportInput};
 use crate::secret::{Properties, SecretError};
-use crate::segment::{self, LoadedModel, SegmentError, SegmentSettings, Segmented};
+use crate::segment::{
+    self, Household, LoadedModel, ModelInfo, SegmentError, SegmentSettings, Segmented,
+};
 use crate::sink::{self, SinkError, Summary, Timing};
 use crate::source::kafka::{self, KafkaOptions, KafkaUrl};
 use crate::source::{self, FileOptions, SourceError};
@@ -537,9 +539,8 @@ pub fn analyze(s: &AnalyzeSettings) -> Result<Analyzed, TopologyError> {
 }
 
 /// The PCA points of a model (empty when it has none).
-fn pca_points(model: &LoadedModel) -> Vec<PcaPoint> {
-    model
-        .households
+fn pca_points(households: &[Household]) -> Vec<PcaPoint> {
+    households
         .iter()
         .filter(|h| h.pca_x.is_finite() && h.pca_y.is_finite())
         .map(|h| PcaPoint {
@@ -550,30 +551,42 @@ fn pca_points(model: &LoadedModel) -> Vec<PcaPoint> {
         .collect()
 }
 
-fn centroids_2d(model: &LoadedModel) -> Vec<(f64, f64)> {
-    model
-        .info
-        .as_ref()
-        .map(|i| i.centroids_pca.iter().map(|c| (c[0], c[1])).collect())
+fn centroids_2d(info: Option<&ModelInfo>) -> Vec<(f64, f64)> {
+    info.map(|i| i.centroids_pca.iter().map(|c| (c[0], c[1])).collect())
         .unwrap_or_default()
 }
 
-/// Charts of a model folder: `pca.png` and `cluster_sizes.png`.
-pub fn model_charts(dir: &Path, model: &LoadedModel) -> Result<(), TopologyError> {
-    let points = pca_points(model);
-    if !points.is_empty() {
-        report::pca_scatter(
-            &dir.join("pca.png"),
-            &points,
-            model.k(),
-            &centroids_2d(model),
-        )?;
-    }
-    report::cluster_sizes(&dir.join("cluster_sizes.png"), &model.cluster_sizes())?;
-    if let Some(sel) = model.info.as_ref().and_then(|i| i.k_selection.as_ref()) {
-        report::k_selection(&dir.join("k_selection.png"), sel)?;
-    }
-    Ok(())
+/// The charts of a fit: `pca.png`, `cluster_sizes.png` and, for a k range,
+/// `k_selection.png`; the PCA plot, the largest, on a thread of its own.
+pub fn model_charts(
+    dir: &Path,
+    info: &ModelInfo,
+    households: &[Household],
+) -> Result<(), TopologyError> {
+    std::thread::scope(|scope| {
+        let pca = scope.spawn(|| {
+            let points = pca_points(households);
+            if points.is_empty() {
+                return Ok(());
+            }
+            report::pca_scatter(
+                &dir.join("pca.png"),
+                &points,
+                info.k,
+                &centroids_2d(Some(info)),
+            )
+        });
+        let others = report::cluster_sizes(&dir.join("cluster_sizes.png"), &info.cluster_sizes)
+            .and_then(|()| match &info.k_selection {
+                Some(sel) => report::k_selection(&dir.join("k_selection.png"), sel),
+                None => Ok(()),
+            });
+        match pca.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        Ok(others?)
+    })
 }
 
 fn write_charts(
@@ -583,12 +596,12 @@ fn write_charts(
     summary: &Summary,
 ) -> Result<Charts, TopologyError> {
     let k = model.k();
-    let points = pca_points(model);
+    let points = pca_points(&model.households);
     let pca = out.join("pca.png");
     let pca_png = if points.is_empty() {
         None
     } else {
-        report::pca_scatter(&pca, &points, k, &centroids_2d(model))?;
+        report::pca_scatter(&pca, &points, k, &centroids_2d(model.info.as_ref()))?;
         Some(pca.as_path())
     };
     let sizes = model.cluster_sizes();
@@ -669,15 +682,13 @@ pub fn segment(s: &SegmentSettings, charts: bool) -> Result<Segmented, TopologyE
         return Err(TopologyError::Settings("--format names no format".into()));
     }
     let staged = segment::model::Staged::new(&s.out)?;
-    let seg = segment::segment_into(s, staged.path())?;
-    if charts {
-        let model = LoadedModel {
-            dir: s.out.clone(),
-            info: Some(seg.info.clone()),
-            households: seg.households.clone(),
-        };
-        model_charts(staged.path(), &model)?;
-    }
+    let dir = staged.path();
+    let seg = segment::segment_into(s, dir, |info, households| {
+        if charts {
+            model_charts(dir, info, households)?;
+        }
+        Ok::<(), TopologyError>(())
+    })?;
     staged.commit()?;
     Ok(seg)
 }
