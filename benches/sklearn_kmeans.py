@@ -41,7 +41,8 @@ ap.add_argument("--k", type=int, default=6)
 ap.add_argument("--seed", type=int, default=3)
 ap.add_argument("--table", action="store_true")
 ap.add_argument("--viewpulse", default="target/release/viewpulse")
-ap.add_argument("--sets", default="10000:6:1,30000:6:2,100000:4:3,300000:8:4,1000000:6:5,1000000:10:6,2000000:6:7",
+ap.add_argument("--sets", default="10000:6:1,10000:3:12,30000:6:2,30000:9:13,100000:4:3,100000:7:15,"
+                "300000:8:4,300000:12:16,1000000:6:5,1000000:10:6,2000000:6:7",
                 help="households:archetypes:seed,...")
 args = ap.parse_args()
 os.environ["OMP_NUM_THREADS"] = str(args.threads)
