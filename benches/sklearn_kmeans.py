@@ -12,7 +12,8 @@ alphabetical order, the last dropped; checked against MODEL_DIR/features.csv to 
 KMeans fits them; without it, the fit alone on MODEL_DIR/features.csv.
 
 The table of the README (data sets generated with different archetype mixes and sizes, each
-segmented by the viewpulse binary and fitted by scikit-learn, alternating):
+segmented by the viewpulse binary and fitted by scikit-learn, alternating, --repeat times (3),
+the best time of each side):
 
     python3 benches/sklearn_kmeans.py --table [--viewpulse target/release/viewpulse]
 
@@ -41,6 +42,8 @@ ap.add_argument("--k", type=int, default=6)
 ap.add_argument("--seed", type=int, default=3)
 ap.add_argument("--table", action="store_true")
 ap.add_argument("--viewpulse", default="target/release/viewpulse")
+ap.add_argument("--repeat", type=int, default=3,
+                help="with --table: each side this many times, alternating; the best time of each")
 ap.add_argument("--sets", default="10000:6:1,10000:3:12,30000:6:2,30000:9:13,100000:4:3,100000:7:15,"
                 "300000:8:4,300000:12:16,1000000:6:5,1000000:10:6,2000000:6:7",
                 help="households:archetypes:seed,...")
@@ -125,12 +128,24 @@ def table():
                            check=True, stdout=subprocess.DEVNULL)
             dem = os.path.join(data, "demographics.csv")
             model = os.path.join(work, "model")
-            t0 = time.perf_counter()
-            subprocess.run([args.viewpulse, "segment", "--demographics", dem, "--out", model,
-                            "--k", str(args.k), "--seed", str(args.seed)],
-                           check=True, stdout=subprocess.DEVNULL)
-            ours_s = round(time.perf_counter() - t0, 3)
-            r = compare(model, dem, ours_s)
+            # each side --repeat times, alternating, and the best time of each (this machine's
+            # timings swing by tens of per cent from run to run)
+            best, r = None, None
+            for _ in range(args.repeat):
+                shutil.rmtree(model, ignore_errors=True)
+                t0 = time.perf_counter()
+                subprocess.run([args.viewpulse, "segment", "--demographics", dem, "--out",
+                                model, "--k", str(args.k), "--seed", str(args.seed)],
+                               check=True, stdout=subprocess.DEVNULL)
+                ours_s = round(time.perf_counter() - t0, 3)
+                this = compare(model, dem, ours_s)
+                if r is not None:
+                    assert this["viewpulse_inertia"] == r["viewpulse_inertia"], "not deterministic"
+                best = ours_s if best is None else min(best, ours_s)
+                if r is None or this["sklearn_whole_s"] < r["sklearn_whole_s"]:
+                    r = this
+            r["viewpulse_whole_s"] = best
+            r["time_ratio"] = round(best / r["sklearn_whole_s"], 3)
             r["set"] = f"{n // 1000}k households, {arch} archetypes, seed {seed}"
             rows.append(r)
             print(json.dumps(r), file=sys.stderr)

@@ -263,15 +263,26 @@ where
     let x = features::transform(&d, &spec);
     timing.insert("features_ms".to_string(), ms(t));
 
-    // features.csv is the largest file and needs only the features: it is written on a thread
-    // of its own while KMeans runs (whose sample search and refinements leave a core idle
-    // part of the time), PCA and the other files follow
+    // features.csv (the largest file) and the PCA need only the features: each is done on a
+    // thread of its own while KMeans runs (whose sample search and refinements leave a core
+    // idle part of the time); the other files follow
     std::thread::scope(|scope| {
         let features = s.formats.csv.then(|| {
             let (dir, ids, x) = (dir, &d.household_id, x.view());
             scope.spawn(move || model::write_features(&dir.join("features.csv"), ids, x))
         });
-        let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing, alongside);
+        let pca = {
+            let x = x.view();
+            scope.spawn(move || {
+                let t = Instant::now();
+                (pca::fit(x), ms(t))
+            })
+        };
+        let pca = || match pca.join() {
+            Ok(fitted) => fitted,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing, pca, alongside);
         if let Some(f) = features {
             match f.join() {
                 Ok(r) => r?,
@@ -282,8 +293,10 @@ where
     })
 }
 
-/// KMeans, PCA and every file of the model but features.csv, with `alongside` (see
-/// [`segment_into`]) on a thread of its own while the files are written.
+/// KMeans and every file of the model but features.csv, with `alongside` (see
+/// [`segment_into`]) on a thread of its own while the files are written. `pca` gives the
+/// PCA (fitted beside KMeans) and the milliseconds it took.
+#[allow(clippy::too_many_arguments)]
 fn cluster_and_write<E, F>(
     s: &SegmentSettings,
     dir: &Path,
@@ -291,6 +304,7 @@ fn cluster_and_write<E, F>(
     spec: &features::FeatureSpec,
     x: ndarray::ArrayView2<f64>,
     mut timing: BTreeMap<String, f64>,
+    pca: impl FnOnce() -> (pca::Pca, f64),
     alongside: F,
 ) -> Result<Segmented, E>
 where
@@ -341,9 +355,8 @@ where
         info!(cluster = p.cluster, households = p.households, label = %p.label, "profile");
     }
 
-    let t = Instant::now();
-    let p = pca::fit(x.view());
-    timing.insert("pca_ms".to_string(), ms(t));
+    let (p, pca_ms) = pca();
+    timing.insert("pca_ms".to_string(), pca_ms);
 
     // each household with its row in the feature matrix, by cluster then rank
     let mut rows: Vec<(Household, usize)> = (0..d.len())
