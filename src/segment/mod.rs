@@ -442,11 +442,13 @@ where
                 write_json(&dir.join("model.json"), &info)?;
                 model::write_bin(&dir.join("model.bin"), &info, households)
             });
-        match beside.join() {
-            Ok(r) => r?,
+        let charts = beside.join();
+        // the model's files' error first: the charts' is likely the same (a full disk)
+        written?;
+        match charts {
+            Ok(r) => r,
             Err(panic) => std::panic::resume_unwind(panic),
         }
-        Ok::<_, E>(written?)
     })?;
     spin.finish_and_clear();
     timing.insert("write_ms".to_string(), ms(t));
