@@ -658,13 +658,7 @@ fn lloyd_body(
                 if c != a {
                     changed += 1;
                     assign[i] = c as u32;
-                    counts[a] -= 1;
-                    counts[c] += 1;
-                    let x = rows.row(i);
-                    for j in 0..d {
-                        sums[a * d + j] -= x[j];
-                        sums[c * d + j] += x[j];
-                    }
+                    move_row(rows.row(i), a, c, &mut counts, &mut sums);
                 }
             }
             if until.done(changed, n) {
@@ -713,13 +707,7 @@ fn lloyd_body(
             if c != a {
                 changed += 1;
                 assign[i] = c as u32;
-                counts[a] -= 1;
-                counts[c] += 1;
-                let x = rows.row(i);
-                for j in 0..d {
-                    sums[a * d + j] -= x[j];
-                    sums[c * d + j] += x[j];
-                }
+                move_row(rows.row(i), a, c, &mut counts, &mut sums);
             }
         }
         if until.done(changed, n) {
@@ -759,6 +747,18 @@ fn lloyd_body(
         iterations,
         counts,
         farthest,
+    }
+}
+
+/// Row `x` leaves cluster `a` for `c`: the counts and the running sums follow.
+#[inline(always)]
+fn move_row(x: &[f64], a: usize, c: usize, counts: &mut [u64], sums: &mut [f64]) {
+    let d = x.len();
+    counts[a] -= 1;
+    counts[c] += 1;
+    for (j, &v) in x.iter().enumerate() {
+        sums[a * d + j] -= v;
+        sums[c * d + j] += v;
     }
 }
 
