@@ -568,8 +568,8 @@ const REFINE: (Pass, Until) = (Pass::Bounded, Until::FixedPoint);
 /// found as `how.0` says. `first`, when given with [`Pass::Every`], is each row's nearest of
 /// `centres`, which the first pass then need not measure. Both passes find the same nearest
 /// centres (up to exact ties, where the bounded pass keeps a row's centre and the other takes
-/// the lower number); empty clusters keep their centre. Returns the centres as the means of the final
-/// clusters.
+/// the lower number); empty clusters keep their centre. Returns the centres as the means of
+/// the final clusters.
 fn lloyd(
     s: &Split,
     k: usize,
