@@ -278,16 +278,10 @@ where
                 (pca::fit(x), ms(t))
             })
         };
-        let pca = || match pca.join() {
-            Ok(fitted) => fitted,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
+        let pca = || crate::parallel::joined(pca.join());
         let seg = cluster_and_write(s, dir, &d, &spec, x.view(), timing, pca, alongside);
         if let Some(f) = features {
-            match f.join() {
-                Ok(r) => r?,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
+            crate::parallel::joined(f.join())?;
         }
         seg
     })
@@ -445,10 +439,7 @@ where
         let charts = beside.join();
         // the model's files' error first: the charts' is likely the same (a full disk)
         written?;
-        match charts {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        crate::parallel::joined(charts)
     })?;
     spin.finish_and_clear();
     timing.insert("write_ms".to_string(), ms(t));

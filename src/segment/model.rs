@@ -189,10 +189,7 @@ impl Staged {
                 .map(|p| scope.spawn(move || File::open(p).and_then(|f| f.sync_all())))
                 .collect();
             for (p, sync) in paths.iter().zip(syncs) {
-                match sync.join() {
-                    Ok(r) => r.map_err(write_err(p))?,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
+                crate::parallel::joined(sync.join()).map_err(write_err(p))?;
             }
             Ok::<(), SegmentError>(())
         })?;

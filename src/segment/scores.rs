@@ -241,10 +241,7 @@ pub fn silhouettes(
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
+            .flat_map(|h| crate::parallel::joined(h.join()))
             .collect()
     });
     (0..labelings.len())

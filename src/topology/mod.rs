@@ -581,10 +581,7 @@ pub fn model_charts(
                 Some(sel) => report::k_selection(&dir.join("k_selection.png"), sel),
                 None => Ok(()),
             });
-        match pca.join() {
-            Ok(r) => r?,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        crate::parallel::joined(pca.join())?;
         Ok(others?)
     })
 }
