@@ -206,25 +206,18 @@ impl<'a> Split<'a> {
             }
         }
         if pattern.len() < n || binary.is_empty() {
-            binary.clear();
-            pattern = vec![0; n];
-            bits.clear();
+            return Split::dense(rows);
         }
         let dense_cols: Vec<usize> = (0..d).filter(|j| !binary.contains(j)).collect();
         let dn = dense_cols.len();
-        let dense = if dn == d {
-            std::borrow::Cow::Borrowed(rows.x)
-        } else {
-            let mut dense = Vec::with_capacity(n * dn);
-            for i in 0..n {
-                let x = rows.row(i);
-                dense.extend(dense_cols.iter().map(|&j| x[j]));
-            }
-            std::borrow::Cow::Owned(dense)
-        };
+        let mut dense = Vec::with_capacity(n * dn);
+        for i in 0..n {
+            let x = rows.row(i);
+            dense.extend(dense_cols.iter().map(|&j| x[j]));
+        }
         Split {
             rows,
-            dense,
+            dense: std::borrow::Cow::Owned(dense),
             dn,
             dense_cols,
             binary_cols: binary,
@@ -233,7 +226,8 @@ impl<'a> Split<'a> {
         }
     }
 
-    /// Every column dense: nothing to build.
+    /// Every column dense: nothing to build (also [`Split::new`]'s answer where no column is
+    /// binary or the patterns are too many).
     fn dense(rows: Rows<'a>) -> Self {
         Split {
             rows,
